@@ -1,0 +1,7 @@
+"""Placeholder: routes are added by the influx API issue."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+routes = web.RouteTableDef()

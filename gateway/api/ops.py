@@ -1,0 +1,59 @@
+"""Operations endpoints, no token needed: /health, /ready, /ping."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from gateway import __version__
+from gateway.errors import INFLUX_CONTENT_TYPE
+from gateway.keys import LIFECYCLE, STORE
+from gateway.version import commit
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/ping")
+async def ping(request: web.Request) -> web.Response:
+    return web.Response(
+        status=204, headers={"X-Influxdb-Version": __version__, "X-Influxdb-Build": "OSS"}
+    )
+
+
+@routes.get("/ready")
+async def ready(request: web.Request) -> web.Response:
+    lifecycle = request.app[LIFECYCLE]
+    if lifecycle.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not lifecycle.ready:
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response({"status": "ready", "started": lifecycle.started.isoformat()})
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    """InfluxDB's HealthCheck for the gateway itself: 200 pass, 503 fail."""
+    checks = [await _store_check(request)]
+    failed = [check for check in checks if check["status"] == "fail"]
+    body = {
+        "name": "datasource-gateway",
+        "status": "fail" if failed else "pass",
+        "message": failed[0]["message"] if failed else "ready for queries and writes",
+        "version": __version__,
+        "commit": commit(),
+        "checks": checks,
+    }
+    return web.json_response(
+        body, status=503 if failed else 200, content_type=INFLUX_CONTENT_TYPE.split(";")[0]
+    )
+
+
+async def _store_check(request: web.Request) -> dict[str, str]:
+    started = time.perf_counter()
+    try:
+        await request.app[STORE].ping()
+    except Exception as exc:  # any failure of the database is a failed check, not a 500
+        return {"name": "store", "status": "fail", "message": f"database error: {exc}"}
+    elapsed = (time.perf_counter() - started) * 1000
+    return {"name": "store", "status": "pass", "message": f"SQLite answered in {elapsed:.1f} ms"}

@@ -1,0 +1,88 @@
+"""create_app(settings): the composition root. The only module that knows every key,
+every resource and every middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from gateway import __version__
+from gateway.api import grafana, influx, ops
+from gateway.bootstrap import ensure_admin_token, open_secret_box, prepare_data_dir
+from gateway.config import Settings
+from gateway.errors import StartupError
+from gateway.keys import HTTP, LIFECYCLE, PRINCIPALS, SETTINGS, STORE, Lifecycle
+from gateway.middlewares import authenticate, errors, request_context
+from gateway.registry.secrets import SecretKeyMismatch
+from gateway.registry.store import RegistryStore
+from gateway.security.auth import PrincipalCache
+
+log = structlog.get_logger(__name__)
+
+# Paths that answer without a token: probes, and what Grafana serves before sign-in.
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/ping", "/api/health", "/api/frontend/settings"})
+# How often the store looks for commits by other processes (the CLI) to refresh caches.
+EXTERNAL_CHANGE_POLL_SECONDS = 1.0
+CLIENT_MAX_SIZE = 16 * 1024 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context, errors, authenticate(PUBLIC_PATHS)],
+        client_max_size=CLIENT_MAX_SIZE,
+    )
+    app[SETTINGS] = settings
+    app[LIFECYCLE] = Lifecycle()
+    app.cleanup_ctx.extend([_store_ctx, _http_ctx, _ready_ctx])  # order = dependency order
+    app.add_routes(ops.routes)
+    app.add_routes(grafana.routes)
+    app.add_routes(influx.routes)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    prepare_data_dir(settings.data_dir)
+    box, key_origin = open_secret_box(settings)
+    try:
+        async with RegistryStore.open(settings.db_path, box) as store:
+            app[STORE] = store
+            app[PRINCIPALS] = PrincipalCache(store)
+            await ensure_admin_token(store, settings)
+            watcher = asyncio.create_task(
+                store.watch_external_changes(EXTERNAL_CHANGE_POLL_SECONDS),
+                name="registry-change-watcher",
+            )
+            try:
+                yield
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+    except SecretKeyMismatch as exc:
+        raise StartupError(
+            f"the secret key from {key_origin} cannot decrypt {settings.db_path}: it is not the "
+            "key this database was written with (nothing was changed)"
+        ) from exc
+
+
+async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The one shared ClientSession for outbound calls other than proxied requests."""
+    async with aiohttp.ClientSession(
+        headers={"User-Agent": f"datasource-gateway/{__version__}"},
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
+    ) as session:
+        app[HTTP] = session
+        yield
+
+
+async def _ready_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[LIFECYCLE].ready = True
+    log.info("gateway_ready", version=__version__)
+    yield
+    app[LIFECYCLE].ready = False

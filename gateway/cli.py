@@ -1,0 +1,311 @@
+"""`gateway serve | token | org | keys`: parse arguments, load settings, run.
+
+Exit codes: 0 success, 1 a command that could not do what was asked (unknown org, token id),
+2 unusable settings or start-up (one line on stderr naming the key and the problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from gateway import __version__
+from gateway.app import create_app
+from gateway.bootstrap import open_secret_box, prepare_data_dir
+from gateway.config import Settings, SettingsError, config_path, load_settings
+from gateway.errors import OrgNotFound, StartupError
+from gateway.keys import LIFECYCLE
+from gateway.logging import configure_logging
+from gateway.registry.models import Role
+from gateway.registry.secrets import (
+    KEY_FILE_NAME,
+    SecretBox,
+    SecretKeyMismatch,
+    generate_key_text,
+    write_private_file,
+)
+from gateway.registry.store import RegistryStore
+from gateway.security.auth import hash_token, new_token
+
+log = structlog.get_logger("gateway")
+
+
+class CommandError(Exception):
+    """The command cannot do what was asked; printed as one line, exit code 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML settings file (default: config/gateway.toml)")
+    common.add_argument("--data-dir", help="database and key files (default: ./data)")
+    common.add_argument("--log-format", choices=("auto", "json", "console"))
+    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+    parser = argparse.ArgumentParser(prog="gateway", description="Datasource Gateway")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument("--host", help="listen address (default: 127.0.0.1)")
+    serve.add_argument("--port", help="listen port (default: 8480)")
+
+    token = commands.add_parser("token", help="manage API tokens")
+    token_commands = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = token_commands.add_parser("create", parents=[common], help="create and print a token")
+    create.add_argument("--org", required=True, help="org name")
+    create.add_argument("--role", required=True, choices=[role.value for role in Role])
+    create.add_argument("--description", default="")
+    token_commands.add_parser("list", parents=[common], help="list tokens (never their values)")
+    revoke = token_commands.add_parser("revoke", parents=[common], help="revoke a token by id")
+    revoke.add_argument("id", type=int)
+
+    org = commands.add_parser("org", help="manage orgs")
+    org_commands = org.add_subparsers(dest="action", required=True, metavar="ACTION")
+    org_create = org_commands.add_parser("create", parents=[common], help="add an org")
+    org_create.add_argument("name")
+    org_commands.add_parser("list", parents=[common], help="list orgs")
+
+    keys = commands.add_parser("keys", help="manage the secureJsonData encryption key")
+    keys_commands = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keys_commands.add_parser(
+        "rotate",
+        parents=[common],
+        help="re-encrypt every secret under a new key (GATEWAY_NEW_SECRET_KEY, or generated)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    handler = _HANDLERS[(args.command, getattr(args, "action", None))]
+    try:
+        return asyncio.run(handler(settings, args))
+    except (StartupError, SettingsError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "data_dir": args.data_dir,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+    }
+    return load_settings(config_path(os.environ, args.config), os.environ, overrides)
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+async def serve(settings: Settings, _: argparse.Namespace) -> int:
+    """Run until SIGTERM/SIGINT, then drain: /ready turns 503, in-flight requests finish
+    (up to drain_timeout), and the process exits 0."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_timeout
+    )
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"server.host/port: cannot listen on {settings.host}:{settings.port}: "
+                f"{exc.strerror}"
+            ) from exc
+        port = _bound_port(site, settings.port)
+        log.info("gateway_listening", host=settings.host, port=port, version=__version__)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        app[LIFECYCLE].draining = True
+        log.info(
+            "gateway_draining",
+            drain_delay=settings.drain_delay,
+            drain_timeout=settings.drain_timeout,
+        )
+        if settings.drain_delay:
+            await asyncio.sleep(settings.drain_delay)
+    finally:
+        await runner.cleanup()
+    log.info("gateway_stopped")
+    return 0
+
+
+def _bound_port(site: web.TCPSite, configured: int) -> int:
+    server = site._server  # aiohttp keeps the asyncio.Server here; needed to report port 0's pick
+    sockets = getattr(server, "sockets", None) or ()
+    for sock in sockets:
+        return int(sock.getsockname()[1])
+    return configured
+
+
+# --- registry commands ------------------------------------------------------------------------
+
+
+async def _with_store(settings: Settings, action: Callable[[RegistryStore], Awaitable[int]]) -> int:
+    prepare_data_dir(settings.data_dir)
+    box, origin = open_secret_box(settings)
+    try:
+        async with RegistryStore.open(settings.db_path, box) as store:
+            return await action(store)
+    except SecretKeyMismatch as exc:
+        raise StartupError(
+            f"the secret key from {origin} cannot decrypt {settings.db_path}: it is not the key "
+            "this database was written with (nothing was changed)"
+        ) from exc
+
+
+async def token_create(settings: Settings, args: argparse.Namespace) -> int:
+    async def action(store: RegistryStore) -> int:
+        try:
+            org = await store.find_org(name=args.org)
+        except OrgNotFound:
+            raise CommandError(f"no org named {args.org!r} (see `gateway org list`)") from None
+        token = new_token()
+        token_id = await store.create_token(
+            org.id, Role(args.role), hash_token(token), args.description
+        )
+        print(token)
+        print(
+            f"token {token_id}: role {args.role} in org {org.name!r}. "
+            "Store it now: it is not shown again.",
+            file=sys.stderr,
+        )
+        return 0
+
+    return await _with_store(settings, action)
+
+
+async def token_list(settings: Settings, _: argparse.Namespace) -> int:
+    async def action(store: RegistryStore) -> int:
+        print(f"{'ID':>4}  {'ORG':<20} {'ROLE':<7} {'CREATED':<25} {'REVOKED':<25} DESCRIPTION")
+        for token in await store.list_tokens():
+            revoked = token.revoked.isoformat() if token.revoked else "-"
+            print(
+                f"{token.id:>4}  {token.org_name:<20} {token.role.value:<7} "
+                f"{token.created.isoformat():<25} {revoked:<25} {token.description}"
+            )
+        return 0
+
+    return await _with_store(settings, action)
+
+
+async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    async def action(store: RegistryStore) -> int:
+        if not await store.revoke_token(args.id):
+            raise CommandError(f"no active token with id {args.id}")
+        print(f"token {args.id} revoked", file=sys.stderr)
+        return 0
+
+    return await _with_store(settings, action)
+
+
+async def org_create(settings: Settings, args: argparse.Namespace) -> int:
+    async def action(store: RegistryStore) -> int:
+        name = args.name.strip()
+        if not name:
+            raise CommandError("an org name must not be empty")
+        try:
+            org = await store.create_org(name)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        print(f"{org.id}\t{org.influx_id}\t{org.name}")
+        return 0
+
+    return await _with_store(settings, action)
+
+
+async def org_list(settings: Settings, _: argparse.Namespace) -> int:
+    async def action(store: RegistryStore) -> int:
+        for org in await store.list_orgs():
+            print(f"{org.id}\t{org.influx_id}\t{org.name}")
+        return 0
+
+    return await _with_store(settings, action)
+
+
+async def keys_rotate(settings: Settings, _: argparse.Namespace) -> int:
+    """Re-encrypt every secret under a new key in one transaction.
+
+    A key from GATEWAY_SECRET_KEY is replaced by GATEWAY_NEW_SECRET_KEY (then the operator
+    updates the environment). A key from `<data>/secret.key` is replaced by a new generated key;
+    the file is swapped only after the database committed, so the two never disagree for long.
+    """
+    new_text = os.environ.get("GATEWAY_NEW_SECRET_KEY", "").strip()
+    if settings.secret_key and not new_text:
+        raise CommandError(
+            "the key comes from GATEWAY_SECRET_KEY: set GATEWAY_NEW_SECRET_KEY to the new key"
+        )
+    if not new_text:
+        new_text = generate_key_text()
+    key_file = settings.data_dir / KEY_FILE_NAME
+    pending = key_file.with_name(KEY_FILE_NAME + ".new")
+
+    async def action(store: RegistryStore) -> int:
+        if not settings.secret_key:
+            pending.unlink(missing_ok=True)
+            write_private_file(pending, new_text)
+        try:
+            count = await store.rotate_key(SecretBox(new_text))
+        except BaseException:
+            pending.unlink(missing_ok=True)
+            raise
+        if not settings.secret_key:
+            os.replace(pending, key_file)
+            where = f"the new key is in {key_file}"
+        else:
+            where = "now set GATEWAY_SECRET_KEY to the value of GATEWAY_NEW_SECRET_KEY"
+        print(
+            f"re-encrypted the secrets of {count} data sources; {where}; "
+            "restart the gateway to use the new key",
+            file=sys.stderr,
+        )
+        return 0
+
+    return await _with_store(settings, action)
+
+
+Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+_HANDLERS: dict[tuple[str, str | None], Command] = {
+    ("serve", None): serve,
+    ("token", "create"): token_create,
+    ("token", "list"): token_list,
+    ("token", "revoke"): token_revoke,
+    ("org", "create"): org_create,
+    ("org", "list"): org_list,
+    ("keys", "rotate"): keys_rotate,
+}
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,309 @@
+"""Settings: `config/gateway.toml`, then `GATEWAY_*` environment variables, then CLI flags.
+
+Every setting is declared once in `FIELDS` with its TOML key, environment variable, type and
+default, so the loader, the error messages and the README table cannot drift apart. Loading is
+pure: `load_settings` reads the file it is given and the mapping it is given, nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
+CONFIG_ENV = "GATEWAY_CONFIG"
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(Exception):
+    """A setting that cannot be used; `str()` is the one line printed before exiting 2."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8480
+    data_dir: Path = Path("./data")
+    drain_delay: float = 0.0
+    drain_timeout: float = 30.0
+    log_format: str = "auto"
+    log_level: str = "info"
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
+    secret_key: str | None = dataclasses.field(default=None, repr=False)
+    health_interval: float = 15.0
+    health_timeout: float = 5.0
+    proxy_connect_timeout: float = 10.0
+    proxy_response_timeout: float = 30.0
+    proxy_idle_timeout: float = 60.0
+    metrics_token: str | None = dataclasses.field(default=None, repr=False)
+    provisioning_path: Path = Path("config/provisioning/datasources")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "gateway.db"
+
+
+# --- value parsers: each takes the raw value (TOML-typed or a string) and raises ValueError -----
+
+
+def _as_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def _as_nonempty_str(value: object) -> str:
+    text = _as_str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _as_port(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {_type_name(value)}")
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
+def _seconds(*, minimum: float, allow_zero: bool = False) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number of seconds, got a boolean")
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a number of seconds, got {value!r}") from None
+        if not isinstance(value, int | float):
+            raise ValueError(f"expected a number of seconds, got {_type_name(value)}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("must be a finite number")
+        if allow_zero and number == 0:
+            return 0.0
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum:g} seconds, got {number:g}")
+        return number
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        text = _as_str(value).strip().lower()
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}; got {value!r}")
+        return text
+
+    return parse
+
+
+def _as_path(value: object) -> Path:
+    return Path(_as_nonempty_str(value))
+
+
+def _type_name(value: object) -> str:
+    return {dict: "a table", list: "an array", bool: "a boolean", int: "an integer"}.get(
+        type(value), type(value).__name__
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str  # attribute of Settings
+    toml: str | None  # dotted key in gateway.toml; None for secrets: those come only from env
+    env: str
+    parse: Callable[[object], Any]
+    doc: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("host", "server.host", "GATEWAY_HOST", _as_nonempty_str, "listen address"),
+    Field("port", "server.port", "GATEWAY_PORT", _as_port, "listen port (0 picks a free one)"),
+    Field(
+        "drain_delay",
+        "server.drain_delay",
+        "GATEWAY_DRAIN_DELAY",
+        _seconds(minimum=0, allow_zero=True),
+        "on SIGTERM, seconds /ready answers 503 while still serving, so balancers stop sending",
+    ),
+    Field(
+        "drain_timeout",
+        "server.drain_timeout",
+        "GATEWAY_DRAIN_TIMEOUT",
+        _seconds(minimum=0, allow_zero=True),
+        "on SIGTERM, seconds in-flight requests get to finish before they are cut",
+    ),
+    Field("data_dir", "data.dir", "GATEWAY_DATA_DIR", _as_path, "SQLite database and key files"),
+    Field(
+        "log_format",
+        "log.format",
+        "GATEWAY_LOG_FORMAT",
+        _choice(LOG_FORMATS),
+        "json, console, or auto (console on a TTY, json otherwise)",
+    ),
+    Field("log_level", "log.level", "GATEWAY_LOG_LEVEL", _choice(LOG_LEVELS), "log level"),
+    Field(
+        "admin_token",
+        None,
+        "GATEWAY_ADMIN_TOKEN",
+        _as_nonempty_str,
+        "an admin token for the default org that start-up makes sure exists",
+    ),
+    Field(
+        "secret_key",
+        None,
+        "GATEWAY_SECRET_KEY",
+        _as_nonempty_str,
+        "key that encrypts secureJsonData (else generated once into <data>/secret.key)",
+    ),
+    Field(
+        "health_interval",
+        "health.interval",
+        "GATEWAY_HEALTH_INTERVAL",
+        _seconds(minimum=0.1),
+        "seconds between probes of one source",
+    ),
+    Field(
+        "health_timeout",
+        "health.timeout",
+        "GATEWAY_HEALTH_TIMEOUT",
+        _seconds(minimum=0.1),
+        "seconds one probe may take",
+    ),
+    Field(
+        "proxy_connect_timeout",
+        "proxy.connect_timeout",
+        "GATEWAY_PROXY_CONNECT_TIMEOUT",
+        _seconds(minimum=0.1),
+        "seconds to connect to an upstream",
+    ),
+    Field(
+        "proxy_response_timeout",
+        "proxy.response_timeout",
+        "GATEWAY_PROXY_RESPONSE_TIMEOUT",
+        _seconds(minimum=0.1),
+        "seconds to wait for response headers (jsonData.timeout overrides)",
+    ),
+    Field(
+        "proxy_idle_timeout",
+        "proxy.idle_timeout",
+        "GATEWAY_PROXY_IDLE_TIMEOUT",
+        _seconds(minimum=0.1),
+        "seconds a proxied body may stall between chunks",
+    ),
+    Field(
+        "metrics_token",
+        None,
+        "GATEWAY_METRICS_TOKEN",
+        _as_nonempty_str,
+        "when set, GET /metrics needs `Authorization: Bearer <this>`",
+    ),
+    Field(
+        "provisioning_path",
+        "provisioning.path",
+        "GATEWAY_PROVISIONING_PATH",
+        _as_path,
+        "folder of Grafana-format data source provisioning files",
+    ),
+)
+
+_BY_TOML = {f.toml: f for f in FIELDS if f.toml}
+_BY_ENV = {f.env: f for f in FIELDS}
+# Variables that are ours but not settings fields: they must not be reported as unknown.
+_OTHER_ENV = {CONFIG_ENV, "GATEWAY_NEW_SECRET_KEY", "GATEWAY_BUILD_COMMIT"}
+
+
+def config_path(environ: Mapping[str, str], flag: str | None = None) -> Path:
+    """Where the TOML file is: the --config flag, then GATEWAY_CONFIG, then the default."""
+    if flag:
+        return Path(flag)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_settings(
+    path: Path | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Build Settings from the TOML file (if `path` exists), then `environ`, then `overrides`.
+
+    `overrides` maps Settings attribute names to values from CLI flags (None means "not given").
+    Raises SettingsError naming the key and the problem.
+    """
+    values: dict[str, object] = {}
+    if path is not None and path.exists():
+        values.update(_read_toml(path))
+    for key, text in environ.items():
+        if not key.startswith("GATEWAY_") or key in _OTHER_ENV:
+            continue
+        field = _BY_ENV.get(key)
+        if field is None:
+            raise SettingsError(key, "unknown setting (see the settings table in README.md)")
+        values[field.name] = _parse(field, text, key)
+    by_name = {f.name: f for f in FIELDS}
+    for name, flag_value in (overrides or {}).items():
+        if flag_value is None:
+            continue
+        values[name] = _parse(by_name[name], flag_value, "--" + name.replace("_", "-"))
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise SettingsError(str(path), f"cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(str(path), f"not valid TOML: {exc}") from exc
+    values: dict[str, object] = {}
+    for dotted, raw in _flatten(document):
+        field = _BY_TOML.get(dotted)
+        where = f"{path}: {dotted}"
+        if field is None:
+            if dotted.split(".")[-1] in {"admin_token", "secret_key", "token", "metrics_token"}:
+                raise SettingsError(where, "secrets are read only from environment variables")
+            raise SettingsError(where, "unknown key")
+        values[field.name] = _parse(field, raw, where)
+    return values
+
+
+def _flatten(table: Mapping[str, object], prefix: str = "") -> list[tuple[str, object]]:
+    items: list[tuple[str, object]] = []
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items.extend(_flatten(value, f"{dotted}."))
+        else:
+            items.append((dotted, value))
+    return items
+
+
+def _parse(field: Field, raw: object, where: str) -> object:
+    try:
+        return field.parse(raw)
+    except ValueError as exc:
+        raise SettingsError(where, str(exc)) from exc

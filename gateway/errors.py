@@ -1,0 +1,239 @@
+"""Domain errors and the one place that turns them into HTTP responses.
+
+    GatewayError                    500  internal error
+    ├── BadRequest                  400  invalid
+    │   └── InvalidId               400  invalid        ("id is invalid" / "invalid ID")
+    ├── Unauthorized                401  unauthorized
+    ├── Forbidden                   403  forbidden
+    │   ├── PermissionDenied        403  forbidden      (role too low for the action)
+    │   └── ReadOnlySource          403  forbidden      (provisioned source)
+    ├── NotFound                    404  not found
+    │   ├── DataSourceNotFound      404  not found
+    │   └── OrgNotFound             404  not found
+    ├── Conflict                    409  conflict       (Influx renders conflict as 422)
+    │   ├── NameConflict, UidConflict
+    │   └── VersionConflict
+    ├── PayloadTooLarge             413  request too large
+    ├── Unavailable                 503  unavailable
+    ├── BadGateway                  502  unavailable
+    └── GatewayTimeout              504  unavailable
+
+Each error carries a status and a message for each dialect. Grafana's API answers
+`{"message": ...}`; InfluxDB's answers `{"code", "message"}` with `X-Platform-Error-Code` and a
+status taken from the code (InfluxDB maps `conflict` to 422). `render_error` is the only function
+that builds an error body.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+
+from aiohttp import web
+
+INFLUX_CODE_STATUS: dict[str, int] = {
+    "internal error": 500,
+    "not implemented": 501,
+    "not found": 404,
+    "conflict": 422,
+    "invalid": 400,
+    "unprocessable entity": 422,
+    "empty value": 400,
+    "unavailable": 503,
+    "forbidden": 403,
+    "too many requests": 429,
+    "unauthorized": 401,
+    "method not allowed": 405,
+    "request too large": 413,
+}
+_STATUS_INFLUX_CODE = {
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not found",
+    405: "method not allowed",
+    409: "conflict",
+    413: "request too large",
+    422: "unprocessable entity",
+    429: "too many requests",
+    501: "not implemented",
+    502: "unavailable",
+    503: "unavailable",
+    504: "unavailable",
+}
+INFLUX_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
+class Dialect(Enum):
+    GRAFANA = "grafana"
+    INFLUX = "influx"
+
+
+class GatewayError(Exception):
+    status: int = 500
+    influx_code: str = "internal error"
+    message: str = "Internal Server Error"
+    influx_message: str = "An internal error has occurred - check server logs"
+
+    def __init__(self, message: str | None = None, *, influx_message: str | None = None) -> None:
+        if message is not None:
+            self.message = message
+            # One message serves both dialects unless the caller gives the Influx one too.
+            self.influx_message = influx_message or message
+        if influx_message is not None:
+            self.influx_message = influx_message
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, message={self.message!r})"
+
+
+class BadRequest(GatewayError):
+    status = 400
+    influx_code = "invalid"
+    message = "bad request data"
+    influx_message = "invalid request"
+
+
+class InvalidId(BadRequest):
+    message = "id is invalid"
+    influx_message = "invalid ID"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    influx_code = "unauthorized"
+    message = "Unauthorized"
+    influx_message = "unauthorized access"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    influx_code = "forbidden"
+    message = "Forbidden"
+    influx_message = "forbidden"
+
+
+class PermissionDenied(Forbidden):
+    def __init__(self, action: str) -> None:
+        super().__init__(
+            "You'll need additional permissions to perform this action. "
+            f"Permissions needed: {action}",
+            influx_message=f"{action} is forbidden for this token's role",
+        )
+
+
+class ReadOnlySource(Forbidden):
+    message = "Cannot update read-only data source"
+    influx_message = "source is read-only (provisioned)"
+
+
+class NotFound(GatewayError):
+    status = 404
+    influx_code = "not found"
+    message = "Not found"
+    influx_message = "path not found"
+
+
+class DataSourceNotFound(NotFound):
+    message = "Data source not found"
+    influx_message = "source not found"
+
+
+class OrgNotFound(NotFound):
+    message = "Organization not found"
+    influx_message = "organization not found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    influx_code = "conflict"
+    message = "Conflict"
+    influx_message = "conflict"
+
+
+class NameConflict(Conflict):
+    message = "data source with the same name already exists"
+    influx_message = "a source with the same name already exists in this organization"
+
+
+class UidConflict(Conflict):
+    message = "data source with the same uid already exists"
+
+
+class VersionConflict(Conflict):
+    message = "Datasource has already been updated by someone else. Please reload and try again"
+    influx_message = "the source was updated concurrently; retry"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    influx_code = "request too large"
+    message = "request body too large"
+
+
+class Unavailable(GatewayError):
+    status = 503
+    influx_code = "unavailable"
+    message = "Service unavailable"
+    influx_message = "service unavailable"
+
+
+class BadGateway(GatewayError):
+    status = 502
+    influx_code = "unavailable"
+    message = "Bad Gateway"
+    influx_message = "bad gateway"
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+    influx_code = "unavailable"
+    message = "Gateway Timeout"
+    influx_message = "gateway timeout"
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; `str()` is the one line printed before exiting with code 2."""
+
+
+def dialect_for(path: str) -> Dialect:
+    """InfluxDB's routes answer errors in InfluxDB's shape; everything else in Grafana's."""
+    if path.startswith("/api/v2/") or path == "/api/v2" or path in ("/query", "/write"):
+        return Dialect.INFLUX
+    return Dialect.GRAFANA
+
+
+def render_error(error: GatewayError, dialect: Dialect) -> web.Response:
+    if dialect is Dialect.INFLUX:
+        # InfluxDB answers a conflict with 422; every other status stays as the error says
+        # (502 and 504 stay distinct from 503: they tell who failed).
+        status = INFLUX_CODE_STATUS["conflict"] if error.influx_code == "conflict" else error.status
+        return influx_error_response(status, error.influx_code, error.influx_message)
+    return web.json_response({"message": error.message}, status=error.status)
+
+
+def influx_error_response(status: int, code: str, message: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps({"code": code, "message": message}).encode(),
+        headers={"X-Platform-Error-Code": code, "Content-Type": INFLUX_CONTENT_TYPE},
+    )
+
+
+def render_http_exception(exc: web.HTTPException, dialect: Dialect) -> web.Response:
+    """aiohttp's own 404/405/413 in the dialect of the path that was asked for."""
+    if dialect is Dialect.INFLUX:
+        code = _STATUS_INFLUX_CODE.get(exc.status, "internal error")
+        if exc.status == 404:
+            message = "path not found"
+        elif exc.status == 405:
+            message = f"allow: {exc.headers.get('Allow', '')}"
+        else:
+            message = exc.reason
+        return influx_error_response(exc.status, code, message)
+    message = "Not found" if exc.status == 404 else exc.reason
+    response = web.json_response({"message": message}, status=exc.status)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response

@@ -1,0 +1,1 @@
+"""Health: per-type probes producing InfluxDB HealthChecks, and the background monitor."""

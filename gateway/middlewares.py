@@ -1,0 +1,113 @@
+"""The three middlewares every request passes, outermost first.
+
+- `request_context`: takes or makes the request id, binds it to the log context, echoes it as
+  `X-Request-Id`, and writes the one canonical log line for the request.
+- `errors`: the only place a GatewayError (or aiohttp's own 404/405) becomes a response, in the
+  dialect of the path: Grafana `{"message"}` or InfluxDB `{"code", "message"}`.
+- `authenticate`: resolves `Authorization: Bearer|Token <t>` to a Principal (org + role) from
+  the in-memory cache; public paths pass without one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Collection
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from gateway.errors import (
+    GatewayError,
+    Unauthorized,
+    dialect_for,
+    render_error,
+    render_http_exception,
+)
+from gateway.keys import PRINCIPAL, PRINCIPALS, REQUEST_ID
+from gateway.security.auth import token_from_header
+
+log = structlog.get_logger("gateway.request")
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def request_id_from(request: web.Request) -> str:
+    """X-Request-Id, else traceparent's trace id, else Zap-Trace-Span, else a new one.
+
+    A client value is used only when it is short and plain: it ends up in logs and headers.
+    """
+    candidate = request.headers.get("X-Request-Id", "").strip()
+    if _SAFE_ID.fullmatch(candidate):
+        return candidate
+    match = _TRACEPARENT.fullmatch(request.headers.get("traceparent", "").strip().lower())
+    if match:
+        return match.group(1)
+    candidate = request.headers.get("Zap-Trace-Span", "").strip()
+    if _SAFE_ID.fullmatch(candidate):
+        return candidate
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request_id_from(request)
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Request-Id"] = request_id
+        return response
+    except web.HTTPException as exc:  # redirects and the like, raised rather than returned
+        status = exc.status
+        exc.headers["X-Request-Id"] = request_id
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        principal = request.get(PRINCIPAL)
+        log.info(
+            "request",
+            method=request.method,
+            path=resource.canonical if resource is not None else "<unmatched>",
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            org=principal.org.id if principal else None,
+        )
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return render_error(exc, dialect_for(request.path))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return render_http_exception(exc, dialect_for(request.path))
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        return render_error(GatewayError(), dialect_for(request.path))
+
+
+def authenticate(public_paths: Collection[str]) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in public_paths:
+            return await handler(request)
+        token = token_from_header(request.headers.get("Authorization"))
+        principal = await request.app[PRINCIPALS].resolve(token) if token else None
+        if principal is None:
+            raise Unauthorized()
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,113 @@
+"""Registry records. Plain frozen data: no I/O, no HTTP, no SQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+UID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,40}")
+MAX_NAME_LENGTH = 190
+MAX_URL_LENGTH = 255
+DEFAULT_ORG_ID = 1
+
+
+class Role(Enum):
+    VIEWER = "viewer"
+    EDITOR = "editor"
+    ADMIN = "admin"
+
+    @property
+    def can_write(self) -> bool:
+        return self is not Role.VIEWER
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    id: int
+    influx_id: str  # 16 lowercase hex digits: how InfluxDB's API names the org
+    name: str
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts as: the token's org and role. Cached; holds no secret."""
+
+    token_id: int
+    org: Org
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: int
+    org_name: str
+    role: Role
+    description: str
+    created: datetime
+    revoked: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DataSourceSpec:
+    """Everything a client may write about a data source; the store adds id, org and version."""
+
+    name: str
+    type: str
+    access: str = "proxy"
+    url: str = ""
+    user: str = ""
+    database: str = ""
+    basic_auth: bool = False
+    basic_auth_user: str = ""
+    with_credentials: bool = False
+    is_default: bool = False
+    json_data: Mapping[str, Any] = field(default_factory=dict)
+    secure_json_data: Mapping[str, str] = field(default_factory=dict, repr=False)
+    uid: str = ""
+    api_version: str = ""
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DataSource:
+    id: int
+    org_id: int
+    uid: str
+    name: str
+    type: str
+    access: str
+    url: str
+    user: str
+    database: str
+    basic_auth: bool
+    basic_auth_user: str
+    with_credentials: bool
+    is_default: bool
+    json_data: Mapping[str, Any]
+    # Decrypted values; never rendered. repr=False keeps them out of logs and tracebacks.
+    secure_json_data: Mapping[str, str] = field(repr=False)
+    version: int
+    read_only: bool
+    api_version: str
+    created: datetime
+    updated: datetime
+
+    @property
+    def secure_json_fields(self) -> dict[str, bool]:
+        """Which secret keys hold a value: all a client is ever told about secrets."""
+        return {key: True for key, value in self.secure_json_data.items() if value}
+
+    def spec(self) -> DataSourceSpec:
+        names = {f.name for f in dataclasses.fields(DataSourceSpec)}
+        return DataSourceSpec(**{name: getattr(self, name) for name in names})
+
+
+def influx_id(number: int) -> str:
+    """InfluxDB's form of an integer id: 16 lowercase hex digits."""
+    return f"{number:016x}"

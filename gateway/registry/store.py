@@ -1,0 +1,552 @@
+"""RegistryStore: every SQL statement of the gateway lives here.
+
+One aiosqlite connection in autocommit mode; every write is an explicit `BEGIN IMMEDIATE`
+transaction, and an asyncio lock keeps coroutines from interleaving statements on the shared
+connection. WAL lets the CLI (another process) write while the server reads.
+
+Callers that keep in-memory caches register with `add_listener`; they are told after every commit
+made here, and — through `watch_external_changes` polling `PRAGMA data_version` — after commits
+made by other processes such as `gateway token revoke`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+import string
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+
+from gateway.errors import (
+    DataSourceNotFound,
+    NameConflict,
+    OrgNotFound,
+    ReadOnlySource,
+    UidConflict,
+    VersionConflict,
+)
+from gateway.registry.migrations import MIGRATIONS
+from gateway.registry.models import (
+    DEFAULT_ORG_ID,
+    DataSource,
+    DataSourceSpec,
+    Org,
+    Principal,
+    Role,
+    TokenInfo,
+)
+from gateway.registry.secrets import SecretBox, SecretKeyMismatch
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_ORG_NAME = "Main Org."
+_KEY_CHECK = "key_check"
+_SOURCE_COLUMNS = (
+    "id, org_id, uid, name, type, access, url, user, database, basic_auth, basic_auth_user, "
+    "with_credentials, is_default, json_data, secure_json_data, version, read_only, api_version, "
+    "created, updated"
+)
+Mutation = Callable[[DataSource], DataSourceSpec]
+
+
+class RegistryStore:
+    def __init__(self, conn: aiosqlite.Connection, box: SecretBox) -> None:
+        self._conn = conn
+        self._box = box
+        self._lock = asyncio.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path, box: SecretBox) -> AsyncIterator[RegistryStore]:
+        """Open (creating if needed) the database, check the key, migrate, seed the default org.
+
+        The key is checked before any migration so a wrong key changes nothing on disk.
+        """
+        async with aiosqlite.connect(path, isolation_level=None) as conn:
+            conn.row_factory = sqlite3.Row
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            store = cls(conn, box)
+            await store._verify_key()
+            await store._migrate()
+            await store._seed()
+            yield store
+
+    async def _verify_key(self) -> None:
+        if not await self._table_exists("meta"):
+            return
+        row = await self._fetchone("SELECT value FROM meta WHERE key = ?", (_KEY_CHECK,))
+        if row is not None:
+            self._box.verify_key_check(row["value"])
+
+    async def _migrate(self) -> None:
+        row = await self._fetchone("PRAGMA user_version")
+        current = int(row[0]) if row else 0
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"the database schema is version {current}, newer than this gateway knows "
+                f"({len(MIGRATIONS)}); upgrade the gateway"
+            )
+        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            async with self._lock:
+                # executescript would COMMIT first; we want the DDL and the version bump atomic.
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _split_sql(script):
+                        await self._conn.execute(statement)
+                    await self._conn.execute(f"PRAGMA user_version = {number}")
+                except BaseException:
+                    await self._conn.execute("ROLLBACK")
+                    raise
+                await self._conn.execute("COMMIT")
+            log.info("migration_applied", schema_version=number)
+
+    async def _seed(self) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                (_KEY_CHECK, self._box.key_check()),
+            )
+            cursor = await db.execute("SELECT 1 FROM org WHERE id = ?", (DEFAULT_ORG_ID,))
+            if await cursor.fetchone() is None:
+                await db.execute(
+                    "INSERT INTO org (id, influx_id, name, created) VALUES (?, ?, ?, ?)",
+                    (DEFAULT_ORG_ID, _new_influx_id(), DEFAULT_ORG_NAME, _now()),
+                )
+
+    async def schema_version(self) -> int:
+        row = await self._fetchone("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer a query."""
+        await self._fetchone("SELECT 1")
+
+    # --- change notification -----------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    async def watch_external_changes(self, interval: float = 1.0) -> None:
+        """Run forever: notify listeners when another process commits to the database."""
+        row = await self._fetchone("PRAGMA data_version")
+        seen = int(row[0]) if row else 0
+        while True:
+            await asyncio.sleep(interval)
+            row = await self._fetchone("PRAGMA data_version")
+            version = int(row[0]) if row else 0
+            if version != seen:
+                seen = version
+                self._notify()
+
+    # --- orgs --------------------------------------------------------------------------------
+
+    async def create_org(self, name: str) -> Org:
+        created = _now()
+        try:
+            async with self._write() as db:
+                cursor = await db.execute(
+                    "INSERT INTO org (influx_id, name, created) VALUES (?, ?, ?)",
+                    (_new_influx_id(), name, created),
+                )
+                org_id = cursor.lastrowid
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"an org named {name!r} already exists") from exc
+        assert org_id is not None
+        return await self.get_org(org_id)
+
+    async def get_org(self, org_id: int) -> Org:
+        row = await self._fetchone("SELECT * FROM org WHERE id = ?", (org_id,))
+        if row is None:
+            raise OrgNotFound()
+        return _org(row)
+
+    async def find_org(self, *, name: str | None = None, influx_id: str | None = None) -> Org:
+        if name is not None:
+            row = await self._fetchone("SELECT * FROM org WHERE name = ?", (name,))
+        else:
+            row = await self._fetchone("SELECT * FROM org WHERE influx_id = ?", (influx_id,))
+        if row is None:
+            raise OrgNotFound()
+        return _org(row)
+
+    async def list_orgs(self) -> list[Org]:
+        return [_org(row) for row in await self._fetchall("SELECT * FROM org ORDER BY id")]
+
+    # --- tokens ------------------------------------------------------------------------------
+
+    async def create_token(
+        self, org_id: int, role: Role, token_hash: str, description: str = ""
+    ) -> int:
+        async with self._write() as db:
+            cursor = await db.execute(
+                "INSERT INTO api_token (org_id, role, token_hash, description, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (org_id, role.value, token_hash, description, _now()),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    async def ensure_token(
+        self, org_id: int, role: Role, token_hash: str, description: str
+    ) -> bool:
+        """Make sure an active token with this hash and role exists; True when it had to act."""
+        async with self._write() as db:
+            cursor = await db.execute(
+                "SELECT id, role, org_id, revoked FROM api_token WHERE token_hash = ?",
+                (token_hash,),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                await db.execute(
+                    "INSERT INTO api_token (org_id, role, token_hash, description, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (org_id, role.value, token_hash, description, _now()),
+                )
+                return True
+            if row["revoked"] is None and row["role"] == role.value and row["org_id"] == org_id:
+                return False
+            await db.execute(
+                "UPDATE api_token SET revoked = NULL, role = ?, org_id = ? WHERE id = ?",
+                (role.value, org_id, row["id"]),
+            )
+            return True
+
+    async def has_active_tokens(self) -> bool:
+        row = await self._fetchone("SELECT 1 FROM api_token WHERE revoked IS NULL LIMIT 1")
+        return row is not None
+
+    async def find_principal(self, token_hash: str) -> Principal | None:
+        row = await self._fetchone(
+            "SELECT t.id AS token_id, t.role, o.id, o.influx_id, o.name, o.created "
+            "FROM api_token t JOIN org o ON o.id = t.org_id "
+            "WHERE t.token_hash = ? AND t.revoked IS NULL",
+            (token_hash,),
+        )
+        if row is None:
+            return None
+        return Principal(token_id=row["token_id"], org=_org(row), role=Role(row["role"]))
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        rows = await self._fetchall(
+            "SELECT t.id, o.name AS org_name, t.role, t.description, t.created, t.revoked "
+            "FROM api_token t JOIN org o ON o.id = t.org_id ORDER BY t.id"
+        )
+        return [
+            TokenInfo(
+                id=row["id"],
+                org_name=row["org_name"],
+                role=Role(row["role"]),
+                description=row["description"],
+                created=_parse_time(row["created"]),
+                revoked=_parse_time(row["revoked"]) if row["revoked"] else None,
+            )
+            for row in rows
+        ]
+
+    async def revoke_token(self, token_id: int) -> bool:
+        """Revoke one token; False when no active token has that id."""
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE api_token SET revoked = ? WHERE id = ? AND revoked IS NULL",
+                (_now(), token_id),
+            )
+            return cursor.rowcount == 1
+
+    # --- data sources ------------------------------------------------------------------------
+
+    async def list_sources(self, org_id: int | None = None) -> list[DataSource]:
+        if org_id is None:
+            rows = await self._fetchall(f"SELECT {_SOURCE_COLUMNS} FROM data_source ORDER BY id")
+        else:
+            rows = await self._fetchall(
+                f"SELECT {_SOURCE_COLUMNS} FROM data_source WHERE org_id = ? ORDER BY id",
+                (org_id,),
+            )
+        return [self._source(row) for row in rows]
+
+    async def get_source(
+        self,
+        org_id: int,
+        *,
+        id: int | None = None,
+        uid: str | None = None,
+        name: str | None = None,
+    ) -> DataSource:
+        """One source of one org, by exactly one of id, uid or name; DataSourceNotFound else."""
+        value: int | str
+        if id is not None:
+            where, value = "id = ?", id
+        elif uid is not None:
+            where, value = "uid = ?", uid
+        elif name is not None:
+            where, value = "name = ?", name
+        else:
+            raise TypeError("get_source needs id, uid or name")
+        row = await self._fetchone(
+            f"SELECT {_SOURCE_COLUMNS} FROM data_source WHERE org_id = ? AND {where}",
+            (org_id, value),
+        )
+        if row is None:
+            raise DataSourceNotFound()
+        return self._source(row)
+
+    async def create_source(self, org_id: int, spec: DataSourceSpec) -> DataSource:
+        """Insert a source. An empty name becomes `<type>`, `<type>-1`, …; an empty uid is
+        generated; the first source of an org becomes its default."""
+        now = _now()
+        async with self._write() as db:
+            names = await self._names(db, org_id)
+            name = spec.name or _available_name(spec.type, names)
+            uid = spec.uid or _new_uid()
+            is_default = spec.is_default or not names
+            try:
+                cursor = await db.execute(
+                    "INSERT INTO data_source (org_id, uid, name, type, access, url, user, "
+                    "database, basic_auth, basic_auth_user, with_credentials, is_default, "
+                    "json_data, secure_json_data, version, read_only, api_version, created, "
+                    "updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?,?)",
+                    (
+                        org_id, uid, name, spec.type, spec.access, spec.url, spec.user,
+                        spec.database, spec.basic_auth, spec.basic_auth_user,
+                        spec.with_credentials, is_default, json.dumps(dict(spec.json_data)),
+                        self._box.encrypt(spec.secure_json_data), spec.read_only,
+                        spec.api_version, now, now,
+                    ),
+                )  # fmt: skip
+            except sqlite3.IntegrityError as exc:
+                raise _conflict(exc) from exc
+            source_id = cursor.lastrowid
+            assert source_id is not None
+            if is_default:
+                await self._clear_other_defaults(db, org_id, source_id)
+            return self._source(await self._row(db, org_id, source_id))
+
+    async def update_source(
+        self,
+        org_id: int,
+        source_id: int,
+        mutate: Mutation,
+        *,
+        expected_version: int | None = None,
+    ) -> DataSource:
+        """Replace a source with `mutate(current)`, atomically.
+
+        `mutate` sees the stored row inside the transaction, so merges (kept secrets, partial
+        patches) cannot lose a concurrent write. With `expected_version`, the UPDATE itself only
+        matches while the stored version is not newer than it; otherwise VersionConflict.
+        """
+        async with self._write() as db:
+            current = self._source(await self._row(db, org_id, source_id))
+            spec = mutate(current)
+            condition = "id = ? AND org_id = ? AND version = ?"
+            params: list[Any] = [source_id, org_id, current.version]
+            if expected_version is not None:
+                condition += " AND version <= ?"
+                params.append(expected_version)
+            try:
+                cursor = await db.execute(
+                    "UPDATE data_source SET uid = ?, name = ?, type = ?, access = ?, url = ?, "
+                    "user = ?, database = ?, basic_auth = ?, basic_auth_user = ?, "
+                    "with_credentials = ?, is_default = ?, json_data = ?, secure_json_data = ?, "
+                    "read_only = ?, api_version = ?, version = version + 1, updated = ? "
+                    f"WHERE {condition}",
+                    (
+                        spec.uid or current.uid, spec.name, spec.type, spec.access, spec.url,
+                        spec.user, spec.database, spec.basic_auth, spec.basic_auth_user,
+                        spec.with_credentials, spec.is_default, json.dumps(dict(spec.json_data)),
+                        self._box.encrypt(spec.secure_json_data), spec.read_only,
+                        spec.api_version, _now(), *params,
+                    ),
+                )  # fmt: skip
+            except sqlite3.IntegrityError as exc:
+                raise _conflict(exc) from exc
+            if cursor.rowcount != 1:
+                raise VersionConflict()
+            if spec.is_default:
+                await self._clear_other_defaults(db, org_id, source_id)
+            return self._source(await self._row(db, org_id, source_id))
+
+    async def delete_source(
+        self, org_id: int, source_id: int, *, allow_read_only: bool = False
+    ) -> DataSource:
+        async with self._write() as db:
+            source = self._source(await self._row(db, org_id, source_id))
+            if source.read_only and not allow_read_only:
+                raise ReadOnlySource("Cannot delete read-only data source")
+            await db.execute(
+                "DELETE FROM data_source WHERE id = ? AND org_id = ?", (source_id, org_id)
+            )
+            return source
+
+    # --- keys --------------------------------------------------------------------------------
+
+    async def rotate_key(self, new_box: SecretBox) -> int:
+        """Re-encrypt every row's secrets and the key check under `new_box`, in one transaction.
+
+        Returns the number of sources re-encrypted. On any error nothing changes.
+        """
+        async with self._write() as db:
+            cursor = await db.execute("SELECT id, secure_json_data FROM data_source")
+            rows = list(await cursor.fetchall())
+            for row in rows:
+                plain = self._box.decrypt(row["secure_json_data"])
+                await db.execute(
+                    "UPDATE data_source SET secure_json_data = ? WHERE id = ?",
+                    (new_box.encrypt(plain), row["id"]),
+                )
+            await db.execute(
+                "UPDATE meta SET value = ? WHERE key = ?", (new_box.key_check(), _KEY_CHECK)
+            )
+        self._box = new_box
+        return len(rows)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+        self._notify()
+
+    async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        async with self._lock:
+            cursor = await self._conn.execute(sql, tuple(params))
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self._lock:
+            cursor = await self._conn.execute(sql, tuple(params))
+            return list(await cursor.fetchall())
+
+    async def _table_exists(self, name: str) -> bool:
+        row = await self._fetchone(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        )
+        return row is not None
+
+    @staticmethod
+    async def _row(db: aiosqlite.Connection, org_id: int, source_id: int) -> sqlite3.Row:
+        cursor = await db.execute(
+            f"SELECT {_SOURCE_COLUMNS} FROM data_source WHERE id = ? AND org_id = ?",
+            (source_id, org_id),
+        )
+        row: sqlite3.Row | None = await cursor.fetchone()
+        if row is None:
+            raise DataSourceNotFound()
+        return row
+
+    @staticmethod
+    async def _names(db: aiosqlite.Connection, org_id: int) -> set[str]:
+        cursor = await db.execute("SELECT name FROM data_source WHERE org_id = ?", (org_id,))
+        return {row["name"].lower() for row in await cursor.fetchall()}
+
+    @staticmethod
+    async def _clear_other_defaults(db: aiosqlite.Connection, org_id: int, keep: int) -> None:
+        await db.execute(
+            "UPDATE data_source SET is_default = 0 WHERE org_id = ? AND id <> ? AND is_default",
+            (org_id, keep),
+        )
+
+    def _source(self, row: sqlite3.Row) -> DataSource:
+        return DataSource(
+            id=row["id"],
+            org_id=row["org_id"],
+            uid=row["uid"],
+            name=row["name"],
+            type=row["type"],
+            access=row["access"],
+            url=row["url"],
+            user=row["user"],
+            database=row["database"],
+            basic_auth=bool(row["basic_auth"]),
+            basic_auth_user=row["basic_auth_user"],
+            with_credentials=bool(row["with_credentials"]),
+            is_default=bool(row["is_default"]),
+            json_data=json.loads(row["json_data"]),
+            secure_json_data=self._box.decrypt(row["secure_json_data"]),
+            version=row["version"],
+            read_only=bool(row["read_only"]),
+            api_version=row["api_version"],
+            created=_parse_time(row["created"]),
+            updated=_parse_time(row["updated"]),
+        )
+
+
+def _split_sql(script: str) -> list[str]:
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
+
+
+def _conflict(exc: sqlite3.IntegrityError) -> Exception:
+    text = str(exc)
+    if "data_source.uid" in text:
+        return UidConflict()
+    if "data_source.name" in text:
+        return NameConflict()
+    return exc
+
+
+def _available_name(type_: str, taken: set[str]) -> str:
+    """Grafana's rule: `<type>`, then `<type>-1`, `<type>-2`, … (case-insensitively free)."""
+    if type_.lower() not in taken:
+        return type_
+    n = 1
+    while f"{type_}-{n}".lower() in taken:
+        n += 1
+    return f"{type_}-{n}"
+
+
+_UID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def _new_uid() -> str:
+    """Grafana's shape: a letter a-f, a random base36 body, a letter a-f (14 characters)."""
+    body = "".join(secrets.choice(_UID_ALPHABET) for _ in range(12))
+    return secrets.choice("abcdef") + body + secrets.choice("abcdef")
+
+
+def _new_influx_id() -> str:
+    while True:
+        value = secrets.token_hex(8)
+        if int(value, 16) != 0:
+            return value
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _org(row: sqlite3.Row) -> Org:
+    created = _parse_time(row["created"])
+    return Org(id=row["id"], influx_id=row["influx_id"], name=row["name"], created=created)
+
+
+__all__ = ["DEFAULT_ORG_NAME", "RegistryStore", "SecretKeyMismatch"]

@@ -1,0 +1,64 @@
+"""API tokens: generation, hashing, the `Authorization` header, and an in-memory principal cache.
+
+Tokens are 32 random bytes (base64url, prefixed `dsg_`). Only their SHA-256 is stored: a token
+carries 256 bits of entropy, so a fast hash is enough and a lookup stays a single indexed query.
+Both `Bearer <t>` (Grafana) and `Token <t>` (InfluxDB) schemes are accepted, case-insensitively.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from gateway.registry.models import Principal
+from gateway.registry.store import RegistryStore
+
+TOKEN_PREFIX = "dsg_"
+_SCHEMES = ("bearer", "token")
+# A header longer than this is not a token of ours; refuse before hashing attacker input.
+_MAX_TOKEN_LENGTH = 512
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_from_header(value: str | None) -> str | None:
+    """The token in an `Authorization` header, or None when there is no usable one."""
+    if not value:
+        return None
+    scheme, _, credential = value.strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() not in _SCHEMES or not credential or len(credential) > _MAX_TOKEN_LENGTH:
+        return None
+    return credential
+
+
+class PrincipalCache:
+    """Token hash → Principal, so authenticating a request touches no SQL after the first time.
+
+    Only hits are cached; the store clears the cache on every committed change (its own, or
+    another process's seen through `PRAGMA data_version`), so a revoked token stops working
+    within the store's watch interval.
+    """
+
+    def __init__(self, store: RegistryStore) -> None:
+        self._store = store
+        self._by_hash: dict[str, Principal] = {}
+        store.add_listener(self.clear)
+
+    def clear(self) -> None:
+        self._by_hash.clear()
+
+    async def resolve(self, token: str) -> Principal | None:
+        digest = hash_token(token)
+        principal = self._by_hash.get(digest)
+        if principal is None:
+            principal = await self._store.find_principal(digest)
+            if principal is not None:
+                self._by_hash[digest] = principal
+        return principal

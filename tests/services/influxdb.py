@@ -1,0 +1,1 @@
+"""Fixtures that start Debian's InfluxDB 1.x (`influxd`) as a real upstream. (To be written.)"""
