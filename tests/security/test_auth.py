@@ -1,0 +1,162 @@
+"""Tokens: hashing, both header schemes, roles, revocation, bootstrap of the admin token."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from gateway.app import create_app
+from gateway.bootstrap import ADMIN_TOKEN_FILE
+from gateway.config import Settings
+from gateway.keys import PRINCIPAL, STORE
+from gateway.registry.models import Role
+from gateway.security.auth import hash_token, new_token, token_from_header
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY, MakeToken
+from tests.process import run_cli
+
+
+async def whoami(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    return web.json_response({"org": principal.org.name, "role": principal.role.value})
+
+
+@pytest.fixture
+def app(settings: Settings) -> web.Application:
+    """The real app plus one route that reports who the request is authenticated as."""
+    application = create_app(settings)
+    application.router.add_get("/api/test/whoami", whoami)
+    application.router.add_get("/api/v2/test/whoami", whoami)
+    return application
+
+
+class TestHeaderParsing:
+    @pytest.mark.parametrize(
+        ("header", "token"),
+        [
+            ("Bearer abc", "abc"),
+            ("Token abc", "abc"),
+            ("bearer abc", "abc"),
+            ("TOKEN   abc  ", "abc"),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("abc", None),
+            ("", None),
+            (None, None),
+            ("Bearer " + "x" * 600, None),
+        ],
+    )
+    def test_token_from_header(self, header: str | None, token: str | None) -> None:
+        assert token_from_header(header) == token
+
+    def test_new_tokens_are_long_random_and_prefixed(self) -> None:
+        tokens = {new_token() for _ in range(50)}
+        assert len(tokens) == 50
+        assert all(t.startswith("dsg_") and len(t) >= 40 for t in tokens)
+
+
+class TestAuthentication:
+    @pytest.mark.parametrize("scheme", ["Bearer", "Token", "bearer", "token"])
+    async def test_both_schemes_are_accepted(self, client: TestClient, scheme: str) -> None:
+        response = await client.get(
+            "/api/test/whoami", headers={"Authorization": f"{scheme} {ADMIN_TOKEN}"}
+        )
+        assert response.status == 200
+        assert await response.json() == {"org": "Main Org.", "role": "admin"}
+
+    @pytest.mark.parametrize(
+        "headers",
+        [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {ADMIN_TOKEN}"}],
+    )
+    async def test_missing_or_unknown_token_is_401_in_grafanas_shape(
+        self, client: TestClient, headers: dict[str, str]
+    ) -> None:
+        response = await client.get("/api/test/whoami", headers=headers)
+        assert response.status == 401
+        assert await response.json() == {"message": "Unauthorized"}
+
+    async def test_missing_token_is_401_in_influxs_shape_under_api_v2(
+        self, client: TestClient
+    ) -> None:
+        response = await client.get("/api/v2/test/whoami")
+        assert response.status == 401
+        assert response.headers["X-Platform-Error-Code"] == "unauthorized"
+        assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert await response.json() == {"code": "unauthorized", "message": "unauthorized access"}
+
+    @pytest.mark.parametrize("role", ["admin", "editor", "viewer"])
+    async def test_a_token_carries_its_org_and_role(
+        self, client: TestClient, make_token: MakeToken, role: str
+    ) -> None:
+        headers = await make_token(role=role, org="Team B")
+        response = await client.get("/api/test/whoami", headers=headers)
+        assert await response.json() == {"org": "Team B", "role": role}
+
+    async def test_only_the_hash_is_stored(self, client: TestClient, data_dir: Path) -> None:
+        token = new_token()
+        await client.server.app[STORE].create_token(1, Role.VIEWER, hash_token(token), "t")
+        raw = b"".join(p.read_bytes() for p in data_dir.glob("gateway.db*"))
+        assert token.encode() not in raw
+        assert ADMIN_TOKEN.encode() not in raw
+        assert hash_token(token).encode() in raw
+
+    async def test_a_revoked_token_stops_working_at_once(self, client: TestClient) -> None:
+        store = client.server.app[STORE]
+        token = new_token()
+        token_id = await store.create_token(1, Role.EDITOR, hash_token(token), "t")
+        headers = {"Authorization": f"Token {token}"}
+        assert (await client.get("/api/test/whoami", headers=headers)).status == 200  # now cached
+        assert await store.revoke_token(token_id)
+        assert (await client.get("/api/test/whoami", headers=headers)).status == 401
+        assert not await store.revoke_token(token_id)  # revoking twice reports nothing to do
+
+    async def test_a_token_revoked_by_another_process_stops_working(
+        self, client: TestClient, data_dir: Path
+    ) -> None:
+        store = client.server.app[STORE]
+        token = new_token()
+        token_id = await store.create_token(1, Role.EDITOR, hash_token(token), "t")
+        headers = {"Authorization": f"Bearer {token}"}
+        assert (await client.get("/api/test/whoami", headers=headers)).status == 200
+        result = await asyncio.to_thread(
+            run_cli, "token", "revoke", str(token_id), data_dir=data_dir
+        )
+        assert result.returncode == 0, result.stderr
+        for _ in range(50):  # the store polls PRAGMA data_version once a second
+            if (await client.get("/api/test/whoami", headers=headers)).status == 401:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the revoked token still authenticates after 5 s")
+
+
+class TestAdminTokenBootstrap:
+    async def test_the_env_token_is_an_admin_of_the_default_org(self, client: TestClient) -> None:
+        response = await client.get(
+            "/api/test/whoami", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert await response.json() == {"org": "Main Org.", "role": "admin"}
+
+    async def test_without_any_token_one_is_generated_into_a_private_file(
+        self, aiohttp_client: AiohttpClient, data_dir: Path
+    ) -> None:
+        settings = Settings(data_dir=data_dir, secret_key=SECRET_KEY, port=0)
+        application = create_app(settings)
+        application.router.add_get("/api/test/whoami", whoami)
+        client = await aiohttp_client(application)
+        path = data_dir / ADMIN_TOKEN_FILE
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        token = path.read_text().strip()
+        response = await client.get("/api/test/whoami", headers={"Authorization": f"Token {token}"})
+        assert await response.json() == {"org": "Main Org.", "role": "admin"}
+
+    async def test_no_file_is_written_when_a_token_exists(
+        self, client: TestClient, data_dir: Path
+    ) -> None:
+        assert not (data_dir / ADMIN_TOKEN_FILE).exists()

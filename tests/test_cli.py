@@ -1,0 +1,96 @@
+"""`gateway token | org | keys` as a user runs them, against a real data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.registry.secrets import KEY_FILE_NAME
+from tests.process import run_cli
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def test_token_create_prints_the_token_once_and_list_never_shows_it(data: Path) -> None:
+    created = run_cli(
+        "token", "create", "--org", "Main Org.", "--role", "editor", "--description", "ci",
+        data_dir=data,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("dsg_")
+    assert "not shown again" in created.stderr
+    listed = run_cli("token", "list", data_dir=data)
+    assert listed.returncode == 0
+    assert token not in listed.stdout
+    row = next(line for line in listed.stdout.splitlines() if line.rstrip().endswith("ci"))
+    assert "editor" in row
+    assert "Main Org." in row
+
+
+def test_token_create_for_an_unknown_org_fails_with_exit_1(data: Path) -> None:
+    result = run_cli("token", "create", "--org", "Nope", "--role", "viewer", data_dir=data)
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("gateway: no org named 'Nope' (see `gateway org list`)")
+
+
+def test_token_create_refuses_an_unknown_role(data: Path) -> None:
+    result = run_cli("token", "create", "--org", "Main Org.", "--role", "root", data_dir=data)
+    assert result.returncode == 2
+    assert "invalid choice: 'root'" in result.stderr
+
+
+def test_revoke_marks_the_token_and_refuses_unknown_ids(data: Path) -> None:
+    run_cli("token", "create", "--org", "Main Org.", "--role", "viewer", data_dir=data)
+    assert run_cli("token", "revoke", "1", data_dir=data).returncode == 0
+    listed = run_cli("token", "list", data_dir=data).stdout.splitlines()[1]
+    assert listed.split()[0] == "1"
+    assert listed.split()[4] != "-"  # the REVOKED column holds a time now
+    again = run_cli("token", "revoke", "1", data_dir=data)
+    assert again.returncode == 1
+    assert "no active token with id 1" in again.stderr
+
+
+def test_org_create_gives_an_influx_id_and_refuses_duplicates(data: Path) -> None:
+    created = run_cli("org", "create", "Team B", data_dir=data)
+    assert created.returncode == 0, created.stderr
+    org_id, influx_id, name = created.stdout.strip().split("\t")
+    assert (org_id, name) == ("2", "Team B")
+    assert len(influx_id) == 16
+    int(influx_id, 16)
+    duplicate = run_cli("org", "create", "team b", data_dir=data)
+    assert duplicate.returncode == 1
+    assert "already exists" in duplicate.stderr
+    listed = run_cli("org", "list", data_dir=data).stdout.splitlines()
+    assert [line.split("\t")[2] for line in listed] == ["Main Org.", "Team B"]
+
+
+def test_keys_rotate_with_a_key_file_replaces_the_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {"GATEWAY_SECRET_KEY": None}  # no key in the environment: the generated file is used
+    assert run_cli("org", "list", data_dir=data, env=env).returncode == 0
+    old_key = (data / KEY_FILE_NAME).read_text()
+    rotated = run_cli("keys", "rotate", data_dir=data, env=env)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "re-encrypted the secrets of 0 data sources" in rotated.stderr
+    assert (data / KEY_FILE_NAME).read_text() != old_key
+    assert not (data / (KEY_FILE_NAME + ".new")).exists()
+    assert run_cli("org", "list", data_dir=data, env=env).returncode == 0  # new key opens it
+
+
+def test_keys_rotate_with_an_env_key_needs_the_new_key(data: Path) -> None:
+    result = run_cli("keys", "rotate", data_dir=data)
+    assert result.returncode == 1
+    assert "set GATEWAY_NEW_SECRET_KEY" in result.stderr
+    rotated = run_cli("keys", "rotate", data_dir=data, env={"GATEWAY_NEW_SECRET_KEY": "next"})
+    assert rotated.returncode == 0, rotated.stderr
+    stale = run_cli("org", "list", data_dir=data)
+    assert stale.returncode == 2
+    assert "cannot decrypt" in stale.stderr
+    assert "Traceback" not in stale.stderr
+    fresh = run_cli("org", "list", data_dir=data, env={"GATEWAY_SECRET_KEY": "next"})
+    assert fresh.returncode == 0

@@ -1,0 +1,137 @@
+"""Settings: file < environment < flags, and every way a setting can be unusable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import FIELDS, Settings, SettingsError, config_path, load_settings
+from tests.process import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+class TestPrecedence:
+    def test_the_shipped_file_states_exactly_the_defaults(self) -> None:
+        assert load_settings(REPO / "config" / "gateway.toml", {}) == Settings()
+
+    def test_the_shipped_file_documents_every_file_key(self) -> None:
+        text = (REPO / "config" / "gateway.toml").read_text()
+        for field in FIELDS:
+            if field.toml:
+                assert field.toml.split(".")[-1] in text, field.toml
+            assert field.env in text or field.toml is None, field.env
+
+    def test_missing_file_gives_defaults(self, tmp_path: Path) -> None:
+        assert load_settings(tmp_path / "absent.toml", {}) == Settings()
+
+    def test_environment_overrides_file_and_flags_override_both(self, tmp_path: Path) -> None:
+        path = write(tmp_path, '[server]\nport = 9000\nhost = "10.0.0.1"\n[health]\ninterval = 7\n')
+        env = {"GATEWAY_PORT": "9100", "GATEWAY_HEALTH_INTERVAL": "3.5"}
+        settings = load_settings(path, env, {"port": "9200", "host": None})
+        assert settings.port == 9200  # flag
+        assert settings.host == "10.0.0.1"  # file (no env, flag not given)
+        assert settings.health_interval == 3.5  # env over file
+
+    def test_secrets_come_from_the_environment(self, tmp_path: Path) -> None:
+        env = {"GATEWAY_ADMIN_TOKEN": "a", "GATEWAY_SECRET_KEY": "k", "GATEWAY_METRICS_TOKEN": "m"}
+        settings = load_settings(None, env)
+        assert (settings.admin_token, settings.secret_key, settings.metrics_token) == (
+            "a",
+            "k",
+            "m",
+        )
+        assert "k" not in repr(settings).replace("interval", "")  # secrets stay out of repr
+        assert "secret_key" not in repr(settings)
+
+    def test_config_path_flag_then_env_then_default(self) -> None:
+        assert config_path({}, None) == Path("config/gateway.toml")
+        assert config_path({"GATEWAY_CONFIG": "/e.toml"}, None) == Path("/e.toml")
+        assert config_path({"GATEWAY_CONFIG": "/e.toml"}, "/f.toml") == Path("/f.toml")
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ("[server]\nprot = 1\n", "gateway.toml: server.prot: unknown key"),
+            ("[sever]\nport = 1\n", "gateway.toml: sever.port: unknown key"),
+            ('[server]\nport = "eighty"\n', "server.port: expected an integer, got 'eighty'"),
+            ("[server]\nport = 70000\n", "server.port: must be between 0 and 65535, got 70000"),
+            ("[server]\nport = true\n", "server.port: expected an integer, got a boolean"),
+            ("[server]\nhost = 5\n", "server.host: expected a string, got an integer"),
+            ("[health]\ninterval = -1\n", "health.interval: must be at least 0.1 seconds"),
+            ('[log]\nformat = "xml"\n', "log.format: must be one of auto, json, console"),
+            ("[server\nport = 1\n", "not valid TOML"),
+            ('[security]\nsecret_key = "x"\n', "secrets are read only from environment variables"),
+        ],
+    )
+    def test_file_errors_name_the_key(self, tmp_path: Path, text: str, message: str) -> None:
+        with pytest.raises(SettingsError) as caught:
+            load_settings(write(tmp_path, text), {})
+        assert message in str(caught.value)
+
+    @pytest.mark.parametrize(
+        ("env", "message"),
+        [
+            ({"GATEWAY_PROT": "1"}, "GATEWAY_PROT: unknown setting"),
+            ({"GATEWAY_PORT": "x"}, "GATEWAY_PORT: expected an integer, got 'x'"),
+            ({"GATEWAY_HEALTH_TIMEOUT": "nan"}, "GATEWAY_HEALTH_TIMEOUT: must be a finite number"),
+            ({"GATEWAY_LOG_LEVEL": "loud"}, "GATEWAY_LOG_LEVEL: must be one of"),
+            ({"GATEWAY_DATA_DIR": "  "}, "GATEWAY_DATA_DIR: must not be empty"),
+        ],
+    )
+    def test_environment_errors_name_the_variable(self, env: dict[str, str], message: str) -> None:
+        with pytest.raises(SettingsError) as caught:
+            load_settings(None, env)
+        assert message in str(caught.value)
+
+    def test_flag_errors_name_the_flag(self) -> None:
+        with pytest.raises(SettingsError, match="--port: expected an integer"):
+            load_settings(None, {}, {"port": "abc"})
+
+
+class TestStartupExitCodes:
+    """The real command: exit code 2 and one line naming the problem, never a traceback."""
+
+    def test_bad_setting_exits_2_with_one_line(self, tmp_path: Path) -> None:
+        result = run_cli("serve", data_dir=tmp_path / "data", env={"GATEWAY_PORT": "http"})
+        assert result.returncode == 2
+        assert result.stderr.strip() == "gateway: GATEWAY_PORT: expected an integer, got 'http'"
+        assert "Traceback" not in result.stdout + result.stderr
+
+    def test_unknown_key_in_the_file_exits_2(self, tmp_path: Path) -> None:
+        config = write(tmp_path, "[server]\nhots = 1\n")
+        result = run_cli("serve", "--config", str(config), data_dir=tmp_path / "data")
+        assert result.returncode == 2
+        assert result.stderr.strip() == f"gateway: {config}: server.hots: unknown key"
+
+    def test_unusable_data_dir_exits_2(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_text("")
+        result = run_cli("serve", data_dir=blocker)
+        assert result.returncode == 2
+        assert f"data.dir ({blocker}): exists and is not a directory" in result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+    def test_port_in_use_exits_2(self, tmp_path: Path) -> None:
+        import socket
+
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            result = run_cli(
+                "serve", "--port", str(port), data_dir=tmp_path / "data", env={}, timeout=30
+            )
+        assert result.returncode == 2
+        assert "cannot listen on 127.0.0.1" in result.stderr
+        assert "Traceback" not in result.stdout + result.stderr

@@ -1,0 +1,67 @@
+"""Request ids and the one canonical log line per request."""
+
+from __future__ import annotations
+
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import ADMIN_TOKEN
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"X-Request-Id": "abc-123"}, "abc-123"),
+        (
+            {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+        ),
+        ({"Zap-Trace-Span": "3fd0c6b2a1:1:0:1"}, "3fd0c6b2a1:1:0:1"),
+        ({"X-Request-Id": "a", "Zap-Trace-Span": "b"}, "a"),
+    ],
+)
+async def test_request_id_is_taken_from_the_client_and_echoed(
+    client: TestClient, headers: dict[str, str], expected: str
+) -> None:
+    response = await client.get("/ping", headers=headers)
+    assert response.headers["X-Request-Id"] == expected
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-Request-Id": "has spaces and <html>"}, {"X-Request-Id": "x" * 300}],
+)
+async def test_a_missing_or_unsafe_request_id_is_replaced(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    response = await client.get("/ping", headers=headers)
+    generated = response.headers["X-Request-Id"]
+    assert len(generated) == 32
+    int(generated, 16)
+
+
+async def test_one_canonical_line_per_request(client: TestClient) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await client.get(
+            "/api/nothing",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Request-Id": "rid-1"},
+        )
+    lines = [entry for entry in logs if entry["event"] == "request"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["method"] == "GET"
+    assert line["status"] == 404
+    assert line["org"] == 1
+    assert line["path"] == "<unmatched>"
+    assert isinstance(line["duration_ms"], float)
+    assert ADMIN_TOKEN not in repr(logs)
+
+
+async def test_the_log_line_names_the_route_template_not_the_raw_path(
+    client: TestClient,
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await client.get("/ready?secret=1")
+    (line,) = [entry for entry in logs if entry["event"] == "request"]
+    assert line["path"] == "/ready"
