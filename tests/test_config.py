@@ -122,6 +122,17 @@ class TestStartupExitCodes:
         assert "Traceback" not in result.stdout + result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 
+    def test_a_wrong_secret_key_exits_2_and_changes_nothing(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        assert run_cli("org", "create", "Team", data_dir=data).returncode == 0
+        before = (data / "gateway.db").read_bytes()
+        result = run_cli("serve", data_dir=data, env={"GATEWAY_SECRET_KEY": "another-key"})
+        assert result.returncode == 2
+        assert "GATEWAY_SECRET_KEY cannot decrypt" in result.stderr
+        assert "nothing was changed" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert (data / "gateway.db").read_bytes() == before
+
     def test_port_in_use_exits_2(self, tmp_path: Path) -> None:
         import socket
 

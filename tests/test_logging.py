@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Iterator
+
 import pytest
 import structlog
 from aiohttp.test_utils import TestClient
 
+from gateway.logging import configure_logging
 from tests.conftest import ADMIN_TOKEN
 
 
@@ -65,3 +70,45 @@ async def test_the_log_line_names_the_route_template_not_the_raw_path(
         await client.get("/ready?secret=1")
     (line,) = [entry for entry in logs if entry["event"] == "request"]
     assert line["path"] == "/ready"
+
+
+class TestConfiguration:
+    """configure_logging on the real root logger, restored afterwards."""
+
+    @pytest.fixture(autouse=True)
+    def restore_logging(self) -> Iterator[None]:
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        yield
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+    def test_aiohttp_stdlib_logs_render_as_json_lines(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging("json", "info")
+        logging.getLogger("aiohttp.server").error("Error handling request")
+        record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert record["event"] == "Error handling request"
+        assert record["logger"] == "aiohttp.server"
+        assert record["level"] == "error"
+        assert "timestamp" in record
+
+    def test_fields_named_like_secrets_are_redacted(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging("json", "info")
+        structlog.get_logger("t").info("oops", authorization="Bearer abc", password="pw", ok=1)
+        record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert record["authorization"] == "[redacted]"
+        assert record["password"] == "[redacted]"
+        assert record["ok"] == 1
+
+    def test_level_filters(self, capsys: pytest.CaptureFixture[str]) -> None:
+        configure_logging("json", "warning")
+        structlog.get_logger("t").info("quiet")
+        structlog.get_logger("t").warning("loud")
+        err = capsys.readouterr().err
+        assert "quiet" not in err
+        assert "loud" in err
