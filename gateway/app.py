@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import structlog
@@ -16,8 +16,12 @@ from gateway.api import grafana, influx, ops
 from gateway.bootstrap import ensure_admin_token, open_secret_box, prepare_data_dir
 from gateway.config import Settings
 from gateway.errors import StartupError
-from gateway.keys import HTTP, LIFECYCLE, PRINCIPALS, SETTINGS, STORE, Lifecycle
+from gateway.health.monitor import HealthMonitor
+from gateway.health.probes import HealthCheck, probe_source
+from gateway.keys import HTTP, LIFECYCLE, MONITOR, PRINCIPALS, SETTINGS, SOURCES, STORE, Lifecycle
 from gateway.middlewares import authenticate, errors, request_context
+from gateway.registry.cache import SourceCache
+from gateway.registry.models import DataSource
 from gateway.registry.secrets import SecretKeyMismatch
 from gateway.registry.store import RegistryStore
 from gateway.security.auth import PrincipalCache
@@ -38,7 +42,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
-    app.cleanup_ctx.extend([_store_ctx, _http_ctx, _ready_ctx])  # order = dependency order
+    # Order = dependency order; cleanup runs in reverse.
+    app.cleanup_ctx.extend([_store_ctx, _http_ctx, _monitor_ctx, _ready_ctx])
     app.add_routes(ops.routes)
     app.add_routes(grafana.routes)
     app.add_routes(influx.routes)
@@ -53,6 +58,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         async with RegistryStore.open(settings.db_path, box) as store:
             app[STORE] = store
             app[PRINCIPALS] = PrincipalCache(store)
+            app[SOURCES] = SourceCache(store)
             await ensure_admin_token(store, settings)
             watcher = asyncio.create_task(
                 store.watch_external_changes(EXTERNAL_CHANGE_POLL_SECONDS),
@@ -79,6 +85,31 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     ) as session:
         app[HTTP] = session
         yield
+
+
+def prober(app: web.Application) -> Callable[[DataSource, float], Awaitable[HealthCheck]]:
+    """Probe with the app's shared session: what the monitor and on-demand checks both call."""
+
+    async def probe(source: DataSource, seconds: float) -> HealthCheck:
+        return await probe_source(app[HTTP], source, seconds)
+
+    return probe
+
+
+async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    monitor = HealthMonitor(
+        app[SOURCES],
+        prober(app),
+        interval=settings.health_interval,
+        timeout=settings.health_timeout,
+    )
+    app[MONITOR] = monitor
+    task = asyncio.create_task(monitor.run(), name="health-monitor")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _ready_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -9,6 +9,8 @@ import aiohttp
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.health.monitor import HealthMonitor
+from gateway.registry.cache import SourceCache
 from gateway.registry.models import Principal
 from gateway.registry.store import RegistryStore
 from gateway.security.auth import PrincipalCache
@@ -26,6 +28,8 @@ class Lifecycle:
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", RegistryStore)
 PRINCIPALS = web.AppKey("principals", PrincipalCache)
+SOURCES = web.AppKey("sources", SourceCache)
+MONITOR = web.AppKey("monitor", HealthMonitor)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 

@@ -42,7 +42,7 @@ def settings(data_dir: Path) -> Settings:
         admin_token=ADMIN_TOKEN,
         secret_key=SECRET_KEY,
         log_format="console",
-        health_interval=0.5,
+        health_interval=30.0,
         health_timeout=2.0,
     )
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.errors import INFLUX_CONTENT_TYPE
-from gateway.keys import LIFECYCLE, STORE
+from gateway.keys import LIFECYCLE, MONITOR, STORE
 from gateway.version import commit
 
 routes = web.RouteTableDef()
@@ -34,8 +34,10 @@ async def ready(request: web.Request) -> web.Response:
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
     """InfluxDB's HealthCheck for the gateway itself: 200 pass, 503 fail."""
-    checks = [await _store_check(request)]
-    failed = [check for check in checks if check["status"] == "fail"]
+    store_check = await _store_check(request)
+    # The top-level status is the gateway's own (its store); sources are listed for operators.
+    failed = [store_check] if store_check["status"] == "fail" else []
+    checks = [store_check, *_source_checks(request)]
     body = {
         "name": "datasource-gateway",
         "status": "fail" if failed else "pass",
@@ -47,6 +49,22 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(
         body, status=503 if failed else 200, content_type=INFLUX_CONTENT_TYPE.split(";")[0]
     )
+
+
+def _source_checks(request: web.Request) -> list[dict[str, str]]:
+    """One entry per monitored source that has a result, by the source's name."""
+    entries = []
+    for state in request.app[MONITOR].states():
+        result = state.health_check()
+        if result is not None:
+            entries.append(
+                {
+                    "name": state.source.name,
+                    "status": result["status"],
+                    "message": result["message"],
+                }
+            )
+    return sorted(entries, key=lambda entry: entry["name"].lower())
 
 
 async def _store_check(request: web.Request) -> dict[str, str]:

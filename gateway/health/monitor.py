@@ -1,0 +1,311 @@
+"""HealthMonitor: probes every source on its own schedule and keeps its pass/fail state.
+
+Scheduling is one loop over a heap of due times, not a task per source, so 2,000 sources cost
+2,000 heap entries. Probes run as tasks bounded by a semaphore (`max_in_flight`).
+
+- Interval, timeout, rise and fall come from settings, overridable per source in
+  `jsonData.healthCheck` (`enabled`, `interval`, `timeout`, `rise`, `fall`).
+- Each next probe is due after interval * a random factor in [0.85, 1.15], so sources added
+  together drift apart instead of probing in lockstep.
+- A new or changed source is probed within a second; its first result sets its state directly
+  (Envoy: one pass at start-up). Later changes need `rise` consecutive passes or `fall`
+  consecutive failures (HAProxy's defaults 2 and 3), so a single blip does not flip the state.
+- Passive health: `report_failure` (a proxied request that could not connect or timed out)
+  makes the source due now; the state still changes only through the thresholds.
+- A deleted source is dropped from the schedule and the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from gateway.health.probes import HealthCheck
+from gateway.registry.cache import SourceCache
+from gateway.registry.models import DataSource
+
+log = structlog.get_logger(__name__)
+
+Prober = Callable[[DataSource, float], Awaitable[HealthCheck]]
+TransitionHook = Callable[["SourceState", str], None]
+
+NEW_SOURCE_DELAY = 1.0  # a new or changed source is probed within this many seconds
+JITTER = 0.15
+DEFAULT_RISE = 2
+DEFAULT_FALL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePolicy:
+    enabled: bool
+    interval: float
+    timeout: float
+    rise: int
+    fall: int
+
+    @classmethod
+    def for_source(cls, source: DataSource, interval: float, timeout: float) -> ProbePolicy:
+        """The settings' policy, with the valid `jsonData.healthCheck` overrides applied."""
+        raw = source.json_data.get("healthCheck")
+        overrides: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        return cls(
+            enabled=_bool(overrides.get("enabled"), True),
+            interval=_positive(overrides.get("interval"), interval, minimum=0.1),
+            timeout=_positive(overrides.get("timeout"), timeout, minimum=0.1),
+            rise=int(_positive(overrides.get("rise"), DEFAULT_RISE, minimum=1)),
+            fall=int(_positive(overrides.get("fall"), DEFAULT_FALL, minimum=1)),
+        )
+
+
+@dataclass(slots=True)
+class SourceState:
+    source: DataSource
+    policy: ProbePolicy
+    status: str | None = None  # "pass" / "fail" once the first result is in
+    since: datetime | None = None
+    last_result: HealthCheck | None = None
+    last_checked: datetime | None = None
+    last_checked_monotonic: float | None = None
+    consecutive_failures: int = 0
+    consecutive_passes: int = 0
+    generation: int = 0  # bumps on every reschedule; stale heap entries are skipped
+    probing: bool = False
+
+    def health_check(self) -> HealthCheck | None:
+        """The HealthCheck to serve: the state's status, the latest probe's checks."""
+        if self.last_result is None or self.status is None:
+            return None
+        result = dict(self.last_result)
+        if result.get("status") != self.status:
+            pending = (
+                self.consecutive_failures if self.status == "pass" else self.consecutive_passes
+            )
+            needed = self.policy.fall if self.status == "pass" else self.policy.rise
+            result["message"] = (
+                f"still {self.status} ({pending} of {needed} probes needed to change): "
+                f"{result.get('message', '')}"
+            )
+            result["status"] = self.status
+        return result
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        cache: SourceCache,
+        prober: Prober,
+        *,
+        interval: float,
+        timeout: float,
+        max_in_flight: int = 64,
+        on_transition: TransitionHook | None = None,
+    ) -> None:
+        self._cache = cache
+        self._prober = prober
+        self._interval = interval
+        self._timeout = timeout
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._on_transition = on_transition
+        self._states: dict[int, SourceState] = {}
+        self._heap: list[tuple[float, int, int]] = []  # (due, source id, generation)
+        self._wake = asyncio.Event()
+        self._registry_changed = True
+        self._probes: set[asyncio.Task[None]] = set()
+        cache.subscribe(self._mark_registry_changed)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def state(self, source_id: int) -> SourceState | None:
+        return self._states.get(source_id)
+
+    def states(self) -> list[SourceState]:
+        return list(self._states.values())
+
+    def latest(self, source_id: int) -> HealthCheck | None:
+        state = self._states.get(source_id)
+        return state.health_check() if state else None
+
+    # --- feeding ---------------------------------------------------------------------------
+
+    def report_failure(self, source_id: int) -> None:
+        """Passive health: a proxied request failed to connect or timed out. Probe it now."""
+        state = self._states.get(source_id)
+        if state is None or state.probing or not state.policy.enabled:
+            return
+        self._reschedule(state, delay=0.0)
+
+    def record(self, source: DataSource, result: HealthCheck) -> None:
+        """Apply one probe result (from the schedule, or an on-demand probe) to the state."""
+        state = self._states.get(source.id)
+        if state is None or state.source.version != source.version or not state.policy.enabled:
+            # Deleted or changed meanwhile (the result describes something else), or not
+            # monitored: a disabled source is probed on demand each time, never remembered.
+            return
+        now = datetime.now(UTC)
+        state.last_result = result
+        state.last_checked = now
+        state.last_checked_monotonic = time.monotonic()
+        passed = result.get("status") == "pass"
+        if passed:
+            state.consecutive_passes += 1
+            state.consecutive_failures = 0
+        else:
+            state.consecutive_failures += 1
+            state.consecutive_passes = 0
+        if state.status is None:
+            state.status, state.since = ("pass" if passed else "fail"), now
+            if not passed:
+                self._transition(state, "source_unhealthy", result)
+            return
+        if state.status == "pass" and state.consecutive_failures >= state.policy.fall:
+            state.status, state.since = "fail", now
+            self._transition(state, "source_unhealthy", result)
+        elif state.status == "fail" and state.consecutive_passes >= state.policy.rise:
+            state.status, state.since = "pass", now
+            self._transition(state, "source_recovered", result)
+
+    def _transition(self, state: SourceState, event: str, result: HealthCheck) -> None:
+        """Log each state change once, with the probe message that caused it."""
+        source = state.source
+        emit = log.warning if event == "source_unhealthy" else log.info
+        emit(
+            event,
+            source_uid=source.uid,
+            source_name=source.name,
+            org=source.org_id,
+            reason=result.get("message", ""),
+        )
+        if self._on_transition is not None:
+            self._on_transition(state, event)
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The scheduling loop; runs until cancelled, then cancels and awaits its probes."""
+        try:
+            while True:
+                if self._registry_changed:
+                    await self._sync()
+                delay = self._launch_due()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        finally:
+            for task in self._probes:
+                task.cancel()
+            await asyncio.gather(*self._probes, return_exceptions=True)
+
+    def _mark_registry_changed(self) -> None:
+        self._registry_changed = True
+        self._wake.set()
+
+    async def _sync(self) -> None:
+        self._registry_changed = False
+        snapshot = await self._cache.snapshot()
+        seen = set()
+        for source in snapshot.sources:
+            seen.add(source.id)
+            current = self._states.get(source.id)
+            if current is not None and current.source.version == source.version:
+                continue
+            policy = ProbePolicy.for_source(source, self._interval, self._timeout)
+            state = SourceState(source=source, policy=policy)
+            self._states[source.id] = state
+            if policy.enabled:
+                self._reschedule(state, delay=random.uniform(0, NEW_SOURCE_DELAY))
+        for gone in set(self._states) - seen:
+            del self._states[gone]
+
+    def _reschedule(self, state: SourceState, delay: float) -> None:
+        state.generation += 1
+        heapq.heappush(self._heap, (time.monotonic() + delay, state.source.id, state.generation))
+        self._wake.set()
+
+    def _launch_due(self) -> float | None:
+        """Start every due probe; return seconds until the next one (None: nothing scheduled)."""
+        heap = self._heap
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            _, source_id, generation = heapq.heappop(heap)
+            state = self._states.get(source_id)
+            if state is None or state.generation != generation or state.probing:
+                continue
+            state.probing = True
+            task = asyncio.create_task(self._probe(state), name=f"probe-{source_id}")
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+        return max(0.0, heap[0][0] - now) if heap else None
+
+    async def _probe(self, state: SourceState) -> None:
+        source, policy = state.source, state.policy
+        try:
+            async with self._slots:
+                try:
+                    # The probe bounds itself; this is the backstop if it does not.
+                    result = await asyncio.wait_for(
+                        self._prober(source, policy.timeout), policy.timeout + 1.0
+                    )
+                except TimeoutError:
+                    result = _failed(source, f"probe did not finish in {policy.timeout:g} s")
+                except Exception as exc:  # a probe bug must not stop the monitor
+                    log.exception("probe_crashed", source_uid=source.uid)
+                    result = _failed(source, f"probe error: {type(exc).__name__}")
+            self.record(source, result)
+        finally:
+            state.probing = False
+            if self._states.get(source.id) is state:
+                factor = random.uniform(1 - JITTER, 1 + JITTER)
+                self._reschedule(state, delay=policy.interval * factor)
+
+
+async def current_health(
+    monitor: HealthMonitor | None, source: DataSource, prober: Prober, default_timeout: float
+) -> HealthCheck:
+    """What every health endpoint serves: the monitor's state, else one probe now.
+
+    An on-demand result is also given to the monitor, so it counts as the first result.
+    """
+    if monitor is not None:
+        latest = monitor.latest(source.id)
+        if latest is not None:
+            return latest
+    state = monitor.state(source.id) if monitor is not None else None
+    seconds = state.policy.timeout if state is not None else default_timeout
+    result = await prober(source, seconds)
+    if monitor is not None:
+        monitor.record(source, result)
+    return result
+
+
+def _failed(source: DataSource, message: str) -> HealthCheck:
+    return {
+        "name": source.name,
+        "status": "fail",
+        "message": message,
+        "checks": [{"name": "probe", "status": "fail", "message": message}],
+    }
+
+
+def _bool(value: object, default: bool) -> bool:
+    return value if isinstance(value, bool) else default
+
+
+def _positive(value: object, default: float, *, minimum: float) -> float:
+    """A number (or numeric string, as Grafana's jsonData often holds) ≥ minimum, else default."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        return default
+    return number if math.isfinite(number) and number >= minimum else default
