@@ -41,6 +41,7 @@ TransitionHook = Callable[["SourceState", str], None]
 
 NEW_SOURCE_DELAY = 1.0  # a new or changed source is probed within this many seconds
 JITTER = 0.15
+SYNC_RETRY_SECONDS = 1.0
 DEFAULT_RISE = 2
 DEFAULT_FALL = 3
 
@@ -195,7 +196,12 @@ class HealthMonitor:
         try:
             while True:
                 if self._registry_changed:
-                    await self._sync()
+                    try:
+                        await self._sync()
+                    except Exception:  # the store may fail for a moment; keep probing meanwhile
+                        log.exception("monitor_sync_failed")
+                        self._registry_changed = True
+                        await asyncio.sleep(SYNC_RETRY_SECONDS)
                 delay = self._launch_due()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):

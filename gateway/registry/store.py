@@ -146,15 +146,21 @@ class RegistryStore:
 
     async def watch_external_changes(self, interval: float = 1.0) -> None:
         """Run forever: notify listeners when another process commits to the database."""
-        row = await self._fetchone("PRAGMA data_version")
-        seen = int(row[0]) if row else 0
+        seen: int | None = None
         while True:
-            await asyncio.sleep(interval)
-            row = await self._fetchone("PRAGMA data_version")
-            version = int(row[0]) if row else 0
-            if version != seen:
-                seen = version
+            try:
+                row = await self._fetchone("PRAGMA data_version")
+            except (sqlite3.Error, ValueError) as exc:
+                # A transient database error must not end the watch: caches would go stale
+                # silently. Assume something changed and try again next round.
+                log.warning("change_watch_failed", error=str(exc))
                 self._notify()
+            else:
+                version = int(row[0]) if row else 0
+                if seen is not None and version != seen:
+                    self._notify()
+                seen = version
+            await asyncio.sleep(interval)
 
     # --- orgs --------------------------------------------------------------------------------
 
