@@ -1,0 +1,1 @@
+"""The streaming data-source proxy: policy, credential injection, forwarding, upstream pool."""
