@@ -8,7 +8,9 @@ pure: `load_settings` reads the file it is given and the mapping it is given, no
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +48,14 @@ class Settings:
     proxy_connect_timeout: float = 10.0
     proxy_response_timeout: float = 30.0
     proxy_idle_timeout: float = 60.0
+    proxy_allowed_hosts: tuple[str, ...] = ()
+    proxy_denied_networks: tuple[str, ...] = (
+        "169.254.0.0/16",  # IPv4 link-local, incl. 169.254.169.254 (AWS, GCP, Azure, OpenStack)
+        "fe80::/10",  # IPv6 link-local
+        "fd00:ec2::254/128",  # AWS instance metadata over IPv6
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+        "168.63.129.16/32",  # Azure WireServer
+    )
     metrics_token: str | None = dataclasses.field(default=None, repr=False)
     provisioning_path: Path = Path("config/provisioning/datasources")
 
@@ -116,6 +126,45 @@ def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
         return text
 
     return parse
+
+
+def _string_list(value: object) -> tuple[str, ...]:
+    """A TOML array of strings, or a comma-separated environment value."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, list):
+        items = []
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError(f"expected strings, got {_type_name(item)}")
+            items.append(item.strip())
+    else:
+        raise ValueError(f"expected an array of strings, got {_type_name(value)}")
+    return tuple(item for item in items if item)
+
+
+def _host_rules(value: object) -> tuple[str, ...]:
+    rules = _string_list(value)
+    for rule in rules:
+        if "/" in rule:
+            _network(rule)
+        elif not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):\d{1,5}", rule):
+            raise ValueError(f"{rule!r} is neither host:port nor a CIDR network")
+    return rules
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    rules = _string_list(value)
+    for rule in rules:
+        _network(rule)
+    return rules
+
+
+def _network(text: str) -> None:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a CIDR network") from None
 
 
 def _as_path(value: object) -> Path:
@@ -211,6 +260,20 @@ FIELDS: tuple[Field, ...] = (
         "GATEWAY_PROXY_IDLE_TIMEOUT",
         _seconds(minimum=0.1),
         "seconds a proxied body may stall between chunks",
+    ),
+    Field(
+        "proxy_allowed_hosts",
+        "proxy.allowed_hosts",
+        "GATEWAY_PROXY_ALLOWED_HOSTS",
+        _host_rules,
+        "upstreams a source may point at: host:port or CIDR entries; empty allows all",
+    ),
+    Field(
+        "proxy_denied_networks",
+        "proxy.denied_networks",
+        "GATEWAY_PROXY_DENIED_NETWORKS",
+        _networks,
+        "networks no source may reach (link-local and cloud metadata by default)",
     ),
     Field(
         "metrics_token",

@@ -29,6 +29,13 @@ class TestPrecedence:
                 assert field.toml.split(".")[-1] in text, field.toml
             assert field.env in text or field.toml is None, field.env
 
+    def test_the_readme_documents_every_setting(self) -> None:
+        readme = (REPO / "README.md").read_text()
+        for field in FIELDS:
+            assert f"`{field.env}`" in readme, field.env
+            if field.toml:
+                assert f"`{field.toml}`" in readme, field.toml
+
     def test_missing_file_gives_defaults(self, tmp_path: Path) -> None:
         assert load_settings(tmp_path / "absent.toml", {}) == Settings()
 
@@ -41,15 +48,23 @@ class TestPrecedence:
         assert settings.health_interval == 3.5  # env over file
 
     def test_secrets_come_from_the_environment(self, tmp_path: Path) -> None:
-        env = {"GATEWAY_ADMIN_TOKEN": "a", "GATEWAY_SECRET_KEY": "k", "GATEWAY_METRICS_TOKEN": "m"}
+        env = {
+            "GATEWAY_ADMIN_TOKEN": "admin-t0ken",
+            "GATEWAY_SECRET_KEY": "s3cret-key",
+            "GATEWAY_METRICS_TOKEN": "metr1cs",
+        }
         settings = load_settings(None, env)
-        assert (settings.admin_token, settings.secret_key, settings.metrics_token) == (
-            "a",
-            "k",
-            "m",
-        )
-        assert "k" not in repr(settings).replace("interval", "")  # secrets stay out of repr
-        assert "secret_key" not in repr(settings)
+        assert settings.admin_token == "admin-t0ken"
+        assert settings.secret_key == "s3cret-key"
+        assert settings.metrics_token == "metr1cs"
+        for value in env.values():  # secrets stay out of repr, hence out of logs and tracebacks
+            assert value not in repr(settings)
+
+    def test_lists_come_from_toml_arrays_or_comma_separated_variables(self, tmp_path: Path) -> None:
+        path = write(tmp_path, '[proxy]\nallowed_hosts = ["prom:9090", "10.0.0.0/8"]\n')
+        assert load_settings(path, {}).proxy_allowed_hosts == ("prom:9090", "10.0.0.0/8")
+        env = {"GATEWAY_PROXY_DENIED_NETWORKS": " 169.254.0.0/16 ,, fe80::/10"}
+        assert load_settings(None, env).proxy_denied_networks == ("169.254.0.0/16", "fe80::/10")
 
     def test_config_path_flag_then_env_then_default(self) -> None:
         assert config_path({}, None) == Path("config/gateway.toml")
@@ -71,6 +86,9 @@ class TestErrors:
             ('[log]\nformat = "xml"\n', "log.format: must be one of auto, json, console"),
             ("[server\nport = 1\n", "not valid TOML"),
             ('[security]\nsecret_key = "x"\n', "secrets are read only from environment variables"),
+            ('[proxy]\nallowed_hosts = "prom"\n', "'prom' is neither host:port nor a CIDR network"),
+            ("[proxy]\ndenied_networks = [1]\n", "expected strings, got an integer"),
+            ('[proxy]\ndenied_networks = ["10.0.0.0/40"]\n', "is not a CIDR network"),
         ],
     )
     def test_file_errors_name_the_key(self, tmp_path: Path, text: str, message: str) -> None:

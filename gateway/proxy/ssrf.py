@@ -1,0 +1,133 @@
+"""Which upstream addresses a data source may reach (SSRF policy).
+
+Two settings: `proxy.allowed_hosts` (exact `host:port` entries or CIDR networks; empty allows
+everything) and `proxy.denied_networks` (link-local and cloud metadata by default). An address
+passes when it is in no denied network and, if allow rules exist, its `host:port` is listed or
+the address lies in an allowed network.
+
+The check runs twice: when a source is saved (so a bad URL is refused with 400 up front) and at
+connect time against the addresses the name resolves to then (a DNS answer that changed since,
+"rebinding", gives 403 and no connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+RESOLVE_TIMEOUT = 5.0
+
+
+class TargetRefused(Exception):
+    """The upstream is not allowed; `str()` says why without naming any credential."""
+
+
+@dataclass(frozen=True, slots=True)
+class SsrfPolicy:
+    allowed_host_ports: frozenset[str]
+    allowed_networks: tuple[IPNetwork, ...]
+    denied_networks: tuple[IPNetwork, ...]
+
+    @classmethod
+    def from_rules(cls, allowed: Iterable[str], denied: Iterable[str]) -> SsrfPolicy:
+        host_ports, networks = set(), []
+        for rule in allowed:
+            if "/" in rule:
+                networks.append(ipaddress.ip_network(rule, strict=False))
+            else:
+                host_ports.add(rule.lower())
+        return cls(
+            allowed_host_ports=frozenset(host_ports),
+            allowed_networks=tuple(networks),
+            denied_networks=tuple(ipaddress.ip_network(rule, strict=False) for rule in denied),
+        )
+
+    @property
+    def restricts_hosts(self) -> bool:
+        return bool(self.allowed_host_ports or self.allowed_networks)
+
+    def permitted(self, host: str, port: int, addresses: Sequence[IPAddress]) -> list[IPAddress]:
+        """The addresses of `host:port` that may be connected to; raises TargetRefused if none."""
+        listed = _host_port(host, port) in self.allowed_host_ports
+        passing, reasons = [], []
+        for address in addresses:
+            denied = next((net for net in self.denied_networks if address in net), None)
+            if denied is not None:
+                reasons.append(f"{address} is in the denied network {denied}")
+            elif self.restricts_hosts and not listed and not self._in_allowed(address):
+                reasons.append(f"{host}:{port} ({address}) is not in proxy.allowed_hosts")
+            else:
+                passing.append(address)
+        if not passing:
+            raise TargetRefused(reasons[0] if reasons else f"{host} has no address")
+        return passing
+
+    def _in_allowed(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.allowed_networks)
+
+    async def check_url(self, url: str) -> None:
+        """Save-time check of a source URL; raises TargetRefused.
+
+        A name that does not resolve now is accepted unless host rules exist (then we cannot
+        show it is allowed): the connect-time check still guards it.
+        """
+        parts = urlsplit(url)
+        host = parts.hostname
+        if not host:
+            return
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
+        except ValueError:
+            return  # an invalid port is the URL validator's to report
+        literal = _literal(host)
+        if literal is not None:
+            self.permitted(host, port, [literal])
+            return
+        if not self.denied_networks and not self.restricts_hosts:
+            return
+        try:
+            addresses = await resolve(host, port)
+        except OSError:
+            if self.restricts_hosts and _host_port(host, port) not in self.allowed_host_ports:
+                raise TargetRefused(
+                    f"{host} does not resolve, so it cannot be matched to proxy.allowed_hosts"
+                ) from None
+            return
+        self.permitted(host, port, addresses)
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to (literals resolve to themselves), in resolver order."""
+    literal = _literal(host)
+    if literal is not None:
+        return [literal]
+    loop = asyncio.get_running_loop()
+    infos = await asyncio.wait_for(
+        loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT
+    )
+    seen: dict[IPAddress, None] = {}
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            seen[ipaddress.ip_address(sockaddr[0])] = None
+    return list(seen)
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _host_port(host: str, port: int) -> str:
+    host = host.lower()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
