@@ -10,15 +10,27 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.api import grafana, influx, ops
 from gateway.bootstrap import ensure_admin_token, open_secret_box, prepare_data_dir
 from gateway.config import Settings
 from gateway.errors import StartupError
-from gateway.health.monitor import HealthMonitor
+from gateway.health.monitor import HealthMonitor, SourceState
 from gateway.health.probes import HealthCheck, probe_source
-from gateway.keys import HTTP, LIFECYCLE, MONITOR, PRINCIPALS, SETTINGS, SOURCES, STORE, Lifecycle
+from gateway.keys import (
+    HTTP,
+    LIFECYCLE,
+    METRICS,
+    MONITOR,
+    PRINCIPALS,
+    SETTINGS,
+    SOURCES,
+    STORE,
+    Lifecycle,
+)
+from gateway.metrics import GatewayMetrics, SourceStateCollector, new_registry
 from gateway.middlewares import authenticate, errors, request_context
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import DataSource
@@ -29,19 +41,26 @@ from gateway.security.auth import PrincipalCache
 log = structlog.get_logger(__name__)
 
 # Paths that answer without a token: probes, and what Grafana serves before sign-in.
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/ping", "/api/health", "/api/frontend/settings"})
+# /metrics checks its own optional token (metrics.token), not an API token.
+PUBLIC_PATHS = frozenset(
+    {"/health", "/ready", "/ping", "/metrics", "/api/health", "/api/frontend/settings"}
+)
 # How often the store looks for commits by other processes (the CLI) to refresh caches.
 EXTERNAL_CHANGE_POLL_SECONDS = 1.0
 CLIENT_MAX_SIZE = 16 * 1024 * 1024
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(
+    settings: Settings, *, metrics_registry: CollectorRegistry | None = None
+) -> web.Application:
+    """The gateway. `metrics_registry` lets tests (and embedders) read metrics in isolation."""
     app = web.Application(
         middlewares=[request_context, errors, authenticate(PUBLIC_PATHS)],
         client_max_size=CLIENT_MAX_SIZE,
     )
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
+    app[METRICS] = GatewayMetrics(metrics_registry or new_registry())
     # Order = dependency order; cleanup runs in reverse.
     app.cleanup_ctx.extend([_store_ctx, _http_ctx, _monitor_ctx, _ready_ctx])
     app.add_routes(ops.routes)
@@ -97,16 +116,32 @@ def prober(app: web.Application) -> Callable[[DataSource, float], Awaitable[Heal
 
 
 async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+    settings, metrics = app[SETTINGS], app[METRICS]
+
+    def count_probe(source: DataSource, result: HealthCheck, seconds: float) -> None:
+        labels = metrics.source_labels(source.org_id, source.uid, source.type)
+        metrics.probe_duration.labels(*labels).observe(seconds)
+        metrics.probes.labels(*labels, result.get("status", "fail")).inc()
+
+    def count_transition(state: SourceState, event: str) -> None:
+        source = state.source
+        labels = metrics.source_labels(source.org_id, source.uid, source.type)
+        metrics.transitions.labels(*labels, "down" if event == "source_unhealthy" else "up").inc()
+
     monitor = HealthMonitor(
         app[SOURCES],
         prober(app),
         interval=settings.health_interval,
         timeout=settings.health_timeout,
+        on_probe=count_probe,
+        on_transition=count_transition,
     )
     app[MONITOR] = monitor
+    collector = SourceStateCollector(monitor.states)
+    metrics.registry.register(collector)
     task = asyncio.create_task(monitor.run(), name="health-monitor")
     yield
+    metrics.registry.unregister(collector)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.config import Settings
 from gateway.health.monitor import HealthMonitor
+from gateway.metrics import GatewayMetrics
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import Principal
 from gateway.registry.store import RegistryStore
@@ -30,6 +31,7 @@ STORE = web.AppKey("store", RegistryStore)
 PRINCIPALS = web.AppKey("principals", PrincipalCache)
 SOURCES = web.AppKey("sources", SourceCache)
 MONITOR = web.AppKey("monitor", HealthMonitor)
+METRICS = web.AppKey("metrics", GatewayMetrics)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 

@@ -26,7 +26,7 @@ from gateway.errors import (
     render_error,
     render_http_exception,
 )
-from gateway.keys import PRINCIPAL, PRINCIPALS, REQUEST_ID
+from gateway.keys import METRICS, PRINCIPAL, PRINCIPALS, REQUEST_ID
 from gateway.security.auth import token_from_header
 
 log = structlog.get_logger("gateway.request")
@@ -71,13 +71,18 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "<unmatched>"
         principal = request.get(PRINCIPAL)
+        elapsed = time.perf_counter() - started
+        metrics = request.app[METRICS]
+        metrics.api_requests.labels(route, request.method, str(status)).inc()
+        metrics.api_duration.labels(route, request.method).observe(elapsed)
         log.info(
             "request",
             method=request.method,
-            path=resource.canonical if resource is not None else "<unmatched>",
+            path=route,
             status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round(elapsed * 1000, 2),
             org=principal.org.id if principal else None,
         )
         structlog.contextvars.unbind_contextvars("request_id")

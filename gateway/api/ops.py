@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from aiohttp import web
+from prometheus_client.exposition import choose_encoder
 
 from gateway import __version__
-from gateway.errors import INFLUX_CONTENT_TYPE
-from gateway.keys import LIFECYCLE, MONITOR, STORE
+from gateway.errors import INFLUX_CONTENT_TYPE, Unauthorized
+from gateway.keys import LIFECYCLE, METRICS, MONITOR, SETTINGS, STORE
+from gateway.security.auth import token_from_header
 from gateway.version import commit
 
 routes = web.RouteTableDef()
@@ -29,6 +32,19 @@ async def ready(request: web.Request) -> web.Response:
     if not lifecycle.ready:
         return web.json_response({"status": "starting"}, status=503)
     return web.json_response({"status": "ready", "started": lifecycle.started.isoformat()})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition; needs `Bearer <metrics.token>` only when that setting is set."""
+    expected = request.app[SETTINGS].metrics_token
+    if expected is not None:
+        given = token_from_header(request.headers.get("Authorization")) or ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Unauthorized()
+    registry = request.app[METRICS].registry
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 
 
 @routes.get("/health")

@@ -38,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 Prober = Callable[[DataSource, float], Awaitable[HealthCheck]]
 TransitionHook = Callable[["SourceState", str], None]
+ProbeHook = Callable[[DataSource, HealthCheck, float], None]
 
 NEW_SOURCE_DELAY = 1.0  # a new or changed source is probed within this many seconds
 JITTER = 0.15
@@ -110,6 +111,7 @@ class HealthMonitor:
         timeout: float,
         max_in_flight: int = 64,
         on_transition: TransitionHook | None = None,
+        on_probe: ProbeHook | None = None,
     ) -> None:
         self._cache = cache
         self._prober = prober
@@ -117,6 +119,7 @@ class HealthMonitor:
         self._timeout = timeout
         self._slots = asyncio.Semaphore(max_in_flight)
         self._on_transition = on_transition
+        self._on_probe = on_probe
         self._states: dict[int, SourceState] = {}
         self._heap: list[tuple[float, int, int]] = []  # (due, source id, generation)
         self._wake = asyncio.Event()
@@ -256,6 +259,7 @@ class HealthMonitor:
         source, policy = state.source, state.policy
         try:
             async with self._slots:
+                started = time.perf_counter()
                 try:
                     # The probe bounds itself; this is the backstop if it does not.
                     result = await asyncio.wait_for(
@@ -266,6 +270,8 @@ class HealthMonitor:
                 except Exception as exc:  # a probe bug must not stop the monitor
                     log.exception("probe_crashed", source_uid=source.uid)
                     result = _failed(source, f"probe error: {type(exc).__name__}")
+                if self._on_probe is not None:
+                    self._on_probe(source, result, time.perf_counter() - started)
             self.record(source, result)
         finally:
             state.probing = False

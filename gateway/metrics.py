@@ -1,0 +1,188 @@
+"""Prometheus metrics, defined once on an injectable CollectorRegistry.
+
+Names follow Prometheus conventions: `gateway_` prefix, base units, `_total` counters,
+`_seconds` and `_bytes`. Labels only take bounded values: source uid and type (bounded by the
+registry), org id, method, status code, route template, error kind — never a raw path or query.
+
+Source health and the registry's size are read at scrape time by `SourceStateCollector`, from
+the monitor's in-memory state, so a scrape costs no probe and no SQL.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway import __version__
+from gateway.version import commit
+
+if TYPE_CHECKING:
+    from gateway.health.monitor import SourceState
+
+# Data-source queries take from milliseconds to minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "tls", "protocol")
+
+_SOURCE = ("org", "source_uid", "source_type")
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        # Proxied requests: what clients asked of the data sources.
+        self.proxy_requests = Counter(
+            "gateway_proxy_requests_total",
+            "Proxied requests by source, method and response status code.",
+            [*_SOURCE, "method", "code"],
+            registry=registry,
+        )
+        self.proxy_upstream_latency = Histogram(
+            "gateway_proxy_upstream_latency_seconds",
+            "Time from receiving a proxied request to the upstream's response headers.",
+            _SOURCE,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.proxy_duration = Histogram(
+            "gateway_proxy_request_duration_seconds",
+            "Time from receiving a proxied request to the end of its response body.",
+            _SOURCE,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.proxy_request_bytes = Counter(
+            "gateway_proxy_request_bytes_total",
+            "Request body bytes sent to upstreams.",
+            _SOURCE,
+            registry=registry,
+        )
+        self.proxy_response_bytes = Counter(
+            "gateway_proxy_response_bytes_total",
+            "Response body bytes sent back to clients.",
+            _SOURCE,
+            registry=registry,
+        )
+        self.proxy_in_flight = Gauge(
+            "gateway_proxy_requests_in_flight",
+            "Proxied requests being served now.",
+            _SOURCE,
+            registry=registry,
+        )
+        self.proxy_upstream_errors = Counter(
+            "gateway_proxy_upstream_errors_total",
+            "Proxied requests that failed at the upstream, by kind "
+            "(connect, timeout, reset, tls, protocol).",
+            [*_SOURCE, "kind"],
+            registry=registry,
+        )
+        # The gateway's own API.
+        self.api_requests = Counter(
+            "gateway_api_requests_total",
+            "HTTP requests to the gateway by route template, method and status code.",
+            ["route", "method", "code"],
+            registry=registry,
+        )
+        self.api_duration = Histogram(
+            "gateway_api_request_duration_seconds",
+            "Time to answer gateway HTTP requests, by route template.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # Health monitoring.
+        self.probe_duration = Histogram(
+            "gateway_health_probe_duration_seconds",
+            "Time one health probe of a source took.",
+            _SOURCE,
+            buckets=PROBE_BUCKETS,
+            registry=registry,
+        )
+        self.probes = Counter(
+            "gateway_health_probes_total",
+            "Health probes by source and result (pass, fail).",
+            [*_SOURCE, "result"],
+            registry=registry,
+        )
+        self.transitions = Counter(
+            "gateway_health_transitions_total",
+            "Source health state changes, by the state entered (up, down).",
+            [*_SOURCE, "to"],
+            registry=registry,
+        )
+        build = Gauge(
+            "gateway_build_info",
+            "Always 1; the labels say which build is running.",
+            ["version", "commit", "python_version"],
+            registry=registry,
+        )
+        build.labels(__version__, commit(), platform.python_version()).set(1)
+
+    def source_labels(self, org_id: int, uid: str, source_type: str) -> tuple[str, str, str]:
+        return (str(org_id), uid, source_type)
+
+
+def new_registry() -> CollectorRegistry:
+    """A fresh registry with the process, platform and GC collectors (as the default one has)."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+class SourceStateCollector(Collector):
+    """Source health (1 up / 0 down) and registered sources, read from the monitor at scrape."""
+
+    def __init__(self, states: Callable[[], list[SourceState]]) -> None:
+        self._states = states
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # dynamic: nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "gateway_source_up",
+            "1 when the source's health state is pass, 0 when fail; absent before the first "
+            "probe or when probing is disabled.",
+            labels=["org", "source_uid", "source_name", "source_type"],
+        )
+        since = GaugeMetricFamily(
+            "gateway_source_state_since_seconds",
+            "Unix time at which the source entered its current health state.",
+            labels=["org", "source_uid", "source_type"],
+        )
+        registered = GaugeMetricFamily(
+            "gateway_registry_sources",
+            "Registered data sources by org and type.",
+            labels=["org", "source_type"],
+        )
+        counts: Tally[tuple[str, str]] = Tally()
+        for state in self._states():
+            source = state.source
+            counts[(str(source.org_id), source.type)] += 1
+            if state.status is None:
+                continue
+            org = str(source.org_id)
+            up.add_metric([org, source.uid, source.name, source.type], state.status == "pass")
+            if state.since is not None:
+                since.add_metric([org, source.uid, source.type], state.since.timestamp())
+        for (org, source_type), count in sorted(counts.items()):
+            registered.add_metric([org, source_type], count)
+        yield up
+        yield since
+        yield registered
