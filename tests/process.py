@@ -106,3 +106,5 @@ class GatewayProcess:
             raise
         finally:
             self._reader.join(2)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
