@@ -39,7 +39,6 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -124,21 +123,22 @@ def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
     if binary is None:
         pytest.skip("influxd is not installed (Debian package `influxdb`)")
     root = tmp_path_factory.mktemp("influxdb")
-    last_error = ""
+    problem = ""
     for attempt in range(START_ATTEMPTS):
         process, server = _start(binary, root / f"run{attempt}")
         try:
-            last_error = _wait_until_up(process, server)
+            # Creating the admin also proves /ping was answered by this process: a foreign
+            # server that grabbed the port would already have users and refuse it.
+            problem = _wait_until_up(process, server) or _create_admin(server)
         except BaseException:
             _stop(process)
             raise
-        if not last_error:
+        if not problem:
             break
         _stop(process)
     else:
-        pytest.fail(f"influxd did not start: {last_error}")
+        pytest.fail(f"influxd did not start: {problem}")
     try:
-        _create_admin(server)
         yield server
     finally:
         _stop(process)
@@ -207,7 +207,7 @@ def _wait_until_up(process: subprocess.Popen[bytes], server: InfluxDB1) -> str:
             return f"exited with {process.returncode}: {server.log_path.read_text()[-2000:]}"
         try:
             with urllib.request.urlopen(f"{server.url}/ping", timeout=1) as response:
-                if response.status == 204:
+                if response.status == 204 and process.poll() is None:
                     return ""
         except OSError:
             pass
@@ -215,15 +215,20 @@ def _wait_until_up(process: subprocess.Popen[bytes], server: InfluxDB1) -> str:
     return f"/ping did not answer in {START_TIMEOUT_SECONDS:g} s: {server.log_path.read_text()}"
 
 
-def _create_admin(server: InfluxDB1) -> None:
-    """With auth enabled and no users yet, influxd accepts exactly this one statement unauthed."""
+def _create_admin(server: InfluxDB1) -> str:
+    """'' once the admin user exists; else why not. With auth enabled and no users yet, influxd
+    accepts exactly this statement without credentials."""
     statement = (
         f"CREATE USER {quote_ident(server.admin_user)} WITH PASSWORD "
         f"{quote_string(server.admin_password)} WITH ALL PRIVILEGES"
     )
     data = urllib.parse.urlencode({"q": statement}).encode()
-    with urllib.request.urlopen(f"{server.url}/query", data=data, timeout=10) as response:
-        _raise_for_errors("CREATE USER admin", response.status, json.load(response))
+    try:
+        with urllib.request.urlopen(f"{server.url}/query", data=data, timeout=10) as response:
+            _raise_for_errors("CREATE USER admin", response.status, json.load(response))
+    except (OSError, RuntimeError) as exc:  # urllib's HTTPError and URLError are OSErrors
+        return f"creating the admin user failed: {exc}"
+    return ""
 
 
 def _raise_for_errors(statement: str, status: int, body: dict[str, Any]) -> None:
