@@ -52,4 +52,10 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 2: which provisioning file a source came from (NULL: made through an API), for prune.
+    """
+    ALTER TABLE data_source ADD COLUMN provisioned_by TEXT;
+    CREATE INDEX data_source_provisioned_by ON data_source (provisioned_by)
+        WHERE provisioned_by IS NOT NULL;
+    """,
 )

@@ -97,6 +97,7 @@ class DataSource:
     api_version: str
     created: datetime
     updated: datetime
+    provisioned_by: str | None = None  # the provisioning file that manages it, if any
 
     @property
     def secure_json_fields(self) -> dict[str, bool]:

@@ -52,7 +52,7 @@ _KEY_CHECK = "key_check"
 _SOURCE_COLUMNS = (
     "id, org_id, uid, name, type, access, url, user, database, basic_auth, basic_auth_user, "
     "with_credentials, is_default, json_data, secure_json_data, version, read_only, api_version, "
-    "created, updated"
+    "created, updated, provisioned_by"
 )
 Mutation = Callable[[DataSource], DataSourceSpec]
 
@@ -317,33 +317,8 @@ class RegistryStore:
     async def create_source(self, org_id: int, spec: DataSourceSpec) -> DataSource:
         """Insert a source. An empty name becomes `<type>`, `<type>-1`, …; an empty uid is
         generated; the first source of an org becomes its default."""
-        now = _now()
         async with self._write() as db:
-            names = await self._names(db, org_id)
-            name = spec.name or _available_name(spec.type, names)
-            uid = spec.uid or _new_uid()
-            is_default = spec.is_default or not names
-            try:
-                cursor = await db.execute(
-                    "INSERT INTO data_source (org_id, uid, name, type, access, url, user, "
-                    "database, basic_auth, basic_auth_user, with_credentials, is_default, "
-                    "json_data, secure_json_data, version, read_only, api_version, created, "
-                    "updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?,?)",
-                    (
-                        org_id, uid, name, spec.type, spec.access, spec.url, spec.user,
-                        spec.database, spec.basic_auth, spec.basic_auth_user,
-                        spec.with_credentials, is_default, json.dumps(dict(spec.json_data)),
-                        self._box.encrypt(spec.secure_json_data), spec.read_only,
-                        spec.api_version, now, now,
-                    ),
-                )  # fmt: skip
-            except sqlite3.IntegrityError as exc:
-                raise _conflict(exc) from exc
-            source_id = cursor.lastrowid
-            assert source_id is not None
-            if is_default:
-                await self._clear_other_defaults(db, org_id, source_id)
-            return self._source(await self._row(db, org_id, source_id))
+            return await self._create(db, org_id, spec, provisioned_by=None)
 
     async def update_source(
         self,
@@ -356,51 +331,121 @@ class RegistryStore:
         """Replace a source with `mutate(current)`, atomically.
 
         `mutate` sees the stored row inside the transaction, so merges (kept secrets, partial
-        patches) cannot lose a concurrent write. With `expected_version`, the UPDATE itself only
-        matches while the stored version is not newer than it; otherwise VersionConflict.
+        patches) cannot lose a concurrent write; it may raise to refuse. With `expected_version`,
+        the UPDATE itself only matches while the stored version is not newer than it; otherwise
+        VersionConflict.
         """
         async with self._write() as db:
-            current = self._source(await self._row(db, org_id, source_id))
-            spec = mutate(current)
-            condition = "id = ? AND org_id = ? AND version = ?"
-            params: list[Any] = [source_id, org_id, current.version]
-            if expected_version is not None:
-                condition += " AND version <= ?"
-                params.append(expected_version)
-            try:
-                cursor = await db.execute(
-                    "UPDATE data_source SET uid = ?, name = ?, type = ?, access = ?, url = ?, "
-                    "user = ?, database = ?, basic_auth = ?, basic_auth_user = ?, "
-                    "with_credentials = ?, is_default = ?, json_data = ?, secure_json_data = ?, "
-                    "read_only = ?, api_version = ?, version = version + 1, updated = ? "
-                    f"WHERE {condition}",
-                    (
-                        spec.uid or current.uid, spec.name, spec.type, spec.access, spec.url,
-                        spec.user, spec.database, spec.basic_auth, spec.basic_auth_user,
-                        spec.with_credentials, spec.is_default, json.dumps(dict(spec.json_data)),
-                        self._box.encrypt(spec.secure_json_data), spec.read_only,
-                        spec.api_version, _now(), *params,
-                    ),
-                )  # fmt: skip
-            except sqlite3.IntegrityError as exc:
-                raise _conflict(exc) from exc
-            if cursor.rowcount != 1:
-                raise VersionConflict()
-            if spec.is_default:
-                await self._clear_other_defaults(db, org_id, source_id)
-            return self._source(await self._row(db, org_id, source_id))
+            return await self._update(db, org_id, source_id, mutate, expected_version, None)
 
     async def delete_source(
-        self, org_id: int, source_id: int, *, allow_read_only: bool = False
+        self,
+        org_id: int,
+        source_id: int,
+        *,
+        allow_read_only: bool = False,
+        check: Callable[[DataSource], None] | None = None,
     ) -> DataSource:
+        """Delete and return a source. `check(current)` runs inside the transaction and may raise
+        to refuse (e.g. the source is not of the type the caller's API manages)."""
         async with self._write() as db:
-            source = self._source(await self._row(db, org_id, source_id))
-            if source.read_only and not allow_read_only:
-                raise ReadOnlySource("Cannot delete read-only data source")
-            await db.execute(
-                "DELETE FROM data_source WHERE id = ? AND org_id = ?", (source_id, org_id)
-            )
-            return source
+            return await self._delete(db, org_id, source_id, allow_read_only, check)
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[RegistryBatch]:
+        """Several changes in one transaction: all of them are committed, or none."""
+        async with self._write() as db:
+            yield RegistryBatch(self, db)
+
+    async def _create(
+        self,
+        db: aiosqlite.Connection,
+        org_id: int,
+        spec: DataSourceSpec,
+        *,
+        provisioned_by: str | None,
+    ) -> DataSource:
+        now = _now()
+        names = await self._names(db, org_id)
+        name = spec.name or _available_name(spec.type, names)
+        uid = spec.uid or _new_uid()
+        is_default = spec.is_default or not names
+        try:
+            cursor = await db.execute(
+                "INSERT INTO data_source (org_id, uid, name, type, access, url, user, "
+                "database, basic_auth, basic_auth_user, with_credentials, is_default, "
+                "json_data, secure_json_data, version, read_only, api_version, created, "
+                "updated, provisioned_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?,?,?)",
+                (
+                    org_id, uid, name, spec.type, spec.access, spec.url, spec.user,
+                    spec.database, spec.basic_auth, spec.basic_auth_user,
+                    spec.with_credentials, is_default, json.dumps(dict(spec.json_data)),
+                    self._box.encrypt(spec.secure_json_data), spec.read_only,
+                    spec.api_version, now, now, provisioned_by,
+                ),
+            )  # fmt: skip
+        except sqlite3.IntegrityError as exc:
+            raise _conflict(exc) from exc
+        source_id = cursor.lastrowid
+        assert source_id is not None
+        if is_default:
+            await self._clear_other_defaults(db, org_id, source_id)
+        return self._source(await self._row(db, org_id, source_id))
+
+    async def _update(
+        self,
+        db: aiosqlite.Connection,
+        org_id: int,
+        source_id: int,
+        mutate: Mutation,
+        expected_version: int | None,
+        provisioned_by: str | None,
+    ) -> DataSource:
+        current = self._source(await self._row(db, org_id, source_id))
+        spec = mutate(current)
+        condition = "id = ? AND org_id = ? AND version = ?"
+        params: list[Any] = [source_id, org_id, current.version]
+        if expected_version is not None:
+            condition += " AND version <= ?"
+            params.append(expected_version)
+        try:
+            cursor = await db.execute(
+                "UPDATE data_source SET uid = ?, name = ?, type = ?, access = ?, url = ?, "
+                "user = ?, database = ?, basic_auth = ?, basic_auth_user = ?, "
+                "with_credentials = ?, is_default = ?, json_data = ?, secure_json_data = ?, "
+                "read_only = ?, api_version = ?, version = version + 1, updated = ?, "
+                f"provisioned_by = coalesce(?, provisioned_by) WHERE {condition}",
+                (
+                    spec.uid or current.uid, spec.name, spec.type, spec.access, spec.url,
+                    spec.user, spec.database, spec.basic_auth, spec.basic_auth_user,
+                    spec.with_credentials, spec.is_default, json.dumps(dict(spec.json_data)),
+                    self._box.encrypt(spec.secure_json_data), spec.read_only,
+                    spec.api_version, _now(), provisioned_by, *params,
+                ),
+            )  # fmt: skip
+        except sqlite3.IntegrityError as exc:
+            raise _conflict(exc) from exc
+        if cursor.rowcount != 1:
+            raise VersionConflict()
+        if spec.is_default:
+            await self._clear_other_defaults(db, org_id, source_id)
+        return self._source(await self._row(db, org_id, source_id))
+
+    async def _delete(
+        self,
+        db: aiosqlite.Connection,
+        org_id: int,
+        source_id: int,
+        allow_read_only: bool,
+        check: Callable[[DataSource], None] | None,
+    ) -> DataSource:
+        source = self._source(await self._row(db, org_id, source_id))
+        if check is not None:
+            check(source)
+        if source.read_only and not allow_read_only:
+            raise ReadOnlySource("Cannot delete read-only data source")
+        await db.execute("DELETE FROM data_source WHERE id = ? AND org_id = ?", (source_id, org_id))
+        return source
 
     # --- keys --------------------------------------------------------------------------------
 
@@ -500,7 +545,49 @@ class RegistryStore:
             api_version=row["api_version"],
             created=_parse_time(row["created"]),
             updated=_parse_time(row["updated"]),
+            provisioned_by=row["provisioned_by"],
         )
+
+
+class RegistryBatch:
+    """Changes inside one open transaction (see `RegistryStore.batch`). Provisioning uses it to
+    apply a whole set of files all-or-nothing, and to mark what each file manages."""
+
+    def __init__(self, store: RegistryStore, db: aiosqlite.Connection) -> None:
+        self._store = store
+        self._db = db
+
+    async def sources(self, org_id: int | None = None) -> list[DataSource]:
+        sql = f"SELECT {_SOURCE_COLUMNS} FROM data_source"
+        params: tuple[Any, ...] = ()
+        if org_id is not None:
+            sql, params = sql + " WHERE org_id = ?", (org_id,)
+        cursor = await self._db.execute(sql + " ORDER BY id", params)
+        return [self._store._source(row) for row in await cursor.fetchall()]
+
+    async def org_exists(self, org_id: int) -> bool:
+        cursor = await self._db.execute("SELECT 1 FROM org WHERE id = ?", (org_id,))
+        return await cursor.fetchone() is not None
+
+    async def create_source(
+        self, org_id: int, spec: DataSourceSpec, *, provisioned_by: str | None = None
+    ) -> DataSource:
+        return await self._store._create(self._db, org_id, spec, provisioned_by=provisioned_by)
+
+    async def update_source(
+        self,
+        org_id: int,
+        source_id: int,
+        mutate: Mutation,
+        *,
+        provisioned_by: str | None = None,
+    ) -> DataSource:
+        """As `RegistryStore.update_source`; `provisioned_by` None keeps the stored marker."""
+        return await self._store._update(self._db, org_id, source_id, mutate, None, provisioned_by)
+
+    async def delete_source(self, org_id: int, source_id: int) -> DataSource:
+        """Delete, read-only or not: provisioning manages read-only sources."""
+        return await self._store._delete(self._db, org_id, source_id, True, None)
 
 
 def _split_sql(script: str) -> list[str]:

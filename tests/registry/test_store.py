@@ -225,3 +225,59 @@ class TestVersionedUpdates:
         await asyncio.gather(*(store.update_source(1, created.id, increment) for _ in range(10)))
         final = await store.get_source(1, id=created.id)
         assert (final.json_data["n"], final.version) == (10, 11)
+
+
+class TestBatch:
+    async def test_a_batch_commits_everything_together(self, store: RegistryStore) -> None:
+        async with store.batch() as batch:
+            a = await batch.create_source(1, spec("a"), provisioned_by="x.yaml")
+            await batch.create_source(1, spec("b"))
+            await batch.update_source(1, a.id, lambda cur: dataclasses.replace(cur.spec(), url="u"))
+        sources = {s.name: s for s in await store.list_sources(1)}
+        assert sources["a"].provisioned_by == "x.yaml"
+        assert sources["a"].url == "u"
+        assert sources["b"].provisioned_by is None
+
+    async def test_a_failing_batch_changes_nothing(self, store: RegistryStore) -> None:
+        existing = await store.create_source(1, spec("keep"))
+
+        async def apply() -> None:
+            async with store.batch() as batch:
+                await batch.create_source(1, spec("new"))
+                await batch.delete_source(1, existing.id)
+                await batch.create_source(1, spec("NEW"))  # conflicts with the first
+
+        with pytest.raises(NameConflict):
+            await apply()
+        assert [s.name for s in await store.list_sources(1)] == ["keep"]
+
+    async def test_api_updates_keep_the_provisioning_marker(self, store: RegistryStore) -> None:
+        async with store.batch() as batch:
+            created = await batch.create_source(1, spec("p"), provisioned_by="f.yaml")
+        updated = await store.update_source(
+            1, created.id, lambda cur: dataclasses.replace(cur.spec(), url="v")
+        )
+        assert updated.provisioned_by == "f.yaml"
+
+    async def test_delete_check_runs_inside_the_transaction(self, store: RegistryStore) -> None:
+        created = await store.create_source(1, spec())
+
+        def refuse(source: DataSource) -> None:
+            raise DataSourceNotFound()
+
+        with pytest.raises(DataSourceNotFound):
+            await store.delete_source(1, created.id, check=refuse)
+        assert (await store.get_source(1, id=created.id)).id == created.id
+
+
+async def test_migration_2_upgrades_a_version_1_database(db_path: Path) -> None:
+    """A database written by the first release gains provisioned_by and keeps its rows."""
+    with sqlite3.connect(db_path) as raw:
+        for statement in MIGRATIONS[0].split(";"):
+            if statement.strip():
+                raw.execute(statement)
+        raw.execute("PRAGMA user_version = 1")
+    async with RegistryStore.open(db_path, SecretBox("k")) as store:
+        assert await store.schema_version() == len(MIGRATIONS) >= 2
+        created = await store.create_source(1, spec())
+        assert created.provisioned_by is None
