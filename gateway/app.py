@@ -32,6 +32,7 @@ from gateway.keys import (
 )
 from gateway.metrics import GatewayMetrics, SourceStateCollector, new_registry
 from gateway.middlewares import authenticate, errors, request_context
+from gateway.provisioning import provisioning_ctx
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import DataSource
 from gateway.registry.secrets import SecretKeyMismatch
@@ -62,7 +63,7 @@ def create_app(
     app[LIFECYCLE] = Lifecycle()
     app[METRICS] = GatewayMetrics(metrics_registry or new_registry())
     # Order = dependency order; cleanup runs in reverse.
-    app.cleanup_ctx.extend([_store_ctx, _http_ctx, _monitor_ctx, _ready_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _http_ctx, provisioning_ctx, _monitor_ctx, _ready_ctx])
     app.add_routes(ops.routes)
     app.add_routes(grafana.routes)
     app.add_routes(influx.routes)

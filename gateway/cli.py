@@ -24,6 +24,7 @@ from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
 from gateway.keys import LIFECYCLE
 from gateway.logging import configure_logging
+from gateway.provisioning import check_files
 from gateway.registry.models import Role
 from gateway.registry.secrets import (
     KEY_FILE_NAME,
@@ -72,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     org_create = org_commands.add_parser("create", parents=[common], help="add an org")
     org_create.add_argument("name")
     org_commands.add_parser("list", parents=[common], help="list orgs")
+
+    provision = commands.add_parser(
+        "provision", parents=[common], help="data source provisioning files"
+    )
+    provision.add_argument(
+        "--check",
+        action="store_true",
+        required=True,
+        help="validate the files (provisioning.path) without touching the database",
+    )
 
     keys = commands.add_parser("keys", help="manage the secureJsonData encryption key")
     keys_commands = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -163,6 +174,21 @@ def _bound_port(site: web.TCPSite, configured: int) -> int:
     for sock in sockets:
         return int(sock.getsockname()[1])
     return configured
+
+
+# --- provisioning ----------------------------------------------------------------------------
+
+
+async def provision_check(settings: Settings, _: argparse.Namespace) -> int:
+    """Print every problem in the provisioning files as `file:line: message`; exit 1 if any."""
+    problems = check_files(settings.provisioning_path, os.environ)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) in {settings.provisioning_path}", file=sys.stderr)
+        return 1
+    print(f"{settings.provisioning_path}: ok", file=sys.stderr)
+    return 0
 
 
 # --- registry commands ------------------------------------------------------------------------
@@ -300,6 +326,7 @@ _HANDLERS: dict[tuple[str, str | None], Command] = {
     ("org", "create"): org_create,
     ("org", "list"): org_list,
     ("keys", "rotate"): keys_rotate,
+    ("provision", None): provision_check,
 }
 
 
