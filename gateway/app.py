@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import structlog
@@ -17,7 +17,7 @@ from gateway.api import grafana, influx, ops
 from gateway.bootstrap import ensure_admin_token, open_secret_box, prepare_data_dir
 from gateway.config import Settings
 from gateway.errors import StartupError
-from gateway.health.monitor import HealthMonitor, SourceState
+from gateway.health.monitor import HealthMonitor, Prober, SourceState
 from gateway.health.probes import HealthCheck, probe_source
 from gateway.keys import (
     HTTP,
@@ -25,14 +25,17 @@ from gateway.keys import (
     METRICS,
     MONITOR,
     PRINCIPALS,
+    PROBER,
     SETTINGS,
     SOURCES,
+    SSRF,
     STORE,
     Lifecycle,
 )
 from gateway.metrics import GatewayMetrics, SourceStateCollector, new_registry
 from gateway.middlewares import authenticate, errors, request_context
 from gateway.provisioning import provisioning_ctx
+from gateway.proxy.ssrf import PolicyResolver, SsrfPolicy
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import DataSource
 from gateway.registry.secrets import SecretKeyMismatch
@@ -62,6 +65,7 @@ def create_app(
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
     app[METRICS] = GatewayMetrics(metrics_registry or new_registry())
+    app[SSRF] = SsrfPolicy.from_rules(settings.proxy_allowed_hosts, settings.proxy_denied_networks)
     # Order = dependency order; cleanup runs in reverse.
     app.cleanup_ctx.extend([_store_ctx, _http_ctx, provisioning_ctx, _monitor_ctx, _ready_ctx])
     app.add_routes(ops.routes)
@@ -98,20 +102,24 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The one shared ClientSession for outbound calls other than proxied requests."""
+    """The one shared ClientSession for outbound calls other than proxied requests (probes,
+    bucket listings). Its resolver applies the SSRF policy to every address it connects to."""
+    connector = aiohttp.TCPConnector(resolver=PolicyResolver(app[SSRF]))
     async with aiohttp.ClientSession(
+        connector=connector,
         headers={"User-Agent": f"datasource-gateway/{__version__}"},
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
     ) as session:
         app[HTTP] = session
+        app[PROBER] = prober(session)
         yield
 
 
-def prober(app: web.Application) -> Callable[[DataSource, float], Awaitable[HealthCheck]]:
-    """Probe with the app's shared session: what the monitor and on-demand checks both call."""
+def prober(session: aiohttp.ClientSession) -> Prober:
+    """Probe with the shared session: what the monitor and on-demand checks both call."""
 
     async def probe(source: DataSource, seconds: float) -> HealthCheck:
-        return await probe_source(app[HTTP], source, seconds)
+        return await probe_source(session, source, seconds)
 
     return probe
 
@@ -131,7 +139,7 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
 
     monitor = HealthMonitor(
         app[SOURCES],
-        prober(app),
+        app[PROBER],
         interval=settings.health_interval,
         timeout=settings.health_timeout,
         on_probe=count_probe,

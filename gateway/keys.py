@@ -9,8 +9,9 @@ import aiohttp
 from aiohttp import web
 
 from gateway.config import Settings
-from gateway.health.monitor import HealthMonitor
+from gateway.health.monitor import HealthMonitor, Prober
 from gateway.metrics import GatewayMetrics
+from gateway.proxy.ssrf import SsrfPolicy
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import Principal
 from gateway.registry.store import RegistryStore
@@ -32,6 +33,9 @@ PRINCIPALS = web.AppKey("principals", PrincipalCache)
 SOURCES = web.AppKey("sources", SourceCache)
 MONITOR = web.AppKey("monitor", HealthMonitor)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+SSRF = web.AppKey("ssrf", SsrfPolicy)
+# One probe of one source with the shared session: what the monitor and on-demand checks call.
+PROBER: web.AppKey[Prober] = web.AppKey("prober")
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 

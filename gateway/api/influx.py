@@ -26,9 +26,9 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.health.monitor import current_health
-from gateway.health.probes import HealthCheck, probe_source
-from gateway.keys import HTTP, MONITOR, PRINCIPAL, SETTINGS, STORE
-from gateway.proxy.ssrf import SsrfPolicy, TargetRefused
+from gateway.health.probes import HealthCheck
+from gateway.keys import HTTP, MONITOR, PRINCIPAL, PROBER, SETTINGS, SSRF, STORE
+from gateway.proxy.ssrf import TargetRefused
 from gateway.registry.models import DataSource, Principal
 from gateway.upstream_influx import Timeouts, list_v1_buckets, list_v2_buckets
 
@@ -124,11 +124,10 @@ async def latest_health(app: web.Application, source: DataSource) -> HealthCheck
     """The health monitor's latest HealthCheck for `source`, else one probe now (which the
     monitor counts as its first result); always with a `name` and a pass/fail `status`."""
 
-    async def probe(target: DataSource, seconds: float) -> HealthCheck:
-        return await probe_source(app[HTTP], target, seconds)
-
     try:
-        check = await current_health(app[MONITOR], source, probe, app[SETTINGS].health_timeout)
+        check = await current_health(
+            app[MONITOR], source, app[PROBER], app[SETTINGS].health_timeout
+        )
     except Exception as exc:  # a probe bug must still give the client a HealthCheck
         log.warning("probe_failed", source_id=source.id, error=type(exc).__name__)
         check = {"message": f"probe failed: {type(exc).__name__}"}
@@ -173,10 +172,8 @@ async def _check_target(request: web.Request, url: str | None) -> None:
     """The save-time SSRF check (proxy.allowed_hosts / proxy.denied_networks) of a source URL."""
     if not url:
         return
-    settings = request.app[SETTINGS]
-    policy = SsrfPolicy.from_rules(settings.proxy_allowed_hosts, settings.proxy_denied_networks)
     try:
-        await policy.check_url(url)
+        await request.app[SSRF].check_url(url)
     except TargetRefused as exc:
         raise BadRequest(influx_message=f'"url" is not allowed: {exc}') from None
 

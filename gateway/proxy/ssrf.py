@@ -5,9 +5,9 @@ everything) and `proxy.denied_networks` (link-local and cloud metadata by defaul
 passes when it is in no denied network and, if allow rules exist, its `host:port` is listed or
 the address lies in an allowed network.
 
-The check runs twice: when a source is saved (so a bad URL is refused with 400 up front) and at
-connect time against the addresses the name resolves to then (a DNS answer that changed since,
-"rebinding", gives 403 and no connection).
+The check runs twice: when a source is saved (so a bad URL is refused with 400 up front: IP
+literals and `host:port` rules, without DNS) and at connect time against the addresses the name
+resolves to then (a DNS answer that changed since, "rebinding", gives 403 and no connection).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -75,8 +78,10 @@ class SsrfPolicy:
     async def check_url(self, url: str) -> None:
         """Save-time check of a source URL; raises TargetRefused.
 
-        A name that does not resolve now is accepted unless host rules exist (then we cannot
-        show it is allowed): the connect-time check still guards it.
+        An IP literal gets the whole check. A name is matched against the `host:port` rules
+        without DNS — saving must not hang on a resolver, and what a name resolves to now says
+        little about later — and is resolved only when a CIDR allow rule is the one way it
+        could be allowed. Where it connects is checked at connect time either way.
         """
         parts = urlsplit(url)
         host = parts.hostname
@@ -90,17 +95,43 @@ class SsrfPolicy:
         if literal is not None:
             self.permitted(host, port, [literal])
             return
-        if not self.denied_networks and not self.restricts_hosts:
+        if not self.restricts_hosts or _host_port(host, port) in self.allowed_host_ports:
             return
+        if not self.allowed_networks:
+            raise TargetRefused(f"{host}:{port} is not in proxy.allowed_hosts")
         try:
             addresses = await resolve(host, port)
-        except OSError:
-            if self.restricts_hosts and _host_port(host, port) not in self.allowed_host_ports:
-                raise TargetRefused(
-                    f"{host} does not resolve, so it cannot be matched to proxy.allowed_hosts"
-                ) from None
-            return
+        except (OSError, TimeoutError):
+            raise TargetRefused(
+                f"{host} does not resolve, so it cannot be matched to proxy.allowed_hosts"
+            ) from None
         self.permitted(host, port, addresses)
+
+
+class PolicyResolver(AbstractResolver):
+    """aiohttp resolver for the shared ClientSession: resolves, then keeps only the addresses
+    the policy permits, so probes and bucket listings cannot be rebound to a denied address.
+
+    (aiohttp skips resolvers for IP literals; those are checked when the source is saved.)
+    """
+
+    def __init__(self, policy: SsrfPolicy) -> None:
+        self._policy = policy
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        addresses = [ipaddress.ip_address(result["host"]) for result in results]
+        try:
+            permitted = set(self._policy.permitted(host, port, addresses))
+        except TargetRefused as exc:
+            raise OSError(f"refused by the SSRF policy: {exc}") from exc
+        return [r for r in results if ipaddress.ip_address(r["host"]) in permitted]
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:

@@ -62,18 +62,24 @@ class TestSaveTimeCheck:
         with pytest.raises(TargetRefused):
             await DEFAULT.check_url("http://[fe80::1]:9090/")
 
-    async def test_a_name_resolving_to_a_denied_address_is_refused(self) -> None:
+    async def test_names_are_not_resolved_without_cidr_allow_rules(self) -> None:
+        """Saving never waits on DNS for a name; the connect-time check guards where it goes."""
         policy = SsrfPolicy.from_rules((), ["127.0.0.0/8", "::1/128"])
-        with pytest.raises(TargetRefused, match="denied network"):
-            await policy.check_url("http://localhost:9090/")
-
-    async def test_an_unresolvable_name_passes_without_host_rules(self) -> None:
+        await policy.check_url("http://localhost:9090/")
         await DEFAULT.check_url("http://no-such-host.invalid:9090/")
 
-    async def test_an_unresolvable_name_fails_when_host_rules_exist(self) -> None:
-        policy = SsrfPolicy.from_rules(["10.0.0.0/8"], ())
+    async def test_a_name_must_match_a_host_port_rule_when_only_those_exist(self) -> None:
+        policy = SsrfPolicy.from_rules(["prom.internal:9090"], ())
+        await policy.check_url("http://prom.internal:9090/api")
+        with pytest.raises(TargetRefused, match=r"other\.internal:9090 is not in"):
+            await policy.check_url("http://other.internal:9090/")
+
+    async def test_a_name_is_resolved_to_match_cidr_allow_rules(self) -> None:
+        policy = SsrfPolicy.from_rules(["127.0.0.0/8"], ())
+        await policy.check_url("http://localhost:9090/")
+        refusing = SsrfPolicy.from_rules(["10.0.0.0/8"], ())
         with pytest.raises(TargetRefused, match="does not resolve"):
-            await policy.check_url("http://no-such-host.invalid:9090/")
+            await refusing.check_url("http://no-such-host.invalid:9090/")
 
     async def test_default_ports_follow_the_scheme(self) -> None:
         policy = SsrfPolicy.from_rules(["127.0.0.1:443"], ())
