@@ -13,13 +13,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
-from gateway.api import grafana, influx, ops
+from gateway.api import grafana, influx, ops, proxy
 from gateway.bootstrap import ensure_admin_token, open_secret_box, prepare_data_dir
 from gateway.config import Settings
 from gateway.errors import StartupError
 from gateway.health.monitor import HealthMonitor, Prober, SourceState
 from gateway.health.probes import HealthCheck, probe_source
 from gateway.keys import (
+    FORWARDER,
     HTTP,
     LIFECYCLE,
     METRICS,
@@ -35,7 +36,10 @@ from gateway.keys import (
 from gateway.metrics import GatewayMetrics, SourceStateCollector, new_registry
 from gateway.middlewares import authenticate, errors, request_context
 from gateway.provisioning import provisioning_ctx
+from gateway.proxy.forward import Forwarder
+from gateway.proxy.http1 import Timeouts
 from gateway.proxy.ssrf import PolicyResolver, SsrfPolicy
+from gateway.proxy.upstream import UpstreamPool
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import DataSource
 from gateway.registry.secrets import SecretKeyMismatch
@@ -67,10 +71,13 @@ def create_app(
     app[METRICS] = GatewayMetrics(metrics_registry or new_registry())
     app[SSRF] = SsrfPolicy.from_rules(settings.proxy_allowed_hosts, settings.proxy_denied_networks)
     # Order = dependency order; cleanup runs in reverse.
-    app.cleanup_ctx.extend([_store_ctx, _http_ctx, provisioning_ctx, _monitor_ctx, _ready_ctx])
+    app.cleanup_ctx.extend(
+        [_store_ctx, _http_ctx, provisioning_ctx, _monitor_ctx, _proxy_ctx, _ready_ctx]
+    )
     app.add_routes(ops.routes)
     app.add_routes(grafana.routes)
     app.add_routes(influx.routes)
+    app.add_routes(proxy.routes)
     return app
 
 
@@ -154,6 +161,29 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The keep-alive pool for proxied requests (not the shared session: see proxy/upstream.py).
+
+    Its address filter re-applies the SSRF policy to the addresses it actually connects to.
+    """
+    settings = app[SETTINGS]
+    pool = UpstreamPool(
+        timeouts=Timeouts(
+            connect=settings.proxy_connect_timeout,
+            headers=settings.proxy_response_timeout,
+            body=settings.proxy_idle_timeout,
+        ),
+        address_filter=app[SSRF].permitted,
+    )
+    app[FORWARDER] = Forwarder(
+        pool, settings, app[METRICS], on_passive_failure=app[MONITOR].report_failure
+    )
+    try:
+        yield
+    finally:
+        await pool.close()
 
 
 async def _ready_ctx(app: web.Application) -> AsyncIterator[None]:

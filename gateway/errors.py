@@ -74,6 +74,8 @@ class GatewayError(Exception):
     influx_code: str = "internal error"
     message: str = "Internal Server Error"
     influx_message: str = "An internal error has occurred - check server logs"
+    # Set on proxy failures: Grafana's data proxy adds the request's trace id to such bodies.
+    trace_id: str | None = None
 
     def __init__(self, message: str | None = None, *, influx_message: str | None = None) -> None:
         if message is not None:
@@ -210,7 +212,10 @@ def render_error(error: GatewayError, dialect: Dialect) -> web.Response:
         # (502 and 504 stay distinct from 503: they tell who failed).
         status = INFLUX_CODE_STATUS["conflict"] if error.influx_code == "conflict" else error.status
         return influx_error_response(status, error.influx_code, error.influx_message)
-    return web.json_response({"message": error.message}, status=error.status)
+    body = {"message": error.message}
+    if error.trace_id is not None:
+        body["traceID"] = error.trace_id
+    return web.json_response(body, status=error.status)
 
 
 def influx_error_response(status: int, code: str, message: str) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -16,6 +17,9 @@ from gateway.registry.cache import SourceCache
 from gateway.registry.models import Principal
 from gateway.registry.store import RegistryStore
 from gateway.security.auth import PrincipalCache
+
+if TYPE_CHECKING:
+    from gateway.proxy.forward import Forwarder
 
 
 @dataclass(slots=True)
@@ -34,6 +38,7 @@ SOURCES = web.AppKey("sources", SourceCache)
 MONITOR = web.AppKey("monitor", HealthMonitor)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 SSRF = web.AppKey("ssrf", SsrfPolicy)
+FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")  # typed only: forward.py imports us
 # One probe of one source with the shared session: what the monitor and on-demand checks call.
 PROBER: web.AppKey[Prober] = web.AppKey("prober")
 HTTP = web.AppKey("http", aiohttp.ClientSession)
@@ -41,3 +46,5 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
+# The status to log and count when it differs from the response's (e.g. 499: the client left).
+RESPONSE_STATUS = web.RequestKey("response_status", int)

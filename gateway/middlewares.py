@@ -26,7 +26,7 @@ from gateway.errors import (
     render_error,
     render_http_exception,
 )
-from gateway.keys import METRICS, PRINCIPAL, PRINCIPALS, REQUEST_ID
+from gateway.keys import METRICS, PRINCIPAL, PRINCIPALS, REQUEST_ID, RESPONSE_STATUS
 from gateway.security.auth import token_from_header
 
 log = structlog.get_logger("gateway.request")
@@ -70,6 +70,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         exc.headers["X-Request-Id"] = request_id
         raise
     finally:
+        status = request.get(RESPONSE_STATUS, status)
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "<unmatched>"
         principal = request.get(PRINCIPAL)

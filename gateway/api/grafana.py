@@ -59,13 +59,13 @@ _TRUE_TEXTS = frozenset({"1", "t", "T", "TRUE", "true", "True"})  # Go's strconv
 
 @routes.get("/api/datasources")
 async def list_sources(request: web.Request) -> web.Response:
-    org_id = _org_id(request)
+    org_id = request_org_id(request)
     return web.json_response(list_dto(await request.app[STORE].list_sources(org_id)))
 
 
 @routes.get("/api/datasources/{id}")
 async def get_by_id(request: web.Request) -> web.Response:
-    org_id = _org_id(request)
+    org_id = request_org_id(request)
     source_id = parse_id(request.match_info["id"])
     if source_id == 0:
         raise BadRequest("Datasource id is missing")
@@ -75,21 +75,21 @@ async def get_by_id(request: web.Request) -> web.Response:
 
 @routes.get("/api/datasources/uid/{uid}")
 async def get_by_uid(request: web.Request) -> web.Response:
-    org_id = _org_id(request)
+    org_id = request_org_id(request)
     source = await request.app[STORE].get_source(org_id, uid=request.match_info["uid"])
     return web.json_response(single_dto(source, access_control=_access_control(request)))
 
 
 @routes.get("/api/datasources/name/{name}")
 async def get_by_name(request: web.Request) -> web.Response:
-    org_id = _org_id(request)
+    org_id = request_org_id(request)
     source = await request.app[STORE].get_source(org_id, name=request.match_info["name"])
     return web.json_response(single_dto(source))
 
 
 @routes.get("/api/datasources/id/{name}")
 async def get_id_by_name(request: web.Request) -> web.Response:
-    org_id = _org_id(request)
+    org_id = request_org_id(request)
     source = await request.app[STORE].get_source(org_id, name=request.match_info["name"])
     return web.json_response({"id": source.id})
 
@@ -99,7 +99,7 @@ async def get_id_by_name(request: web.Request) -> web.Response:
 
 @routes.post("/api/datasources")
 async def create(request: web.Request) -> web.Response:
-    org_id = _org_id(request, needs=CREATE)
+    org_id = request_org_id(request, needs=CREATE)
     spec = create_spec(await read_body(request))
     await _check_target(request, spec.url)
     source = await request.app[STORE].create_source(org_id, spec)
@@ -108,7 +108,7 @@ async def create(request: web.Request) -> web.Response:
 
 @routes.put("/api/datasources/{id}")
 async def update_by_id(request: web.Request) -> web.Response:
-    org_id = _org_id(request, needs=WRITE)
+    org_id = request_org_id(request, needs=WRITE)
     body = await read_body(request)
     check_update(body)
     return await _update(request, org_id, parse_id(request.match_info["id"]), body)
@@ -116,7 +116,7 @@ async def update_by_id(request: web.Request) -> web.Response:
 
 @routes.put("/api/datasources/uid/{uid}")
 async def update_by_uid(request: web.Request) -> web.Response:
-    org_id = _org_id(request, needs=WRITE)
+    org_id = request_org_id(request, needs=WRITE)
     body = await read_body(request)
     check_update(body)
     uid = request.match_info["uid"]
@@ -128,7 +128,7 @@ async def update_by_uid(request: web.Request) -> web.Response:
 
 @routes.delete("/api/datasources/{id}")
 async def delete_by_id(request: web.Request) -> web.Response:
-    org_id = _org_id(request, needs=DELETE)
+    org_id = request_org_id(request, needs=DELETE)
     source_id = parse_id(request.match_info["id"])
     if source_id <= 0:
         raise BadRequest("Missing valid datasource id")
@@ -138,14 +138,14 @@ async def delete_by_id(request: web.Request) -> web.Response:
 
 @routes.delete("/api/datasources/uid/{uid}")
 async def delete_by_uid(request: web.Request) -> web.Response:
-    org_id = _org_id(request, needs=DELETE)
+    org_id = request_org_id(request, needs=DELETE)
     source = await request.app[STORE].get_source(org_id, uid=request.match_info["uid"])
     return await _delete(request, org_id, source)
 
 
 @routes.delete("/api/datasources/name/{name}")
 async def delete_by_name(request: web.Request) -> web.Response:
-    org_id = _org_id(request, needs=DELETE)
+    org_id = request_org_id(request, needs=DELETE)
     source = await request.app[STORE].get_source(org_id, name=request.match_info["name"])
     return await _delete(request, org_id, source)
 
@@ -157,7 +157,7 @@ async def delete_by_name(request: web.Request) -> web.Response:
 
 @routes.route("*", "/api/datasources/{id}/health")
 async def health_by_id(request: web.Request) -> web.Response:
-    org_id = _org_id(request)
+    org_id = request_org_id(request)
     source_id = parse_id(request.match_info["id"])
     source = await request.app[STORE].get_source(org_id, id=source_id)
     return _health_response(await source_health(request, source))
@@ -165,7 +165,7 @@ async def health_by_id(request: web.Request) -> web.Response:
 
 @routes.route("*", "/api/datasources/uid/{uid}/health")
 async def health_by_uid(request: web.Request) -> web.Response:
-    org_id = _org_id(request)
+    org_id = request_org_id(request)
     uid = request.match_info["uid"]
     if not _UID_TEXT.fullmatch(uid):
         raise BadRequest(INVALID_UID)
@@ -221,7 +221,7 @@ async def grafana_health(request: web.Request) -> web.Response:
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _org_id(request: web.Request, *, needs: str | None = None) -> int:
+def request_org_id(request: web.Request, *, needs: str | None = None) -> int:
     """The org the request acts in: its token's. `needs` names the action a write requires.
 
     A token belongs to one org, so `X-Grafana-Org-Id` may only name that org.

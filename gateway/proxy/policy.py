@@ -132,14 +132,15 @@ def join_upstream_path(source_url: str, path: ProxyPath) -> str:
     return f"{base}/{path.raw}"
 
 
-def strip_auth_params(raw_query: str) -> str:
-    """The query string minus the gateway's auth parameters; everything else byte-for-byte."""
+def strip_query_params(raw_query: str, names: frozenset[str] = AUTH_QUERY_PARAMS) -> str:
+    """The query string minus parameters named in `names` (by default the gateway's auth
+    parameters); everything else is kept byte for byte."""
     if not raw_query:
         return ""
     kept = [
         pair
         for pair in raw_query.split("&")
-        if unquote(pair.split("=", 1)[0].replace("+", " ")) not in AUTH_QUERY_PARAMS
+        if unquote(pair.split("=", 1)[0].replace("+", " ")) not in names
     ]
     return "&".join(kept)
 

@@ -1,0 +1,306 @@
+"""Forwarder: one proxied request, streamed both ways through the upstream pool.
+
+The hot path. Everything about a source that does not change per request — its origin, base
+path, credential headers, timeouts, metric labels — is prepared once per source version and
+cached, so a request costs header filtering, one pool exchange and the copy loop. No SQL: the
+caller resolves the source from the in-memory SourceCache.
+
+Outcomes:
+- upstream refused/reset/unreachable → 502, timeouts → 504, both `{"message", "traceID"}` in
+  Grafana's dialect; connect failures and timeouts also count as passive health failures;
+- a connect-time SSRF refusal → 403; an upstream 401 → 400 "Authentication to data source
+  failed" (the client's own session must not look invalid);
+- once the response has started, an upstream failure aborts the client connection, so a
+  truncated body can never look complete; a client that goes away is logged as 499 and its
+  upstream connection is dropped, not returned to the pool.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.errors import (
+    BadGateway,
+    BadRequest,
+    Dialect,
+    Forbidden,
+    GatewayError,
+    GatewayTimeout,
+    influx_error_response,
+)
+from gateway.health.credentials import source_credentials
+from gateway.keys import REQUEST_ID, RESPONSE_STATUS
+from gateway.metrics import GatewayMetrics
+from gateway.proxy.headers import keep_cookie_names, request_headers, response_headers
+from gateway.proxy.http1 import Timeouts, UpstreamError, UpstreamTimeout
+from gateway.proxy.ssrf import TargetRefused
+from gateway.proxy.upstream import Origin, UpstreamPool
+from gateway.registry.models import DataSource
+
+log = structlog.get_logger(__name__)
+
+# Bodies up to this size with a known length are read whole: one write upstream, and the
+# request can be retried on a stale keep-alive connection. Larger ones stream.
+SMALL_BODY = 64 * 1024
+CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away", as Grafana logs it
+AUTH_FAILED = "Authentication to data source failed"
+
+PassiveFailure = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedSource:
+    source: DataSource
+    origin: Origin
+    credentials: tuple[tuple[bytes, bytes], ...]
+    custom_names: frozenset[bytes]
+    keep_cookies: frozenset[str]
+    timeouts: Timeouts
+    labels: tuple[str, str, str]
+
+
+class Forwarder:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        on_passive_failure: PassiveFailure | None = None,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._metrics = metrics
+        self._on_passive_failure = on_passive_failure
+        self._prepared: dict[int, PreparedSource] = {}
+
+    def prepare(self, source: DataSource) -> PreparedSource:
+        """What a request to `source` needs, computed once per version of the source."""
+        cached = self._prepared.get(source.id)
+        if cached is not None and cached.source.version == source.version:
+            return cached
+        try:
+            origin = Origin.from_url(
+                source.url, tls_skip_verify=_truthy(source.json_data.get("tlsSkipVerify"))
+            )
+        except ValueError as exc:
+            raise BadRequest(
+                "Invalid data source URL", influx_message="invalid source URL"
+            ) from exc
+        credentials = source_credentials(source)
+        settings = self._settings
+        prepared = PreparedSource(
+            source=source,
+            origin=origin,
+            credentials=tuple(
+                (name.encode("latin-1"), value.encode("latin-1"))
+                for name, value in credentials.headers.items()
+            ),
+            custom_names=frozenset(
+                name.strip().lower().encode("latin-1")
+                for key, name in source.json_data.items()
+                if key.startswith("httpHeaderName") and isinstance(name, str)
+            ),
+            keep_cookies=keep_cookie_names(source.json_data),
+            timeouts=Timeouts(
+                connect=settings.proxy_connect_timeout,
+                headers=_seconds(source.json_data.get("timeout"), settings.proxy_response_timeout),
+                body=settings.proxy_idle_timeout,
+            ),
+            labels=(str(source.org_id), source.uid, source.type),
+        )
+        self._prepared[source.id] = prepared
+        return prepared
+
+    async def forward(
+        self,
+        request: web.Request,
+        source: DataSource,
+        target: str,
+        *,
+        dialect: Dialect = Dialect.GRAFANA,
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+        body_override: bytes | None = None,
+        method: str | None = None,
+    ) -> web.StreamResponse:
+        """Send `request` to `source` at `target` (encoded path + query) and stream the answer.
+
+        `body_override` and `method` let a caller send a body of its own (a translated query)
+        instead of the client's.
+        """
+        prepared = self.prepare(source)
+        metrics, labels = self._metrics, prepared.labels
+        started = time.perf_counter()
+        method = method or request.method
+        status = 500
+        sent = _Counter()
+        received = 0
+        in_flight = metrics.proxy_in_flight.labels(*labels)
+        in_flight.inc()
+        try:
+            headers = request_headers(
+                list(request.raw_headers),
+                client_address=request.remote,
+                request_id=request[REQUEST_ID],
+                keep_cookies=prepared.keep_cookies,
+                credentials=prepared.credentials,
+                custom_names=prepared.custom_names,
+            )
+            headers.extend(extra_headers)
+            body, content_length = await self._request_body(request, body_override, sent)
+            try:
+                upstream = await self._pool.request(
+                    prepared.origin,
+                    method,
+                    target,
+                    headers,
+                    body,
+                    content_length=content_length,
+                    timeouts=prepared.timeouts,
+                )
+            except TargetRefused as exc:
+                status = 403
+                raise Forbidden(f"Data source target is not allowed: {exc}") from exc
+            except UpstreamError as exc:
+                status = self._upstream_failed(prepared, exc)
+                raise _gateway_error(exc, request) from exc
+            except ConnectionError as exc:  # the client's body broke off: it went away
+                status = CLIENT_CLOSED_REQUEST
+                raise _ClientGone() from exc
+            metrics.proxy_upstream_latency.labels(*labels).observe(time.perf_counter() - started)
+            async with upstream:
+                status = upstream.status
+                if status == 401:
+                    status = 400
+                    return _auth_failed(dialect, request[REQUEST_ID])
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                for name, value in response_headers(upstream.headers):
+                    response.headers.add(name, value)
+                response.headers["X-Request-Id"] = request[REQUEST_ID]
+                try:
+                    await response.prepare(request)
+                    async for chunk in upstream:
+                        received += len(chunk)
+                        await response.write(chunk)
+                    await response.write_eof()
+                except UpstreamError as exc:
+                    # Headers are out: the status cannot change. Cut the connection so the
+                    # client sees an incomplete response, never a complete-looking short one.
+                    self._upstream_failed(prepared, exc, passive=False)
+                    log.warning(
+                        "proxy_aborted",
+                        source_uid=source.uid,
+                        reason=f"upstream {exc.kind} after {received} bytes",
+                    )
+                    _abort(request)
+                except ConnectionError:
+                    status = CLIENT_CLOSED_REQUEST
+                    _abort(request)
+                return response
+        except _ClientGone:
+            _abort(request)
+            return web.Response(status=CLIENT_CLOSED_REQUEST)
+        finally:
+            in_flight.dec()
+            request[RESPONSE_STATUS] = status
+            metrics.proxy_requests.labels(*labels, method, str(status)).inc()
+            metrics.proxy_duration.labels(*labels).observe(time.perf_counter() - started)
+            if sent.total:
+                metrics.proxy_request_bytes.labels(*labels).inc(sent.total)
+            if received:
+                metrics.proxy_response_bytes.labels(*labels).inc(received)
+
+    async def _request_body(
+        self, request: web.Request, override: bytes | None, sent: _Counter
+    ) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
+        if override is not None:
+            sent.total += len(override)
+            return override, len(override)
+        if not request.body_exists:
+            return None, None
+        length = request.content_length
+        if length is not None and length <= SMALL_BODY:
+            body = await request.read()
+            sent.total += len(body)
+            return body, len(body)
+        return _stream(request, sent), length
+
+    def _upstream_failed(
+        self, prepared: PreparedSource, exc: UpstreamError, *, passive: bool = True
+    ) -> int:
+        self._metrics.proxy_upstream_errors.labels(*prepared.labels, exc.kind).inc()
+        log.warning(
+            "proxy_upstream_error",
+            source_uid=prepared.source.uid,
+            kind=exc.kind,
+            error=str(exc),
+        )
+        if passive and exc.kind in ("connect", "timeout") and self._on_passive_failure:
+            self._on_passive_failure(prepared.source.id)
+        return 504 if isinstance(exc, UpstreamTimeout) else 502
+
+
+class _ClientGone(Exception):
+    """The client disconnected while we were still reading its request body."""
+
+
+@dataclass(slots=True)
+class _Counter:
+    total: int = 0
+
+
+async def _stream(request: web.Request, sent: _Counter) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_any():
+        sent.total += len(chunk)
+        yield chunk
+
+
+def _gateway_error(exc: UpstreamError, request: web.Request) -> GatewayError:
+    error: GatewayError
+    if isinstance(exc, UpstreamTimeout):
+        error = GatewayTimeout(f"upstream {exc.phase} timeout", influx_message=str(exc))
+    else:
+        error = BadGateway(
+            f"upstream {exc.kind} error", influx_message=f"upstream {exc.kind} error"
+        )
+    error.trace_id = request[REQUEST_ID]
+    return error
+
+
+def _auth_failed(dialect: Dialect, request_id: str) -> web.Response:
+    if dialect is Dialect.INFLUX:
+        response = influx_error_response(400, "invalid", AUTH_FAILED)
+    else:
+        response = web.Response(status=400, text=AUTH_FAILED)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _truthy(value: object) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _seconds(value: object, default: float) -> float:
+    """Grafana's jsonData.timeout: seconds as a number or a numeric string."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int | float | str):
+        try:
+            number = float(value)
+        except ValueError:
+            return default
+        if math.isfinite(number) and number > 0:
+            return number
+    return default

@@ -1,0 +1,135 @@
+"""Which headers cross the proxy, in each direction.
+
+Requests: hop-by-hop headers (and every header `Connection` names) never pass; neither do the
+client's own credentials (`Authorization`, auth cookies), `Origin`, `Referer` and the
+`X-Forwarded-Host/Port/Proto` a client could forge. Framing (`Host`, `Content-Length`,
+`Transfer-Encoding`) belongs to the upstream pool. `X-Forwarded-For` gets the client appended.
+
+Responses: hop-by-hop headers and `Set-Cookie` never pass (an upstream must not set cookies on
+the gateway's origin), and `Content-Security-Policy: sandbox` is added, as Grafana does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_REQUEST_DROPPED = HOP_BY_HOP | {
+    b"authorization",
+    b"cookie",
+    b"origin",
+    b"referer",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-forwarded-proto",
+    b"x-forwarded-for",  # re-added below with the client appended
+    b"x-ds-authorization",
+    b"x-request-id",  # re-added with the gateway's request id
+    b"x-gateway-source",
+    b"host",
+    b"content-length",
+}
+_RESPONSE_DROPPED = HOP_BY_HOP | {b"set-cookie", b"content-security-policy"}
+# Cookies the gateway (or Grafana in front of it) uses for its own sessions: never forwarded,
+# even when a source lists them in jsonData.keepCookies.
+RESERVED_COOKIES = frozenset({"grafana_session", "grafana_session_expiry", "gateway_session"})
+
+
+def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Header names listed in `Connection`: hop-by-hop for this one hop (RFC 9110 §7.6.1)."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b",") if token.strip())
+    return named
+
+
+def request_headers(
+    incoming: Sequence[tuple[bytes, bytes]],
+    *,
+    client_address: str | None,
+    request_id: str,
+    keep_cookies: frozenset[str],
+    credentials: Sequence[tuple[bytes, bytes]],
+    custom_names: frozenset[bytes],
+) -> RawHeaders:
+    """The headers sent upstream: the client's, filtered, then the source's credentials."""
+    named = connection_named(incoming)
+    out: RawHeaders = []
+    forwarded_for: list[bytes] = []
+    cookies: list[bytes] = []
+    ds_authorization: bytes | None = None
+    for name, value in incoming:
+        lower = name.lower()
+        if lower == b"x-forwarded-for":
+            forwarded_for.append(value)
+        elif lower == b"cookie":
+            cookies.append(value)
+        elif lower == b"x-ds-authorization":
+            ds_authorization = value
+        if lower in _REQUEST_DROPPED or lower in named:
+            continue
+        out.append((name, value))
+    kept = _kept_cookies(cookies, keep_cookies)
+    if kept:
+        out.append((b"Cookie", kept))
+    if client_address:
+        forwarded_for.append(client_address.encode())
+    if forwarded_for:
+        out.append((b"X-Forwarded-For", b", ".join(forwarded_for)))
+    out.append((b"X-Request-Id", request_id.encode()))
+    # Grafana's order: the source's auth, then X-DS-Authorization, then custom headers on top.
+    authorization = next((v for n, v in credentials if n.lower() == b"authorization"), None)
+    if ds_authorization is not None and b"authorization" not in custom_names:
+        authorization = ds_authorization
+    for name, value in credentials:
+        if name.lower() != b"authorization":
+            out.append((name, value))
+    if authorization is not None:
+        out.append((b"Authorization", authorization))
+    return out
+
+
+def _kept_cookies(values: Iterable[bytes], keep: frozenset[str]) -> bytes:
+    if not keep:
+        return b""
+    kept = []
+    for value in values:
+        for pair in value.split(b";"):
+            name = pair.split(b"=", 1)[0].strip().decode("latin-1")
+            if name in keep and name not in RESERVED_COOKIES:
+                kept.append(pair.strip())
+    return b"; ".join(kept)
+
+
+def response_headers(upstream: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """The upstream's headers minus hop-by-hop and Set-Cookie, plus the sandbox CSP."""
+    named = connection_named(upstream)
+    out = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in upstream
+        if name.lower() not in _RESPONSE_DROPPED and name.lower() not in named
+    ]
+    out.append(("Content-Security-Policy", "sandbox"))
+    return out
+
+
+def keep_cookie_names(json_data: Mapping[str, object]) -> frozenset[str]:
+    raw = json_data.get("keepCookies")
+    if not isinstance(raw, list):
+        return frozenset()
+    return frozenset(str(item) for item in raw if isinstance(item, str) and item)
