@@ -17,6 +17,7 @@ Outcomes:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -206,6 +207,11 @@ class Forwarder:
         except _ClientGone:
             _abort(request)
             return web.Response(status=CLIENT_CLOSED_REQUEST)
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler when the client disconnects; the upstream response
+            # was closed on the way out (not pooled), so only the outcome is left to record.
+            status = CLIENT_CLOSED_REQUEST
+            raise
         finally:
             in_flight.dec()
             request[RESPONSE_STATUS] = status
