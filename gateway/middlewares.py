@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 import uuid
@@ -104,12 +105,32 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return render_error(GatewayError(), dialect_for(request.path))
 
 
+# InfluxDB 1.x clients authenticate with `u`/`p` or Basic auth; on these paths the password is
+# taken as the gateway token, as InfluxDB 2's v1-compatibility API does with its own tokens.
+V1_COMPAT_PATHS = frozenset({"/query", "/write"})
+
+
+def v1_token(request: web.Request) -> str | None:
+    """The token an InfluxDB 1.x client sends as its password (`p=` or Basic auth)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() == "basic" and encoded:
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return request.query.get("p") or None
+
+
 def authenticate(public_paths: Collection[str]) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in public_paths:
             return await handler(request)
         token = token_from_header(request.headers.get("Authorization"))
+        if token is None and request.path in V1_COMPAT_PATHS:
+            token = v1_token(request)
         principal = await request.app[PRINCIPALS].resolve(token) if token else None
         if principal is None:
             raise Unauthorized()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import stat
 from pathlib import Path
 
@@ -160,3 +161,35 @@ class TestAdminTokenBootstrap:
         self, client: TestClient, data_dir: Path
     ) -> None:
         assert not (data_dir / ADMIN_TOKEN_FILE).exists()
+
+
+class TestInfluxV1Compatibility:
+    """On /query and /write the gateway token may come as InfluxDB 1.x's password."""
+
+    async def test_p_parameter_and_basic_password_carry_the_token(self, client: TestClient) -> None:
+        basic = base64.b64encode(f"anyone:{ADMIN_TOKEN}".encode()).decode()
+        for kwargs in (
+            {"params": {"u": "anyone", "p": ADMIN_TOKEN, "q": "SHOW DATABASES"}},
+            {"params": {"q": "SHOW DATABASES"}, "headers": {"Authorization": f"Basic {basic}"}},
+        ):
+            response = await client.get("/query", **kwargs)
+            # Authenticated: the org has no InfluxDB source, so the passthrough says so.
+            assert response.status == 404, await response.text()
+            assert (await response.json())["code"] == "not found"
+
+    async def test_wrong_or_missing_v1_credentials_are_401(self, client: TestClient) -> None:
+        for kwargs in (
+            {"params": {"u": "x", "p": "wrong"}},
+            {"headers": {"Authorization": "Basic !!!not-base64"}},
+            {"headers": {"Authorization": "Basic " + base64.b64encode(b"nopassword").decode()}},
+            {},
+        ):
+            response = await client.get("/query", **kwargs)
+            assert response.status == 401
+            assert (await response.json())["code"] == "unauthorized"
+
+    async def test_other_paths_do_not_take_the_token_as_a_password(
+        self, client: TestClient
+    ) -> None:
+        response = await client.get("/api/test/whoami", params={"p": ADMIN_TOKEN})
+        assert response.status == 401
