@@ -166,6 +166,11 @@ class SourceStateCollector(Collector):
             "Unix time at which the source entered its current health state.",
             labels=["org", "source_uid", "source_type"],
         )
+        checked = GaugeMetricFamily(
+            "gateway_source_last_probe_timestamp_seconds",
+            "Unix time of the source's latest health probe result (alert on staleness).",
+            labels=["org", "source_uid", "source_type"],
+        )
         registered = GaugeMetricFamily(
             "gateway_registry_sources",
             "Registered data sources by org and type.",
@@ -181,8 +186,11 @@ class SourceStateCollector(Collector):
             up.add_metric([org, source.uid, source.name, source.type], state.status == "pass")
             if state.since is not None:
                 since.add_metric([org, source.uid, source.type], state.since.timestamp())
+            if state.last_checked is not None:
+                checked.add_metric([org, source.uid, source.type], state.last_checked.timestamp())
         for (org, source_type), count in sorted(counts.items()):
             registered.add_metric([org, source_type], count)
         yield up
         yield since
+        yield checked
         yield registered

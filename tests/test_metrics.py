@@ -150,7 +150,11 @@ async def test_health_gauges_follow_a_real_upstream_down_and_up(
     probe_count = registry.get_sample_value("gateway_health_probe_duration_seconds_count", series)
     assert probe_count is not None
     assert probe_count >= 4
-    assert client.server.app[MONITOR].state(source.id) is not None
+    state = client.server.app[MONITOR].state(source.id)
+    assert state is not None
+    assert state.last_checked is not None
+    last_probe = registry.get_sample_value("gateway_source_last_probe_timestamp_seconds", series)
+    assert last_probe == pytest.approx(state.last_checked.timestamp())
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) missing")
