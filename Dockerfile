@@ -30,7 +30,7 @@ VOLUME ["/data"]
 EXPOSE 8480
 # slim has no curl; the interpreter is there anyway. /health is 503 when the gateway itself fails.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8480/health', timeout=2)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('GATEWAY_PORT', '8480'), timeout=2)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["gateway"]
 CMD ["serve"]

@@ -80,11 +80,12 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> tuple[list[float], fl
 
 async def run(sources: int, interval: float, duration: float, workdir: Path) -> int:
     upstream_port, gateway_port = free_port(), free_port()
+    (workdir / "gateway.toml").write_text("")  # the defaults, whatever the working directory
     upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(upstream_port)])
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
         "GATEWAY_DATA_DIR": str(workdir / "data"),
-        "GATEWAY_CONFIG": str(workdir / "none.toml"),
+        "GATEWAY_CONFIG": str(workdir / "gateway.toml"),
         "GATEWAY_PORT": str(gateway_port),
         "GATEWAY_ADMIN_TOKEN": TOKEN,
         "GATEWAY_SECRET_KEY": "bench-key",

@@ -14,9 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.api import grafana, influx, ops, proxy
-from gateway.bootstrap import ensure_admin_token, open_secret_box, prepare_data_dir
+from gateway.bootstrap import ensure_admin_token, open_registry
 from gateway.config import Settings
-from gateway.errors import StartupError
 from gateway.health.monitor import HealthMonitor, Prober, SourceState
 from gateway.health.probes import HealthCheck, probe_source
 from gateway.keys import (
@@ -42,8 +41,6 @@ from gateway.proxy.ssrf import PolicyResolver, SsrfPolicy
 from gateway.proxy.upstream import UpstreamPool
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import DataSource
-from gateway.registry.secrets import SecretKeyMismatch
-from gateway.registry.store import RegistryStore
 from gateway.security.auth import PrincipalCache
 
 log = structlog.get_logger(__name__)
@@ -82,30 +79,21 @@ def create_app(
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    prepare_data_dir(settings.data_dir)
-    box, key_origin = open_secret_box(settings)
-    try:
-        async with RegistryStore.open(settings.db_path, box) as store:
-            app[STORE] = store
-            app[PRINCIPALS] = PrincipalCache(store)
-            app[SOURCES] = SourceCache(store)
-            await ensure_admin_token(store, settings)
-            watcher = asyncio.create_task(
-                store.watch_external_changes(EXTERNAL_CHANGE_POLL_SECONDS),
-                name="registry-change-watcher",
-            )
-            try:
-                yield
-            finally:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-    except SecretKeyMismatch as exc:
-        raise StartupError(
-            f"the secret key from {key_origin} cannot decrypt {settings.db_path}: it is not the "
-            "key this database was written with (nothing was changed)"
-        ) from exc
+    async with open_registry(app[SETTINGS]) as store:
+        app[STORE] = store
+        app[PRINCIPALS] = PrincipalCache(store)
+        app[SOURCES] = SourceCache(store)
+        await ensure_admin_token(store, app[SETTINGS])
+        watcher = asyncio.create_task(
+            store.watch_external_changes(EXTERNAL_CHANGE_POLL_SECONDS),
+            name="registry-change-watcher",
+        )
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import structlog
@@ -10,8 +13,13 @@ import structlog
 from gateway.config import Settings
 from gateway.errors import StartupError
 from gateway.registry.models import DEFAULT_ORG_ID, Role
-from gateway.registry.secrets import SecretBox, load_key_text, write_private_file
-from gateway.registry.store import RegistryStore
+from gateway.registry.secrets import (
+    SecretBox,
+    SecretKeyMismatch,
+    load_key_text,
+    write_private_file,
+)
+from gateway.registry.store import RegistryStore, StoreUnusable
 from gateway.security.auth import hash_token, new_token
 
 log = structlog.get_logger(__name__)
@@ -24,11 +32,43 @@ def prepare_data_dir(data_dir: Path) -> None:
     if data_dir.exists() and not data_dir.is_dir():
         raise StartupError(f"{where}: exists and is not a directory")
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # 0700: the directory holds the database (token hashes, encrypted secrets) and the key.
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StartupError(f"{where}: cannot create: {exc.strerror}") from exc
     if not os.access(data_dir, os.W_OK | os.X_OK):
         raise StartupError(f"{where}: not writable by this user")
+
+
+LOCK_FILE = "gateway.lock"
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path, *, exclusive: bool) -> Iterator[None]:
+    """Servers hold the data directory's lock shared; `keys rotate` needs it alone.
+
+    A running server keeps its key in memory, so rotating underneath it would leave it writing
+    rows under the old key. flock is released by the kernel when the process dies, so a crash
+    never leaves a stale lock behind.
+    """
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataDirBusy(
+                f"{data_dir} is in use by a running gateway; stop it first"
+                if exclusive
+                else f"{data_dir} is locked by a key rotation in progress"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class DataDirBusy(StartupError):
+    """Another process holds the data directory's lock in a conflicting mode."""
 
 
 def open_secret_box(settings: Settings) -> tuple[SecretBox, str]:
@@ -36,7 +76,32 @@ def open_secret_box(settings: Settings) -> tuple[SecretBox, str]:
         key_text, origin = load_key_text(settings.data_dir, settings.secret_key)
     except OSError as exc:
         raise StartupError(f"cannot read or create the secret key file: {exc}") from exc
+    if not key_text.strip():
+        raise StartupError(f"{origin}: the secret key is empty")
     return SecretBox(key_text), origin
+
+
+@contextlib.asynccontextmanager
+async def open_registry(
+    settings: Settings, *, exclusive: bool = False
+) -> AsyncIterator[RegistryStore]:
+    """The registry of the data directory, for the server (shared) or a CLI command.
+
+    Every reason it cannot be opened becomes a StartupError: one line, exit code 2.
+    """
+    prepare_data_dir(settings.data_dir)
+    box, origin = open_secret_box(settings)
+    with data_dir_lock(settings.data_dir, exclusive=exclusive):
+        try:
+            async with RegistryStore.open(settings.db_path, box) as store:
+                yield store
+        except SecretKeyMismatch as exc:
+            raise StartupError(
+                f"the secret key from {origin} cannot decrypt {settings.db_path}: it is not the "
+                "key this database was written with (nothing was changed)"
+            ) from exc
+        except StoreUnusable as exc:
+            raise StartupError(str(exc)) from exc
 
 
 async def ensure_admin_token(store: RegistryStore, settings: Settings) -> None:

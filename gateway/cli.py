@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import create_app
-from gateway.bootstrap import open_secret_box, prepare_data_dir
+from gateway.bootstrap import open_registry
 from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
 from gateway.keys import LIFECYCLE
@@ -29,7 +29,6 @@ from gateway.registry.models import Role
 from gateway.registry.secrets import (
     KEY_FILE_NAME,
     SecretBox,
-    SecretKeyMismatch,
     generate_key_text,
     write_private_file,
 )
@@ -194,17 +193,15 @@ async def provision_check(settings: Settings, _: argparse.Namespace) -> int:
 # --- registry commands ------------------------------------------------------------------------
 
 
-async def _with_store(settings: Settings, action: Callable[[RegistryStore], Awaitable[int]]) -> int:
-    prepare_data_dir(settings.data_dir)
-    box, origin = open_secret_box(settings)
-    try:
-        async with RegistryStore.open(settings.db_path, box) as store:
-            return await action(store)
-    except SecretKeyMismatch as exc:
-        raise StartupError(
-            f"the secret key from {origin} cannot decrypt {settings.db_path}: it is not the key "
-            "this database was written with (nothing was changed)"
-        ) from exc
+async def _with_store(
+    settings: Settings,
+    action: Callable[[RegistryStore], Awaitable[int]],
+    *,
+    alone: bool = False,
+) -> int:
+    """Run `action` on the store; `alone` first makes sure no gateway is serving this data."""
+    async with open_registry(settings, exclusive=alone) as store:
+        return await action(store)
 
 
 async def token_create(settings: Settings, args: argparse.Namespace) -> int:
@@ -308,13 +305,12 @@ async def keys_rotate(settings: Settings, _: argparse.Namespace) -> int:
         else:
             where = "now set GATEWAY_SECRET_KEY to the value of GATEWAY_NEW_SECRET_KEY"
         print(
-            f"re-encrypted the secrets of {count} data sources; {where}; "
-            "restart the gateway to use the new key",
+            f"re-encrypted the secrets of {count} data sources; {where}",
             file=sys.stderr,
         )
         return 0
 
-    return await _with_store(settings, action)
+    return await _with_store(settings, action, alone=True)
 
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]

@@ -298,12 +298,21 @@ _OTHER_ENV = {CONFIG_ENV, "GATEWAY_NEW_SECRET_KEY", "GATEWAY_BUILD_COMMIT"}
 
 
 def config_path(environ: Mapping[str, str], flag: str | None = None) -> Path:
-    """Where the TOML file is: the --config flag, then GATEWAY_CONFIG, then the default."""
+    """Where the TOML file is: the --config flag, then GATEWAY_CONFIG, then the default.
+
+    Only the default may be missing (then the defaults apply): a path someone named must exist.
+    """
     if flag:
-        return Path(flag)
+        return _must_exist(Path(flag), "--config")
     if environ.get(CONFIG_ENV):
-        return Path(environ[CONFIG_ENV])
+        return _must_exist(Path(environ[CONFIG_ENV]), CONFIG_ENV)
     return DEFAULT_CONFIG_PATH
+
+
+def _must_exist(path: Path, source: str) -> Path:
+    if not path.is_file():
+        raise SettingsError(source, f"{path}: no such file")
+    return path
 
 
 def load_settings(
@@ -320,7 +329,7 @@ def load_settings(
     if path is not None and path.exists():
         values.update(_read_toml(path))
     for key, text in environ.items():
-        if not key.startswith("GATEWAY_") or key in _OTHER_ENV:
+        if not key.startswith("GATEWAY_") or key in _OTHER_ENV or _is_service_link(key, text):
             continue
         field = _BY_ENV.get(key)
         if field is None:
@@ -332,6 +341,14 @@ def load_settings(
             continue
         values[name] = _parse(by_name[name], flag_value, "--" + name.replace("_", "-"))
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def _is_service_link(key: str, value: str) -> bool:
+    """Kubernetes injects GATEWAY_SERVICE_HOST, GATEWAY_PORT=tcp://…, GATEWAY_PORT_8480_TCP…
+    for a Service named `gateway`: they are not settings and must not stop the pod."""
+    return key.startswith(("GATEWAY_SERVICE_", "GATEWAY_PORT_")) or (
+        key == "GATEWAY_PORT" and value.startswith(("tcp://", "udp://"))
+    )
 
 
 def _read_toml(path: Path) -> dict[str, object]:

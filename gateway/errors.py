@@ -6,7 +6,7 @@
     ├── Unauthorized                401  unauthorized
     ├── Forbidden                   403  forbidden
     │   ├── PermissionDenied        403  forbidden      (role too low for the action)
-    │   └── ReadOnlySource          403  forbidden      (provisioned source)
+    │   └── ReadOnlySource          403  forbidden      (provisioned source; …Delete)
     ├── NotFound                    404  not found
     │   ├── DataSourceNotFound      404  not found
     │   └── OrgNotFound             404  not found
@@ -128,6 +128,10 @@ class PermissionDenied(Forbidden):
 class ReadOnlySource(Forbidden):
     message = "Cannot update read-only data source"
     influx_message = "source is read-only (provisioned)"
+
+
+class ReadOnlySourceDelete(ReadOnlySource):
+    message = "Cannot delete read-only data source"
 
 
 class NotFound(GatewayError):

@@ -8,6 +8,7 @@ field whose name says it holds a secret, in case a future call site forgets.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -20,10 +21,20 @@ _SECRET_KEYS = frozenset(
 )  # fmt: skip
 
 
+# aiohttp logs a request it cannot parse with the offending bytes, headers included.
+_CREDENTIAL_HEADER = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|x-ds-authorization|cookie|set-cookie)"
+    r"(\s*[:=]\s*)[^\r\n'\"]*"
+)
+
+
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
+    """Blank fields named like secrets, and credential headers quoted inside any text."""
+    for key, value in list(event.items()):
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
+        elif isinstance(value, str) and _CREDENTIAL_HEADER.search(value):
+            event[key] = _CREDENTIAL_HEADER.sub(r"\1\2[redacted]", value)
     return event
 
 
@@ -35,6 +46,8 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Tracebacks become text before redaction, so whatever they quote is scrubbed too.
+        structlog.processors.format_exc_info,
         redact_secrets,
     ]
     renderer: structlog.types.Processor = (
@@ -44,11 +57,8 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     )
     structlog.configure(
         processors=[
-            *shared,
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info
-            if as_json
-            else structlog.processors.StackInfoRenderer(),
+            *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -20,10 +20,11 @@ def gateway_env(data_dir: Path, extra: Mapping[str, str | None] | None = None) -
     In `extra`, a None value removes the variable.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    # No GATEWAY_CONFIG: the default path is relative to the working directory, which for the
+    # tests is the repository: its config/gateway.toml states exactly the defaults.
     env.update(
         GATEWAY_DATA_DIR=str(data_dir),
         GATEWAY_SECRET_KEY=SECRET_KEY,
-        GATEWAY_CONFIG=str(data_dir.parent / "absent.toml"),
         GATEWAY_LOG_FORMAT="json",
     )
     for key, value in (extra or {}).items():

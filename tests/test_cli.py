@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
 
 from gateway.registry.secrets import KEY_FILE_NAME
-from tests.process import run_cli
+from tests.process import GatewayProcess, run_cli
 
 
 @pytest.fixture
@@ -94,3 +95,25 @@ def test_keys_rotate_with_an_env_key_needs_the_new_key(data: Path) -> None:
     assert "Traceback" not in stale.stderr
     fresh = run_cli("org", "list", data_dir=data, env={"GATEWAY_SECRET_KEY": "next"})
     assert fresh.returncode == 0
+
+
+def test_keys_rotate_refuses_while_a_gateway_serves_the_data(tmp_path: Path) -> None:
+    """A running gateway keeps the key in memory: rotating under it would strand its writes."""
+    data = tmp_path / "data"
+    env = {"GATEWAY_NEW_SECRET_KEY": "next-key"}
+    gateway = GatewayProcess(data)
+    try:
+        refused = run_cli("keys", "rotate", data_dir=data, env=env)
+        assert refused.returncode == 2
+        assert "in use by a running gateway; stop it first" in refused.stderr
+        assert run_cli("org", "list", data_dir=data).returncode == 0  # other commands still run
+    finally:
+        assert gateway.stop() == 0
+    assert run_cli("keys", "rotate", data_dir=data, env=env).returncode == 0
+
+
+def test_the_data_directory_and_database_are_private(data: Path) -> None:
+    assert run_cli("org", "list", data_dir=data).returncode == 0
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("gateway.db", "secret.key") if (data / "secret.key").exists() else ("gateway.db",):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -66,10 +67,27 @@ class TestPrecedence:
         env = {"GATEWAY_PROXY_DENIED_NETWORKS": " 169.254.0.0/16 ,, fe80::/10"}
         assert load_settings(None, env).proxy_denied_networks == ("169.254.0.0/16", "fe80::/10")
 
-    def test_config_path_flag_then_env_then_default(self) -> None:
+    def test_config_path_flag_then_env_then_default(self, tmp_path: Path) -> None:
+        env_file, flag_file = write(tmp_path, ""), tmp_path / "flag.toml"
+        flag_file.write_text("")
         assert config_path({}, None) == Path("config/gateway.toml")
-        assert config_path({"GATEWAY_CONFIG": "/e.toml"}, None) == Path("/e.toml")
-        assert config_path({"GATEWAY_CONFIG": "/e.toml"}, "/f.toml") == Path("/f.toml")
+        assert config_path({"GATEWAY_CONFIG": str(env_file)}, None) == env_file
+        assert config_path({"GATEWAY_CONFIG": str(env_file)}, str(flag_file)) == flag_file
+
+    def test_a_named_config_file_must_exist(self, tmp_path: Path) -> None:
+        with pytest.raises(SettingsError, match=r"--config: .*typo\.toml: no such file"):
+            config_path({}, str(tmp_path / "typo.toml"))
+        with pytest.raises(SettingsError, match=r"GATEWAY_CONFIG: .*gone\.toml: no such file"):
+            config_path({"GATEWAY_CONFIG": str(tmp_path / "gone.toml")}, None)
+
+    def test_kubernetes_service_link_variables_are_not_settings(self) -> None:
+        env = {
+            "GATEWAY_PORT": "tcp://10.0.0.7:8480",
+            "GATEWAY_SERVICE_HOST": "10.0.0.7",
+            "GATEWAY_SERVICE_PORT": "8480",
+            "GATEWAY_PORT_8480_TCP_ADDR": "10.0.0.7",
+        }
+        assert load_settings(None, env) == Settings()
 
 
 class TestErrors:
@@ -164,3 +182,35 @@ class TestStartupExitCodes:
         assert result.returncode == 2
         assert "cannot listen on 127.0.0.1" in result.stderr
         assert "Traceback" not in result.stdout + result.stderr
+
+
+class TestUnusableDataFiles:
+    """Broken files in the data directory: one line and exit 2, never a traceback."""
+
+    def test_an_empty_key_file(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "secret.key").write_text("\n")
+        result = run_cli("org", "list", data_dir=data, env={"GATEWAY_SECRET_KEY": None})
+        assert result.returncode == 2
+        assert result.stderr.strip().endswith("secret.key: the secret key is empty")
+        assert "Traceback" not in result.stderr
+
+    def test_a_database_file_that_is_not_sqlite(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "gateway.db").write_bytes(b"this is not a database" * 100)
+        result = run_cli("serve", data_dir=data)
+        assert result.returncode == 2
+        assert "is not a usable SQLite database" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_a_schema_newer_than_the_gateway(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        assert run_cli("org", "list", data_dir=data).returncode == 0
+        with sqlite3.connect(data / "gateway.db") as raw:
+            raw.execute("PRAGMA user_version = 999")
+        result = run_cli("serve", data_dir=data)
+        assert result.returncode == 2
+        assert "newer than this gateway knows" in result.stderr
+        assert "Traceback" not in result.stderr

@@ -105,6 +105,23 @@ class TestConfiguration:
         assert record["password"] == "[redacted]"
         assert record["ok"] == 1
 
+    def test_credentials_quoted_in_stdlib_messages_and_tracebacks_are_redacted(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging("json", "info")
+        try:
+            raise ValueError("bad header line: 'Authorization : Bearer SECRET-IN-TRACE'")
+        except ValueError:
+            logging.getLogger("aiohttp.server").exception(
+                "Error handling request: %r", "Cookie: session=SECRET-COOKIE"
+            )
+        err = capsys.readouterr().err
+        record = json.loads(err.strip().splitlines()[-1])
+        assert "SECRET" not in err
+        assert "Authorization : [redacted]" in record["exception"]
+        assert "Traceback (most recent call last)" in record["exception"]
+        assert "Cookie: [redacted]" in record["event"]
+
     def test_level_filters(self, capsys: pytest.CaptureFixture[str]) -> None:
         configure_logging("json", "warning")
         structlog.get_logger("t").info("quiet")

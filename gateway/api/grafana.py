@@ -178,7 +178,11 @@ async def source_health(request: web.Request, source: DataSource) -> HealthCheck
     """The health monitor's latest result for `source`, else one probe now (which the monitor
     then counts as its first result)."""
     app = request.app
-    return await current_health(app[MONITOR], source, app[PROBER], app[SETTINGS].health_timeout)
+    try:
+        return await current_health(app[MONITOR], source, app[PROBER], app[SETTINGS].health_timeout)
+    except Exception as exc:  # a probe bug must still give the client Grafana's ERROR shape
+        log.exception("probe_failed", source_uid=source.uid)
+        return {"name": source.name, "status": "fail", "message": f"probe failed: {exc!r}"[:200]}
 
 
 # --- public: what Grafana clients ask before anything else ----------------------------------

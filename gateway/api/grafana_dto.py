@@ -13,6 +13,7 @@ messages are Grafana's own where it has one.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ from gateway.registry.models import (
 INVALID_NAME = "Invalid datasource name."
 INVALID_URL = "Validation error, invalid URL"
 URL_TOO_LONG = "Invalid datasource url."
+URL_WITH_CREDENTIALS = (
+    "Validation error, credentials in the URL are not allowed: "
+    "use basicAuthUser and secureJsonData.basicAuthPassword"
+)
 INVALID_UID = "Invalid datasource UID."
 UID_CHANGED = "A data source's uid cannot be changed"
 UID_MISMATCH = "The uid in the request body does not match the uid in the URL"
@@ -210,7 +215,7 @@ async def read_body(request: web.Request) -> DataSourceBody:
         raise BadRequest()
     raw = await request.read()
     try:
-        document = json.loads(raw, parse_constant=_reject_constant)
+        document = json.loads(raw, parse_constant=_reject_constant, parse_float=finite_float)
     except (ValueError, RecursionError) as exc:  # includes JSONDecodeError and bad UTF-8
         raise BadRequest() from exc
     if not isinstance(document, dict) or _has_unstorable_text(document):
@@ -310,6 +315,10 @@ def check_url(url: str) -> None:
         raise BadRequest(INVALID_URL) from exc
     if parts.scheme.lower() not in _URL_SCHEMES or not parts.hostname:
         raise BadRequest(INVALID_URL)
+    if parts.username is not None or parts.password is not None:
+        # A URL is shown to every viewer (and in InfluxDB's view): credentials go where they
+        # are encrypted and never returned.
+        raise BadRequest(URL_WITH_CREDENTIALS)
 
 
 def _check_common(body: DataSourceBody) -> None:
@@ -340,6 +349,14 @@ def _has_unstorable_text(document: Any) -> bool:
         elif isinstance(value, list):
             pending.extend(value)
     return False
+
+
+def finite_float(text: str) -> float:
+    """A JSON number that fits a float: `1e999` would be stored as Infinity, which is not JSON."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return number
 
 
 def _reject_constant(name: str) -> Any:

@@ -22,7 +22,6 @@ from gateway.errors import (
     BadRequest,
     OrgNotFound,
     PermissionDenied,
-    ReadOnlySource,
     Unavailable,
 )
 from gateway.health.monitor import current_health
@@ -84,12 +83,9 @@ async def patch_source(request: web.Request) -> web.Response:
 async def delete_source(request: web.Request) -> web.Response:
     source_id = dto.parse_source_id(request.match_info["source_id"])
     principal = _writer(request)
-    store = request.app[STORE]
-    source = await store.get_source(principal.org.id, id=source_id)
-    dto.require_type(source)
-    if source.read_only:
-        raise ReadOnlySource()
-    await store.delete_source(principal.org.id, source_id)
+    # Checked on the row the delete's own transaction holds: a concurrent change of type
+    # cannot slip in between.
+    await request.app[STORE].delete_source(principal.org.id, source_id, check=dto.require_type)
     log.info("source_deleted", source_id=source_id, via="influx")
     return web.Response(status=204)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import yarl
 
+from gateway.api.grafana_dto import finite_float
 from gateway.errors import BadRequest, DataSourceNotFound, Forbidden, InvalidId, ReadOnlySource
 from gateway.registry.models import (
     MAX_NAME_LENGTH,
@@ -224,10 +225,14 @@ def _decode_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest(influx_message="request body is empty: expected a JSON object")
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(
+            raw.decode("utf-8"), parse_float=finite_float, parse_constant=_reject_constant
+        )
     except UnicodeDecodeError:
         raise BadRequest(influx_message="request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
+        raise BadRequest(influx_message=f"request body is not valid JSON: {exc}") from None
+    except ValueError as exc:  # a number json cannot hold: too many digits, or out of range
         raise BadRequest(influx_message=f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest(influx_message="request body is nested too deeply") from None
@@ -236,6 +241,10 @@ def _decode_object(raw: bytes) -> dict[str, Any]:
             influx_message=f"request body must be a JSON object, not {_json_type(data)}"
         )
     return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _source_fields(data: Mapping[str, Any]) -> SourceInput:

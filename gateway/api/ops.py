@@ -10,7 +10,7 @@ from prometheus_client.exposition import choose_encoder
 
 from gateway import __version__
 from gateway.errors import INFLUX_CONTENT_TYPE, Unauthorized
-from gateway.keys import LIFECYCLE, METRICS, MONITOR, SETTINGS, STORE
+from gateway.keys import LIFECYCLE, METRICS, MONITOR, PRINCIPALS, SETTINGS, STORE
 from gateway.security.auth import token_from_header
 from gateway.version import commit
 
@@ -53,7 +53,7 @@ async def health(request: web.Request) -> web.Response:
     store_check = await _store_check(request)
     # The top-level status is the gateway's own (its store); sources are listed for operators.
     failed = [store_check] if store_check["status"] == "fail" else []
-    checks = [store_check, *_source_checks(request)]
+    checks = [store_check, *await _source_checks(request)]
     body = {
         "name": "datasource-gateway",
         "status": "fail" if failed else "pass",
@@ -67,19 +67,36 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-def _source_checks(request: web.Request) -> list[dict[str, str]]:
-    """One entry per monitored source that has a result, by the source's name."""
-    entries = []
-    for state in request.app[MONITOR].states():
-        result = state.health_check()
-        if result is not None:
-            entries.append(
-                {
-                    "name": state.source.name,
-                    "status": result["status"],
-                    "message": result["message"],
-                }
-            )
+async def _source_checks(request: web.Request) -> list[dict[str, str]]:
+    """One entry per monitored source with a result, named by the source's name — for a caller
+    with a token, its own org's sources only. /health needs no token, and source names and
+    probe messages must not leak across orgs, so an anonymous caller gets one summary entry."""
+    token = token_from_header(request.headers.get("Authorization"))
+    principal = await request.app[PRINCIPALS].resolve(token) if token else None
+    states = [
+        state
+        for state in request.app[MONITOR].states()
+        if principal is None or state.source.org_id == principal.org.id
+    ]
+    results = [(state, state.health_check()) for state in states]
+    results = [(state, result) for state, result in results if result is not None]
+    if principal is None:
+        failing = sum(1 for _, result in results if result and result["status"] == "fail")
+        if not results:
+            return []
+        return [
+            {
+                "name": "sources",
+                "status": "fail" if failing else "pass",
+                "message": f"{len(results) - failing} of {len(results)} monitored sources pass; "
+                "send a token to see your org's sources",
+            }
+        ]
+    entries = [
+        {"name": state.source.name, "status": result["status"], "message": result["message"]}
+        for state, result in results
+        if result is not None
+    ]
     return sorted(entries, key=lambda entry: entry["name"].lower())
 
 

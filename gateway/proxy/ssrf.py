@@ -61,7 +61,10 @@ class SsrfPolicy:
         listed = _host_port(host, port) in self.allowed_host_ports
         passing, reasons = [], []
         for address in addresses:
-            denied = next((net for net in self.denied_networks if address in net), None)
+            denied = next(
+                (net for net in self.denied_networks for form in _forms(address) if form in net),
+                None,
+            )
             if denied is not None:
                 reasons.append(f"{address} is in the denied network {denied}")
             elif self.restricts_hosts and not listed and not self._in_allowed(address):
@@ -106,6 +109,22 @@ class SsrfPolicy:
                 f"{host} does not resolve, so it cannot be matched to proxy.allowed_hosts"
             ) from None
         self.permitted(host, port, addresses)
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _forms(address: IPAddress) -> list[IPAddress]:
+    """The address and any IPv4 address embedded in it: `::ffff:169.254.169.254`, 6to4 and
+    NAT64 reach the same IPv4 host, so a deny rule on the IPv4 form must catch them too."""
+    forms: list[IPAddress] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        for embedded in (address.ipv4_mapped, address.sixtofour):
+            if embedded is not None:
+                forms.append(embedded)
+        if address in _NAT64:
+            forms.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return forms
 
 
 class PolicyResolver(AbstractResolver):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sqlite3
 import string
@@ -29,7 +30,7 @@ from gateway.errors import (
     DataSourceNotFound,
     NameConflict,
     OrgNotFound,
-    ReadOnlySource,
+    ReadOnlySourceDelete,
     UidConflict,
     VersionConflict,
 )
@@ -57,6 +58,10 @@ _SOURCE_COLUMNS = (
 Mutation = Callable[[DataSource], DataSourceSpec]
 
 
+class StoreUnusable(Exception):
+    """The database cannot be opened as this gateway's registry; `str()` says why."""
+
+
 class RegistryStore:
     def __init__(self, conn: aiosqlite.Connection, box: SecretBox) -> None:
         self._conn = conn
@@ -74,15 +79,21 @@ class RegistryStore:
         The key is checked before any migration so a wrong key changes nothing on disk.
         """
         async with aiosqlite.connect(path, isolation_level=None) as conn:
+            # Token hashes and encrypted secrets: owner only. SQLite gives the -wal and -shm
+            # files the database file's mode, so setting it before WAL starts covers them.
+            os.chmod(path, 0o600)
             conn.row_factory = sqlite3.Row
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA foreign_keys=ON")
-            await conn.execute("PRAGMA busy_timeout=5000")
-            await conn.execute("PRAGMA synchronous=NORMAL")
             store = cls(conn, box)
-            await store._verify_key()
-            await store._migrate()
-            await store._seed()
+            try:
+                await conn.execute("PRAGMA journal_mode=WAL")
+                await conn.execute("PRAGMA foreign_keys=ON")
+                await conn.execute("PRAGMA busy_timeout=5000")
+                await conn.execute("PRAGMA synchronous=NORMAL")
+                await store._verify_key()
+                await store._migrate()
+                await store._seed()
+            except sqlite3.DatabaseError as exc:
+                raise StoreUnusable(f"{path} is not a usable SQLite database: {exc}") from exc
             yield store
 
     async def _verify_key(self) -> None:
@@ -96,7 +107,7 @@ class RegistryStore:
         row = await self._fetchone("PRAGMA user_version")
         current = int(row[0]) if row else 0
         if current > len(MIGRATIONS):
-            raise RuntimeError(
+            raise StoreUnusable(
                 f"the database schema is version {current}, newer than this gateway knows "
                 f"({len(MIGRATIONS)}); upgrade the gateway"
             )
@@ -344,7 +355,7 @@ class RegistryStore:
         source_id: int,
         *,
         allow_read_only: bool = False,
-        check: Callable[[DataSource], None] | None = None,
+        check: Callable[[DataSource], object] | None = None,
     ) -> DataSource:
         """Delete and return a source. `check(current)` runs inside the transaction and may raise
         to refuse (e.g. the source is not of the type the caller's API manages)."""
@@ -437,13 +448,13 @@ class RegistryStore:
         org_id: int,
         source_id: int,
         allow_read_only: bool,
-        check: Callable[[DataSource], None] | None,
+        check: Callable[[DataSource], object] | None,
     ) -> DataSource:
         source = self._source(await self._row(db, org_id, source_id))
         if check is not None:
             check(source)
         if source.read_only and not allow_read_only:
-            raise ReadOnlySource("Cannot delete read-only data source")
+            raise ReadOnlySourceDelete()
         await db.execute("DELETE FROM data_source WHERE id = ? AND org_id = ?", (source_id, org_id))
         return source
 
@@ -642,4 +653,4 @@ def _org(row: sqlite3.Row) -> Org:
     return Org(id=row["id"], influx_id=row["influx_id"], name=row["name"], created=created)
 
 
-__all__ = ["DEFAULT_ORG_NAME", "RegistryStore", "SecretKeyMismatch"]
+__all__ = ["DEFAULT_ORG_NAME", "RegistryStore", "SecretKeyMismatch", "StoreUnusable"]

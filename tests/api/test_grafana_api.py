@@ -295,7 +295,7 @@ class TestCreate:
         assert await answer(response) == (400, INVALID_URL)
 
     @pytest.mark.parametrize(
-        "url", ["https://prom.example", "HTTP://[::1]:9090/prom?x=1", "http://user@10.0.0.1/"]
+        "url", ["https://prom.example", "HTTP://[::1]:9090/prom?x=1", "http://10.0.0.1/"]
     )
     async def test_http_and_https_urls_are_accepted(
         self, client: TestClient, admin_headers: Headers, url: str
@@ -1167,3 +1167,30 @@ class TestPublicRoutes:
         assert status == 200
         assert body.keys() == {"database", "version", "commit"}
         assert (body["database"], body["version"]) == ("ok", "11.0.0")
+
+
+async def test_numbers_json_cannot_hold_are_refused_not_stored(
+    client: TestClient, admin_headers: Headers
+) -> None:
+    for raw in (b'{"a": 1e999}', b'{"a": -1e400}'):
+        body = b'{"name":"n","type":"prometheus","access":"proxy","jsonData":' + raw + b"}"
+        response = await client.post(
+            "/api/datasources",
+            data=body,
+            headers={**admin_headers, "Content-Type": "application/json"},
+        )
+        assert response.status == 400
+        assert await response.json() == {"message": "bad request data"}
+
+
+async def test_credentials_in_a_url_are_refused(client: TestClient, admin_headers: Headers) -> None:
+    for url in ("http://admin:hunter2@prom:9090", "http://admin@prom:9090"):
+        response = await client.post(
+            "/api/datasources",
+            json={"name": "n", "type": "prometheus", "access": "proxy", "url": url},
+            headers=admin_headers,
+        )
+        assert response.status == 400
+        body = await response.json()
+        assert body["message"].startswith("Validation error, credentials in the URL")
+        assert "hunter2" not in str(body)

@@ -1512,3 +1512,16 @@ class TestHealth:
         health = await body_of(response, 503)
         assert (health["name"], health["status"]) == ("remote", "fail")
         assert_schema(health, "HealthCheck")
+
+
+async def test_a_number_with_thousands_of_digits_is_400_not_500(
+    client: TestClient, admin_headers: Headers
+) -> None:
+    for body in (b'{"name":"x","zz":' + b"1" * 5000 + b"}", b'{"name":"x","zz":1e999}'):
+        response = await client.post(
+            "/api/v2/sources",
+            data=body,
+            headers={**admin_headers, "Content-Type": "application/json"},
+        )
+        assert response.status == 400
+        assert (await response.json())["code"] == "invalid"

@@ -18,6 +18,7 @@ from gateway.config import Settings
 from gateway.health.monitor import HealthMonitor, ProbePolicy
 from gateway.keys import MONITOR, STORE
 from gateway.registry.models import DataSource, DataSourceSpec
+from tests.conftest import ADMIN_TOKEN as ADMIN
 from tests.upstreams import UpstreamProcess, free_port
 
 INTERVAL = 0.2
@@ -250,15 +251,19 @@ class TestConfiguration:
 
 
 class TestHealthEndpoint:
-    async def test_gateway_health_lists_each_source_by_name(
+    async def test_gateway_health_lists_each_of_the_callers_sources_by_name(
         self, client: TestClient, upstream: UpstreamProcess
     ) -> None:
         monitor = client.server.app[MONITOR]
         up = await add_source(client, upstream.url)
         down = await add_source(client, f"http://127.0.0.1:{free_port()}/")
-        await wait_for_status(monitor, up, "pass", within=1.2)
-        await wait_for_status(monitor, down, "fail", within=1.2)
-        response = await client.get("/health")
+        other_org = await client.server.app[STORE].create_org("Other")
+        hidden = await client.server.app[STORE].create_source(
+            other_org.id, DataSourceSpec(name="secret-name", type="t", url=upstream.url)
+        )
+        for source, status in ((up, "pass"), (down, "fail"), (hidden, "pass")):
+            await wait_for_status(monitor, source, status, within=1.2)
+        response = await client.get("/health", headers={"Authorization": f"Bearer {ADMIN}"})
         body = await response.json()
         assert response.status == 200  # the gateway itself is fine
         assert body["status"] == "pass"
@@ -266,3 +271,19 @@ class TestHealthEndpoint:
         assert by_name[up.name]["status"] == "pass"
         assert by_name[down.name]["status"] == "fail"
         assert by_name["store"]["status"] == "pass"
+        assert "secret-name" not in by_name  # another org's source
+
+    async def test_anonymous_callers_get_a_summary_without_names(
+        self, client: TestClient, upstream: UpstreamProcess
+    ) -> None:
+        monitor = client.server.app[MONITOR]
+        up = await add_source(client, upstream.url)
+        down = await add_source(client, f"http://127.0.0.1:{free_port()}/")
+        await wait_for_status(monitor, up, "pass", within=1.2)
+        await wait_for_status(monitor, down, "fail", within=1.2)
+        body = await (await client.get("/health")).json()
+        assert [check["name"] for check in body["checks"]] == ["store", "sources"]
+        summary = body["checks"][1]
+        assert summary["status"] == "fail"
+        assert summary["message"].startswith("1 of 2 monitored sources pass")
+        assert up.name not in str(body)

@@ -25,6 +25,23 @@ class TestDefaults:
         with pytest.raises(TargetRefused, match="denied network"):
             DEFAULT.permitted("meta", 80, [ip(address)])
 
+    @pytest.mark.parametrize(
+        "address",
+        [
+            "::ffff:169.254.169.254",  # IPv4-mapped
+            "::ffff:a9fe:a9fe",  # the same, in hex
+            "2002:a9fe:a9fe::1",  # 6to4
+            "64:ff9b::a9fe:a9fe",  # NAT64
+        ],
+    )
+    def test_ipv4_embedded_in_ipv6_is_refused_too(self, address: str) -> None:
+        with pytest.raises(TargetRefused, match="denied network"):
+            DEFAULT.permitted("meta", 80, [ip(address)])
+
+    async def test_a_mapped_literal_url_is_refused_on_save(self) -> None:
+        with pytest.raises(TargetRefused):
+            await DEFAULT.check_url("http://[::ffff:169.254.169.254]/latest/")
+
     @pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.1.1", "::1"])
     def test_loopback_and_private_addresses_are_allowed_by_default(self, address: str) -> None:
         assert DEFAULT.permitted("h", 80, [ip(address)]) == [ip(address)]

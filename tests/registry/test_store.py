@@ -15,7 +15,7 @@ from gateway.errors import DataSourceNotFound, NameConflict, ReadOnlySource, Ver
 from gateway.registry.migrations import MIGRATIONS
 from gateway.registry.models import DataSource, DataSourceSpec
 from gateway.registry.secrets import SecretBox, SecretKeyMismatch
-from gateway.registry.store import DEFAULT_ORG_NAME, RegistryStore
+from gateway.registry.store import DEFAULT_ORG_NAME, RegistryStore, StoreUnusable
 
 SECRET = "hunter2-d8c1f0e7-unique-marker"
 
@@ -72,7 +72,7 @@ class TestMigrations:
             pass
         with sqlite3.connect(db_path) as raw:
             raw.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-        with pytest.raises(RuntimeError, match="newer than this gateway knows"):
+        with pytest.raises(StoreUnusable, match="newer than this gateway knows"):
             async with RegistryStore.open(db_path, SecretBox("k")):
                 pass
 
