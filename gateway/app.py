@@ -32,7 +32,12 @@ from gateway.keys import (
     STORE,
     Lifecycle,
 )
-from gateway.metrics import GatewayMetrics, SourceStateCollector, new_registry
+from gateway.metrics import (
+    GatewayMetrics,
+    SourceStateCollector,
+    exposition_registry,
+    new_registry,
+)
 from gateway.middlewares import authenticate, errors, request_context
 from gateway.provisioning import provisioning_ctx
 from gateway.proxy.forward import Forwarder
@@ -143,6 +148,7 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
     app[MONITOR] = monitor
     collector = SourceStateCollector(monitor.states)
     metrics.registry.register(collector)
+    metrics.served = exposition_registry(metrics, collector)
     task = asyncio.create_task(monitor.run(), name="health-monitor")
     yield
     metrics.registry.unregister(collector)

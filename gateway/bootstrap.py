@@ -113,11 +113,13 @@ async def ensure_admin_token(store: RegistryStore, settings: Settings) -> None:
         if changed:
             log.info("admin_token_ensured", source="GATEWAY_ADMIN_TOKEN")
         return
-    if await store.has_active_tokens():
-        return
     token = new_token()
+    created = await store.create_first_token(
+        DEFAULT_ORG_ID, Role.ADMIN, hash_token(token), "generated at start-up"
+    )
+    if not created:
+        return
     path = settings.data_dir / ADMIN_TOKEN_FILE
     path.unlink(missing_ok=True)  # an old file names a token that no longer works
     write_private_file(path, token)
-    await store.create_token(DEFAULT_ORG_ID, Role.ADMIN, hash_token(token), "generated at start-up")
     log.warning("admin_token_generated", path=str(path), hint="read the token from this file")

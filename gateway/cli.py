@@ -34,6 +34,7 @@ from gateway.registry.secrets import (
 )
 from gateway.registry.store import RegistryStore
 from gateway.security.auth import hash_token, new_token
+from gateway.supervisor import WORKER_INDEX_ENV, supervise
 
 log = structlog.get_logger("gateway")
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="listen address (default: 127.0.0.1)")
     serve.add_argument("--port", help="listen port (default: 8480)")
+    serve.add_argument(
+        "--workers", help="processes sharing the port through SO_REUSEPORT (default: 1)"
+    )
 
     token = commands.add_parser("token", help="manage API tokens")
     token_commands = token.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -118,6 +122,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
+        "workers": getattr(args, "workers", None),
         "data_dir": args.data_dir,
         "log_format": args.log_format,
         "log_level": args.log_level,
@@ -128,16 +133,22 @@ def _settings(args: argparse.Namespace) -> Settings:
 # --- serve ------------------------------------------------------------------------------------
 
 
-async def serve(settings: Settings, _: argparse.Namespace) -> int:
+async def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT, then drain: /ready turns 503, in-flight requests finish
-    (up to drain_timeout), and the process exits 0."""
+    (up to drain_timeout), and the process exits 0. With several workers, supervise them."""
+    if settings.workers > 1:
+        return await supervise(settings, _worker_args(args))
+    worker = os.environ.get(WORKER_INDEX_ENV)
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=int(worker))
     app = create_app(settings)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_timeout
     )
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        # Workers of one supervisor share the port; the kernel spreads connections among them.
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=worker is not None)
         try:
             await site.start()
         except OSError as exc:
@@ -165,6 +176,19 @@ async def serve(settings: Settings, _: argparse.Namespace) -> int:
         await runner.cleanup()
     log.info("gateway_stopped")
     return 0
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """The flags this `serve` was given, for its workers (all but --workers)."""
+    flags = {
+        "--host": args.host,
+        "--port": args.port,
+        "--config": args.config,
+        "--data-dir": args.data_dir,
+        "--log-format": args.log_format,
+        "--log-level": args.log_level,
+    }
+    return [part for flag, value in flags.items() if value is not None for part in (flag, value)]
 
 
 def _bound_port(site: web.TCPSite, configured: int) -> int:

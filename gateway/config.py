@@ -37,6 +37,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8480
     data_dir: Path = Path("./data")
+    workers: int = 1
     drain_delay: float = 0.0
     drain_timeout: float = 30.0
     log_format: str = "auto"
@@ -92,6 +93,21 @@ def _as_port(value: object) -> int:
         raise ValueError(f"expected an integer, got {_type_name(value)}")
     if not 0 <= value <= 65535:
         raise ValueError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
+def _worker_count(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {_type_name(value)}")
+    if not 1 <= value <= 64:
+        raise ValueError(f"must be between 1 and 64, got {value}")
     return value
 
 
@@ -189,6 +205,13 @@ class Field:
 FIELDS: tuple[Field, ...] = (
     Field("host", "server.host", "GATEWAY_HOST", _as_nonempty_str, "listen address"),
     Field("port", "server.port", "GATEWAY_PORT", _as_port, "listen port (0 picks a free one)"),
+    Field(
+        "workers",
+        "server.workers",
+        "GATEWAY_WORKERS",
+        _worker_count,
+        "processes serving the port together (SO_REUSEPORT); 1 serves in-process",
+    ),
     Field(
         "drain_delay",
         "server.drain_delay",
@@ -294,7 +317,7 @@ FIELDS: tuple[Field, ...] = (
 _BY_TOML = {f.toml: f for f in FIELDS if f.toml}
 _BY_ENV = {f.env: f for f in FIELDS}
 # Variables that are ours but not settings fields: they must not be reported as unknown.
-_OTHER_ENV = {CONFIG_ENV, "GATEWAY_NEW_SECRET_KEY", "GATEWAY_BUILD_COMMIT"}
+_OTHER_ENV = {CONFIG_ENV, "GATEWAY_NEW_SECRET_KEY", "GATEWAY_BUILD_COMMIT", "GATEWAY_WORKER_INDEX"}
 
 
 def config_path(environ: Mapping[str, str], flag: str | None = None) -> Path:

@@ -10,6 +10,7 @@ the monitor's in-memory state, so a scrape costs no probe and no SQL.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway import __version__
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "tls", "protocol")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own switch
 
 _SOURCE = ("org", "source_uid", "source_type")
 
@@ -44,6 +47,7 @@ _SOURCE = ("org", "source_uid", "source_type")
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.served = registry  # what /metrics exposes; see exposition_registry
         # Proxied requests: what clients asked of the data sources.
         self.proxy_requests = Counter(
             "gateway_proxy_requests_total",
@@ -82,6 +86,7 @@ class GatewayMetrics:
             "Proxied requests being served now.",
             _SOURCE,
             registry=registry,
+            multiprocess_mode="livesum",  # with --workers: the sum over live workers
         )
         self.proxy_upstream_errors = Counter(
             "gateway_proxy_upstream_errors_total",
@@ -129,6 +134,7 @@ class GatewayMetrics:
             "Always 1; the labels say which build is running.",
             ["version", "commit", "python_version"],
             registry=registry,
+            multiprocess_mode="max",
         )
         build.labels(__version__, commit(), platform.python_version()).set(1)
 
@@ -136,13 +142,33 @@ class GatewayMetrics:
         return (str(org_id), uid, source_type)
 
 
+def multiprocess_dir() -> str | None:
+    """Where workers share metric values (`gateway serve --workers N`), if they do."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
 def new_registry() -> CollectorRegistry:
-    """A fresh registry with the process, platform and GC collectors (as the default one has)."""
+    """A fresh registry with the process, platform and GC collectors (as the default one has),
+    which describe one process and so are left out when several workers serve."""
     registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
+    if multiprocess_dir() is None:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
     return registry
+
+
+def exposition_registry(metrics: GatewayMetrics, *collectors: Collector) -> CollectorRegistry:
+    """What /metrics serves: the app's registry, or — with several workers — every worker's
+    values merged from the shared directory, plus this worker's scrape-time collectors."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return metrics.registry
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]  # unannotated
+    for collector in collectors:
+        merged.register(collector)
+    return merged
 
 
 class SourceStateCollector(Collector):

@@ -42,7 +42,7 @@ async def metrics(request: web.Request) -> web.Response:
         given = token_from_header(request.headers.get("Authorization")) or ""
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise Unauthorized()
-    registry = request.app[METRICS].registry
+    registry = request.app[METRICS].served
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 

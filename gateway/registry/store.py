@@ -104,26 +104,32 @@ class RegistryStore:
             self._box.verify_key_check(row["value"])
 
     async def _migrate(self) -> None:
-        row = await self._fetchone("PRAGMA user_version")
-        current = int(row[0]) if row else 0
-        if current > len(MIGRATIONS):
-            raise StoreUnusable(
-                f"the database schema is version {current}, newer than this gateway knows "
-                f"({len(MIGRATIONS)}); upgrade the gateway"
-            )
-        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        """Apply each pending migration in its own IMMEDIATE transaction, re-reading the schema
+        version under that lock: workers starting together must not both apply one."""
+        for number, script in enumerate(MIGRATIONS, start=1):
             async with self._lock:
-                # executescript would COMMIT first; we want the DDL and the version bump atomic.
                 await self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _split_sql(script):
-                        await self._conn.execute(statement)
-                    await self._conn.execute(f"PRAGMA user_version = {number}")
+                    cursor = await self._conn.execute("PRAGMA user_version")
+                    row = await cursor.fetchone()
+                    current = int(row[0]) if row else 0
+                    if current > len(MIGRATIONS):
+                        raise StoreUnusable(
+                            f"the database schema is version {current}, newer than this gateway "
+                            f"knows ({len(MIGRATIONS)}); upgrade the gateway"
+                        )
+                    applied = current < number
+                    if applied:
+                        # Statement by statement: executescript would COMMIT first.
+                        for statement in _split_sql(script):
+                            await self._conn.execute(statement)
+                        await self._conn.execute(f"PRAGMA user_version = {number}")
                 except BaseException:
                     await self._conn.execute("ROLLBACK")
                     raise
                 await self._conn.execute("COMMIT")
-            log.info("migration_applied", schema_version=number)
+            if applied:
+                log.info("migration_applied", schema_version=number)
 
     async def _seed(self) -> None:
         async with self._write() as db:
@@ -246,9 +252,22 @@ class RegistryStore:
             )
             return True
 
-    async def has_active_tokens(self) -> bool:
-        row = await self._fetchone("SELECT 1 FROM api_token WHERE revoked IS NULL LIMIT 1")
-        return row is not None
+    async def create_first_token(
+        self, org_id: int, role: Role, token_hash: str, description: str
+    ) -> bool:
+        """Create this token only if no active token exists yet; True when it was created.
+
+        One transaction, so two processes starting together cannot both make one."""
+        async with self._write() as db:
+            cursor = await db.execute("SELECT 1 FROM api_token WHERE revoked IS NULL LIMIT 1")
+            if await cursor.fetchone() is not None:
+                return False
+            await db.execute(
+                "INSERT INTO api_token (org_id, role, token_hash, description, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (org_id, role.value, token_hash, description, _now()),
+            )
+            return True
 
     async def find_principal(self, token_hash: str) -> Principal | None:
         row = await self._fetchone(

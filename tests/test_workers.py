@@ -1,0 +1,109 @@
+"""`gateway serve --workers N` with real processes: shared port, shared metrics, drain, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.request import Request, urlopen
+
+import pytest
+
+from tests.conftest import ADMIN_TOKEN
+from tests.process import gateway_env, run_cli
+from tests.upstreams import free_port
+
+
+class Workers:
+    def __init__(self, data_dir: Path, count: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir.parent / "workers.log"
+        env = gateway_env(data_dir, {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+        with self.log.open("w") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--workers", str(count),
+                 "--port", str(self.port)],
+                env=env, stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+        self.wait_until(lambda: len(self.events("gateway_listening")) == count, 20)
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        records = []
+        for line in self.log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == name:
+                records.append(record)
+        return records
+
+    def wait_until(self, condition: object, seconds: float) -> None:
+        assert callable(condition)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError("not reached; log:\n" + self.log.read_text()[-3000:])
+
+    def get(self, path: str) -> tuple[int, str]:
+        request = Request(self.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+
+
+@pytest.fixture
+def workers(data_dir: Path) -> Iterator[Workers]:
+    running = Workers(data_dir, 2)
+    yield running
+    if running.proc.poll() is None:
+        running.proc.kill()
+        running.proc.wait()
+
+
+def test_two_workers_share_the_port_and_the_metrics(workers: Workers) -> None:
+    for _ in range(40):
+        assert workers.get("/api/datasources")[0] == 200
+    served_by = {
+        r.get("worker") for r in workers.events("request") if r["path"] == "/api/datasources"
+    }
+    assert served_by == {0, 1}  # the kernel spread the connections over both
+    _, text = workers.get("/metrics")
+    line = next(
+        line for line in text.splitlines()
+        if line.startswith("gateway_api_requests_total{") and 'route="/api/datasources"' in line
+    )  # fmt: skip
+    assert float(line.rsplit(" ", 1)[1]) == 40  # whichever worker answered the scrape
+
+
+def test_sigterm_drains_every_worker_and_exits_0(workers: Workers) -> None:
+    workers.proc.send_signal(signal.SIGTERM)
+    assert workers.proc.wait(20) == 0
+    assert len(workers.events("gateway_stopped")) == 2
+
+
+def test_a_worker_that_dies_is_replaced(workers: Workers) -> None:
+    first = {r["worker"]: r for r in workers.events("gateway_listening")}
+    assert set(first) == {0, 1}
+    pids = subprocess.run(
+        ["pgrep", "-P", str(workers.proc.pid)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    os.kill(int(pids[0]), signal.SIGKILL)
+    workers.wait_until(lambda: len(workers.events("gateway_listening")) == 3, 20)
+    assert workers.events("worker_exited")
+    assert workers.get("/ready")[0] == 200
+
+
+def test_port_zero_cannot_be_shared(tmp_path: Path) -> None:
+    result = run_cli("serve", "--workers", "2", "--port", "0", data_dir=tmp_path / "data")
+    assert result.returncode == 2
+    assert "several workers cannot share port 0" in result.stderr
