@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Final, TypedDict
 
 import aiohttp
 import structlog
@@ -58,6 +59,19 @@ PUBLIC_PATHS = frozenset(
 # How often the store looks for commits by other processes (the CLI) to refresh caches.
 EXTERNAL_CHANGE_POLL_SECONDS = 1.0
 CLIENT_MAX_SIZE = 16 * 1024 * 1024
+
+
+# Options of the HTTP server that serves the app (aiohttp's runner, not the app, holds them):
+# - handler_cancellation: a client that disconnects cancels its handler, so a proxied request
+#   releases its upstream connection at once instead of when the upstream next writes;
+# - auto_decompress off: a proxied `Content-Encoding: gzip` body must reach the upstream as the
+#   client sent it (decompressing it but forwarding the header breaks every gzip writer).
+class ServerOptions(TypedDict):
+    handler_cancellation: bool
+    auto_decompress: bool
+
+
+SERVER_OPTIONS: Final[ServerOptions] = {"handler_cancellation": True, "auto_decompress": False}
 
 
 def create_app(

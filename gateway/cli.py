@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app import create_app
+from gateway.app import SERVER_OPTIONS, create_app
 from gateway.bootstrap import open_registry
 from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
@@ -143,7 +143,11 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         structlog.contextvars.bind_contextvars(worker=int(worker))
     app = create_app(settings)
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_timeout
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.drain_timeout,
+        **SERVER_OPTIONS,
     )
     try:
         await runner.setup()

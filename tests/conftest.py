@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 
-from gateway.app import create_app
+from gateway.app import SERVER_OPTIONS, create_app
 from gateway.config import Settings
 from gateway.keys import STORE
 from gateway.registry.models import Role
@@ -54,7 +54,14 @@ def app(settings: Settings) -> web.Application:
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient, app: web.Application) -> TestClient:
-    return await aiohttp_client(app)
+    """The app served with the options `gateway serve` uses (SERVER_OPTIONS).
+
+    TestServer ignores options given to its constructor; they only reach aiohttp's runner
+    through start_server(). It always sets handler_cancellation itself.
+    """
+    server = TestServer(app)
+    await server.start_server(auto_decompress=SERVER_OPTIONS["auto_decompress"])
+    return await aiohttp_client(server)
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from gateway.health.credentials import source_credentials
 from gateway.keys import REQUEST_ID, RESPONSE_STATUS
 from gateway.metrics import GatewayMetrics
 from gateway.proxy.headers import keep_cookie_names, request_headers, response_headers
-from gateway.proxy.http1 import Timeouts, UpstreamError, UpstreamTimeout
+from gateway.proxy.http1 import RequestBodyError, Timeouts, UpstreamError, UpstreamTimeout
 from gateway.proxy.ssrf import TargetRefused
 from gateway.proxy.upstream import Origin, UpstreamPool
 from gateway.registry.models import DataSource
@@ -52,6 +52,7 @@ log = structlog.get_logger(__name__)
 SMALL_BODY = 64 * 1024
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away", as Grafana logs it
 AUTH_FAILED = "Authentication to data source failed"
+_BODY_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length"})
 
 PassiveFailure = Callable[[int], None]
 
@@ -153,6 +154,10 @@ class Forwarder:
                 credentials=prepared.credentials,
                 custom_names=prepared.custom_names,
             )
+            if body_override is not None:
+                # The gateway sends a body of its own: the client's description of its body
+                # would contradict it (a JSON Content-Type in front of a form, say).
+                headers = [(n, v) for n, v in headers if n.lower() not in _BODY_HEADERS]
             headers.extend(extra_headers)
             body, content_length = await self._request_body(request, body_override, sent)
             try:
@@ -174,6 +179,12 @@ class Forwarder:
             except ConnectionError as exc:  # the client's body broke off: it went away
                 status = CLIENT_CLOSED_REQUEST
                 raise _ClientGone() from exc
+            except RequestBodyError as exc:
+                status = 400
+                raise BadRequest(
+                    "request body does not match its Content-Length",
+                    influx_message="request body does not match its Content-Length",
+                ) from exc
             metrics.proxy_upstream_latency.labels(*labels).observe(time.perf_counter() - started)
             async with upstream:
                 status = upstream.status
