@@ -1,0 +1,118 @@
+"""Health as every surface reads it, from one monitor state; passive failures from the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+from pytest_aiohttp import AiohttpClient
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.keys import MONITOR, STORE
+from gateway.registry.models import DataSource, DataSourceSpec
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.services.influxdb import InfluxDB1, closed_port_url
+from tests.upstreams import UpstreamProcess
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: AiohttpClient, data_dir: Path, registry: CollectorRegistry
+) -> TestClient:
+    settings = Settings(
+        data_dir=data_dir,
+        admin_token=ADMIN_TOKEN,
+        secret_key=SECRET_KEY,
+        health_interval=0.3,
+        health_timeout=1.0,
+    )
+    return await aiohttp_client(create_app(settings, metrics_registry=registry))
+
+
+async def settled(client: TestClient, source: DataSource, status: str) -> None:
+    monitor = client.server.app[MONITOR]
+    for _ in range(200):
+        state = monitor.state(source.id)
+        if state is not None and state.status == status:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"{source.name} never reached {status}")
+
+
+async def test_every_read_surface_agrees(
+    client: TestClient, influxdb: InfluxDB1, registry: CollectorRegistry
+) -> None:
+    store = client.server.app[STORE]
+    secure = {"password": influxdb.admin_password}
+    up = await store.create_source(
+        1,
+        DataSourceSpec(
+            name="influx-up", type="influxdb", url=influxdb.url, user=influxdb.admin_user,
+            secure_json_data=secure,
+        ),
+    )  # fmt: skip
+    down = await store.create_source(
+        1, DataSourceSpec(name="influx-down", type="influxdb", url=closed_port_url())
+    )
+    await settled(client, up, "pass")
+    await settled(client, down, "fail")
+
+    expected = [(up, ("pass", 200, "OK", 200, 1.0)), (down, ("fail", 503, "ERROR", 400, 0.0))]
+    health = await (await client.get("/health", headers=AUTH)).json()
+    by_name = {check["name"]: check["status"] for check in health["checks"]}
+    for source, (status, influx_code, grafana_status, grafana_code, gauge) in expected:
+        assert by_name[source.name] == status
+        influx = await client.get(f"/api/v2/sources/{source.id:016x}/health", headers=AUTH)
+        assert influx.status == influx_code
+        assert (await influx.json())["status"] == status
+        grafana = await client.get(f"/api/datasources/uid/{source.uid}/health", headers=AUTH)
+        assert grafana.status == grafana_code
+        assert (await grafana.json())["status"] == grafana_status
+        labels = {"org": "1", "source_uid": source.uid, "source_name": source.name,
+                  "source_type": "influxdb"}  # fmt: skip
+        assert registry.get_sample_value("gateway_source_up", labels) == gauge
+
+
+async def test_a_proxied_connect_failure_triggers_a_probe_at_once(
+    client: TestClient, tmp_path: Path
+) -> None:
+    upstream = UpstreamProcess(tmp_path)
+    upstream.start()
+    try:
+        store = client.server.app[STORE]
+        # A long interval: any probe after the first one comes from the passive trigger.
+        source = await store.create_source(
+            1,
+            DataSourceSpec(
+                name="p",
+                type="generic",
+                url=upstream.url,
+                json_data={"healthCheck": {"interval": 60}},
+            ),
+        )
+        await settled(client, source, "pass")
+        state = client.server.app[MONITOR].state(source.id)
+        assert state is not None
+        assert state.consecutive_failures == 0
+        upstream.kill()
+        response = await client.get(f"/api/datasources/proxy/uid/{source.uid}/", headers=AUTH)
+        assert response.status == 502
+        for _ in range(100):
+            if state.consecutive_failures == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert state.consecutive_failures == 1  # probed within 2 s, not in a minute
+        assert state.status == "pass"  # one failure is below fall=3: nothing flips yet
+    finally:
+        upstream.kill()
