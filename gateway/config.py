@@ -81,34 +81,22 @@ def _as_nonempty_str(value: object) -> str:
     return text
 
 
-def _as_port(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer, got a boolean")
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
-    if not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {_type_name(value)}")
-    if not 0 <= value <= 65535:
-        raise ValueError(f"must be between 0 and 65535, got {value}")
-    return value
+def _integer(*, minimum: int, maximum: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer, got a boolean")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError(f"expected an integer, got {value!r}") from None
+        if not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {_type_name(value)}")
+        if not minimum <= value <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}, got {value}")
+        return value
 
-
-def _worker_count(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer, got a boolean")
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
-    if not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {_type_name(value)}")
-    if not 1 <= value <= 64:
-        raise ValueError(f"must be between 1 and 64, got {value}")
-    return value
+    return parse
 
 
 def _seconds(*, minimum: float, allow_zero: bool = False) -> Callable[[object], float]:
@@ -204,12 +192,18 @@ class Field:
 
 FIELDS: tuple[Field, ...] = (
     Field("host", "server.host", "GATEWAY_HOST", _as_nonempty_str, "listen address"),
-    Field("port", "server.port", "GATEWAY_PORT", _as_port, "listen port (0 picks a free one)"),
+    Field(
+        "port",
+        "server.port",
+        "GATEWAY_PORT",
+        _integer(minimum=0, maximum=65535),
+        "listen port (0 picks a free one)",
+    ),
     Field(
         "workers",
         "server.workers",
         "GATEWAY_WORKERS",
-        _worker_count,
+        _integer(minimum=1, maximum=64),
         "processes serving the port together (SO_REUSEPORT); 1 serves in-process",
     ),
     Field(

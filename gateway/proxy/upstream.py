@@ -68,6 +68,7 @@ raised (`UpstreamResetError.replay_safe` is false).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import ssl
@@ -324,36 +325,27 @@ class UpstreamPool:
             body=body,
             content_length=content_length,
         )
-        is_head = method == "HEAD"
-        idempotent = method in IDEMPOTENT_METHODS
+        send = functools.partial(
+            Http1Connection.send,
+            head=head,
+            body=body,
+            content_length=content_length,
+            expect_continue=expect_continue,
+            is_head=method == "HEAD",
+            idempotent=method in IDEMPOTENT_METHODS,
+            timeouts=timeouts,
+        )
         loop = asyncio.get_running_loop()
         conn = state.take_idle(loop.time())
         if conn is not None:
             self._reused += 1
             try:
-                return await conn.send(
-                    head,
-                    body,
-                    content_length=content_length,
-                    expect_continue=expect_continue,
-                    is_head=is_head,
-                    idempotent=idempotent,
-                    timeouts=timeouts,
-                )
+                return await send(conn)
             except UpstreamResetError as exc:
                 if not exc.replay_safe:
                     raise
             self._retried += 1
-        conn = await self._connect(loop, state, timeouts.connect)
-        return await conn.send(
-            head,
-            body,
-            content_length=content_length,
-            expect_continue=expect_continue,
-            is_head=is_head,
-            idempotent=idempotent,
-            timeouts=timeouts,
-        )
+        return await send(await self._connect(loop, state, timeouts.connect))
 
     def stats(self) -> PoolStats:
         return PoolStats(
