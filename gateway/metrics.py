@@ -14,6 +14,7 @@ import os
 import platform
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -140,6 +141,44 @@ class GatewayMetrics:
 
     def source_labels(self, org_id: int, uid: str, source_type: str) -> tuple[str, str, str]:
         return (str(org_id), uid, source_type)
+
+    def source_meters(self, labels: tuple[str, str, str]) -> SourceMeters:
+        """The proxy metrics of one source, resolved once: `.labels()` takes a lock and a
+        lookup each time, and the proxied path would otherwise pay it seven times a request."""
+        return SourceMeters(
+            in_flight=self.proxy_in_flight.labels(*labels),
+            upstream_latency=self.proxy_upstream_latency.labels(*labels),
+            duration=self.proxy_duration.labels(*labels),
+            request_bytes=self.proxy_request_bytes.labels(*labels),
+            response_bytes=self.proxy_response_bytes.labels(*labels),
+            _requests=self.proxy_requests,
+            _errors=self.proxy_upstream_errors,
+            _labels=labels,
+        )
+
+
+@dataclass(slots=True)
+class SourceMeters:
+    in_flight: Gauge
+    upstream_latency: Histogram
+    duration: Histogram
+    request_bytes: Counter
+    response_bytes: Counter
+    _requests: Counter
+    _errors: Counter
+    _labels: tuple[str, str, str]
+    _by_outcome: dict[tuple[str, str], Counter] = field(default_factory=dict)
+
+    def requests(self, method: str, code: str) -> Counter:
+        child = self._by_outcome.get((method, code))
+        if child is None:
+            child = self._by_outcome[(method, code)] = self._requests.labels(
+                *self._labels, method, code
+            )
+        return child
+
+    def upstream_errors(self, kind: str) -> Counter:
+        return self._errors.labels(*self._labels, kind)
 
 
 def multiprocess_dir() -> str | None:

@@ -38,7 +38,7 @@ from gateway.errors import (
 )
 from gateway.health.credentials import source_credentials
 from gateway.keys import REQUEST_ID, RESPONSE_STATUS
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, SourceMeters
 from gateway.proxy.headers import keep_cookie_names, request_headers, response_headers
 from gateway.proxy.http1 import RequestBodyError, Timeouts, UpstreamError, UpstreamTimeout
 from gateway.proxy.ssrf import TargetRefused
@@ -65,7 +65,7 @@ class PreparedSource:
     custom_names: frozenset[bytes]
     keep_cookies: frozenset[str]
     timeouts: Timeouts
-    labels: tuple[str, str, str]
+    meters: SourceMeters
 
 
 class Forwarder:
@@ -115,7 +115,7 @@ class Forwarder:
                 headers=_seconds(source.json_data.get("timeout"), settings.proxy_response_timeout),
                 body=settings.proxy_idle_timeout,
             ),
-            labels=(str(source.org_id), source.uid, source.type),
+            meters=self._metrics.source_meters((str(source.org_id), source.uid, source.type)),
         )
         self._prepared[source.id] = prepared
         return prepared
@@ -137,14 +137,13 @@ class Forwarder:
         instead of the client's.
         """
         prepared = self.prepare(source)
-        metrics, labels = self._metrics, prepared.labels
+        meters = prepared.meters
         started = time.perf_counter()
         method = method or request.method
         status = 500
         sent = _Counter()
         received = 0
-        in_flight = metrics.proxy_in_flight.labels(*labels)
-        in_flight.inc()
+        meters.in_flight.inc()
         try:
             headers = request_headers(
                 list(request.raw_headers),
@@ -185,7 +184,7 @@ class Forwarder:
                     "request body does not match its Content-Length",
                     influx_message="request body does not match its Content-Length",
                 ) from exc
-            metrics.proxy_upstream_latency.labels(*labels).observe(time.perf_counter() - started)
+            meters.upstream_latency.observe(time.perf_counter() - started)
             async with upstream:
                 status = upstream.status
                 if status == 401:
@@ -224,14 +223,14 @@ class Forwarder:
             status = CLIENT_CLOSED_REQUEST
             raise
         finally:
-            in_flight.dec()
+            meters.in_flight.dec()
             request[RESPONSE_STATUS] = status
-            metrics.proxy_requests.labels(*labels, method, str(status)).inc()
-            metrics.proxy_duration.labels(*labels).observe(time.perf_counter() - started)
+            meters.requests(method, str(status)).inc()
+            meters.duration.observe(time.perf_counter() - started)
             if sent.total:
-                metrics.proxy_request_bytes.labels(*labels).inc(sent.total)
+                meters.request_bytes.inc(sent.total)
             if received:
-                metrics.proxy_response_bytes.labels(*labels).inc(received)
+                meters.response_bytes.inc(received)
 
     async def _request_body(
         self, request: web.Request, override: bytes | None, sent: _Counter
@@ -251,7 +250,7 @@ class Forwarder:
     def _upstream_failed(
         self, prepared: PreparedSource, exc: UpstreamError, *, passive: bool = True
     ) -> int:
-        self._metrics.proxy_upstream_errors.labels(*prepared.labels, exc.kind).inc()
+        prepared.meters.upstream_errors(exc.kind).inc()
         log.warning(
             "proxy_upstream_error",
             source_uid=prepared.source.uid,
