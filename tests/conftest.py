@@ -20,7 +20,7 @@ from gateway.keys import STORE
 from gateway.registry.models import Role
 from gateway.security.auth import hash_token
 
-pytest_plugins = ["tests.services.influxdb", "tests.services.prometheus"]
+pytest_plugins = ["tests.services.influxdb", "tests.services.prometheus", "tests.upstreams"]
 
 ADMIN_TOKEN = "dsg_test-admin-token"
 SECRET_KEY = "test-secret-key-not-for-production"

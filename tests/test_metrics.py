@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -91,14 +90,6 @@ async def test_build_info_names_the_version(
 
 
 @pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[UpstreamProcess]:
-    process = UpstreamProcess(tmp_path)
-    process.start()
-    yield process
-    process.kill()
-
-
-@pytest.fixture
 def settings(data_dir: Path) -> Settings:
     return Settings(
         port=0,
@@ -120,10 +111,10 @@ async def wait_until(predicate: object, within: float = 5.0) -> None:
 
 
 async def test_health_gauges_follow_a_real_upstream_down_and_up(
-    client: TestClient, registry: CollectorRegistry, upstream: UpstreamProcess
+    client: TestClient, registry: CollectorRegistry, upstream_process: UpstreamProcess
 ) -> None:
     source = await client.server.app[STORE].create_source(
-        1, DataSourceSpec(name="files", type="generic-http", url=upstream.url)
+        1, DataSourceSpec(name="files", type="generic-http", url=upstream_process.url)
     )
     up_labels = {"org": "1", "source_uid": source.uid, "source_name": "files",
                  "source_type": "generic-http"}  # fmt: skip
@@ -135,9 +126,9 @@ async def test_health_gauges_follow_a_real_upstream_down_and_up(
     await wait_until(lambda: up_value() == 1)
     assert registry.get_sample_value("gateway_registry_sources", {"org": "1",
                                      "source_type": "generic-http"}) == 1  # fmt: skip
-    upstream.kill()
+    upstream_process.kill()
     await wait_until(lambda: up_value() == 0)
-    upstream.start()
+    upstream_process.start()
     await wait_until(lambda: up_value() == 1)
 
     transitions = {
@@ -159,10 +150,10 @@ async def test_health_gauges_follow_a_real_upstream_down_and_up(
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) missing")
 async def test_promtool_accepts_the_exposition(
-    client: TestClient, upstream: UpstreamProcess
+    client: TestClient, upstream_process: UpstreamProcess
 ) -> None:
     await client.server.app[STORE].create_source(
-        1, DataSourceSpec(name="files", type="generic-http", url=upstream.url)
+        1, DataSourceSpec(name="files", type="generic-http", url=upstream_process.url)
     )
     await asyncio.sleep(1.2)  # a probe result, so every family has samples
     await client.get("/ready")

@@ -6,7 +6,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 
 def free_port() -> int:
@@ -44,3 +47,12 @@ class UpstreamProcess:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+
+@pytest.fixture
+def upstream_process(tmp_path: Path) -> Iterator[UpstreamProcess]:
+    """A started `python -m http.server` the test may kill() and start() again."""
+    process = UpstreamProcess(tmp_path)
+    process.start()
+    yield process
+    process.kill()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,6 @@ from tests.upstreams import UpstreamProcess, free_port
 INTERVAL = 0.2
 TIMEOUT = 0.5
 FALL, RISE = 3, 2
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[UpstreamProcess]:
-    process = UpstreamProcess(tmp_path)
-    process.start()
-    yield process
-    process.kill()
 
 
 @pytest.fixture
@@ -79,9 +70,9 @@ UP_BOUND = INTERVAL * 1.15 * RISE + TIMEOUT + 0.3
 
 class TestStateChanges:
     async def test_a_new_source_is_probed_within_a_second(
-        self, client: TestClient, upstream: UpstreamProcess
+        self, client: TestClient, upstream_process: UpstreamProcess
     ) -> None:
-        source = await add_source(client, upstream.url)
+        source = await add_source(client, upstream_process.url)
         await wait_for_status(client.server.app[MONITOR], source, "pass", within=1.2)
 
     async def test_first_failure_sets_fail_directly(self, client: TestClient) -> None:
@@ -89,18 +80,18 @@ class TestStateChanges:
         await wait_for_status(client.server.app[MONITOR], source, "fail", within=1.2)
 
     async def test_pass_to_fail_to_pass_with_a_real_process(
-        self, client: TestClient, upstream: UpstreamProcess
+        self, client: TestClient, upstream_process: UpstreamProcess
     ) -> None:
         monitor = client.server.app[MONITOR]
-        source = await add_source(client, upstream.url)
+        source = await add_source(client, upstream_process.url)
         await wait_for_status(monitor, source, "pass", within=1.2)
         with structlog.testing.capture_logs() as logs:
-            upstream.kill()
+            upstream_process.kill()
             await wait_for_status(monitor, source, "fail", within=DOWN_BOUND)
             state = monitor.state(source.id)
             assert state is not None
             assert state.consecutive_failures >= FALL
-            upstream.start()
+            upstream_process.start()
             await wait_for_status(monitor, source, "pass", within=UP_BOUND)
         events = [entry["event"] for entry in logs if entry["event"].startswith("source_")]
         assert events == ["source_unhealthy", "source_recovered"]
@@ -183,11 +174,11 @@ class TestHysteresis:
 
 class TestConfiguration:
     async def test_per_source_overrides_are_applied(
-        self, client: TestClient, upstream: UpstreamProcess
+        self, client: TestClient, upstream_process: UpstreamProcess
     ) -> None:
         monitor = client.server.app[MONITOR]
         source = await add_source(
-            client, upstream.url, healthCheck={"interval": 5, "fall": 1, "timeout": 0.3}
+            client, upstream_process.url, healthCheck={"interval": 5, "fall": 1, "timeout": 0.3}
         )
         await wait_for_status(monitor, source, "pass", within=1.2)
         state = monitor.state(source.id)
@@ -209,10 +200,10 @@ class TestConfiguration:
         assert policy == ProbePolicy(enabled=True, interval=15, timeout=5, rise=2, fall=2)
 
     async def test_disabled_sources_are_not_probed(
-        self, client: TestClient, upstream: UpstreamProcess
+        self, client: TestClient, upstream_process: UpstreamProcess
     ) -> None:
         monitor = client.server.app[MONITOR]
-        source = await add_source(client, upstream.url, healthCheck={"enabled": False})
+        source = await add_source(client, upstream_process.url, healthCheck={"enabled": False})
         await asyncio.sleep(1.5)
         state = monitor.state(source.id)
         assert state is not None
@@ -220,10 +211,10 @@ class TestConfiguration:
         assert monitor.latest(source.id) is None
 
     async def test_deleted_sources_stop_being_probed(
-        self, client: TestClient, upstream: UpstreamProcess
+        self, client: TestClient, upstream_process: UpstreamProcess
     ) -> None:
         monitor = client.server.app[MONITOR]
-        source = await add_source(client, upstream.url)
+        source = await add_source(client, upstream_process.url)
         await wait_for_status(monitor, source, "pass", within=1.2)
         await client.server.app[STORE].delete_source(1, source.id)
         for _ in range(100):
@@ -233,10 +224,10 @@ class TestConfiguration:
         assert monitor.state(source.id) is None
 
     async def test_passive_failure_triggers_an_immediate_probe(
-        self, client: TestClient, upstream: UpstreamProcess
+        self, client: TestClient, upstream_process: UpstreamProcess
     ) -> None:
         monitor = client.server.app[MONITOR]
-        source = await add_source(client, upstream.url, healthCheck={"interval": 60})
+        source = await add_source(client, upstream_process.url, healthCheck={"interval": 60})
         await wait_for_status(monitor, source, "pass", within=1.2)
         state = monitor.state(source.id)
         assert state is not None
@@ -252,14 +243,14 @@ class TestConfiguration:
 
 class TestHealthEndpoint:
     async def test_gateway_health_lists_each_of_the_callers_sources_by_name(
-        self, client: TestClient, upstream: UpstreamProcess
+        self, client: TestClient, upstream_process: UpstreamProcess
     ) -> None:
         monitor = client.server.app[MONITOR]
-        up = await add_source(client, upstream.url)
+        up = await add_source(client, upstream_process.url)
         down = await add_source(client, f"http://127.0.0.1:{free_port()}/")
         other_org = await client.server.app[STORE].create_org("Other")
         hidden = await client.server.app[STORE].create_source(
-            other_org.id, DataSourceSpec(name="secret-name", type="t", url=upstream.url)
+            other_org.id, DataSourceSpec(name="secret-name", type="t", url=upstream_process.url)
         )
         for source, status in ((up, "pass"), (down, "fail"), (hidden, "pass")):
             await wait_for_status(monitor, source, status, within=1.2)
@@ -274,10 +265,10 @@ class TestHealthEndpoint:
         assert "secret-name" not in by_name  # another org's source
 
     async def test_anonymous_callers_get_a_summary_without_names(
-        self, client: TestClient, upstream: UpstreamProcess
+        self, client: TestClient, upstream_process: UpstreamProcess
     ) -> None:
         monitor = client.server.app[MONITOR]
-        up = await add_source(client, upstream.url)
+        up = await add_source(client, upstream_process.url)
         down = await add_source(client, f"http://127.0.0.1:{free_port()}/")
         await wait_for_status(monitor, up, "pass", within=1.2)
         await wait_for_status(monitor, down, "fail", within=1.2)
