@@ -43,6 +43,7 @@ ProbeHook = Callable[[DataSource, HealthCheck, float], None]
 NEW_SOURCE_DELAY = 1.0  # a new or changed source is probed within this many seconds
 JITTER = 0.15
 SYNC_RETRY_SECONDS = 1.0
+PASSIVE_MIN_GAP = 1.0  # at most one passive-triggered probe a second per source
 DEFAULT_RISE = 2
 DEFAULT_FALL = 3
 
@@ -82,6 +83,8 @@ class SourceState:
     consecutive_passes: int = 0
     generation: int = 0  # bumps on every reschedule; stale heap entries are skipped
     probing: bool = False
+    next_due: float = 0.0  # monotonic time of the scheduled probe
+    last_started: float | None = None  # monotonic time the latest probe began
 
     def health_check(self) -> HealthCheck | None:
         """The HealthCheck to serve: the state's status, the latest probe's checks."""
@@ -146,6 +149,13 @@ class HealthMonitor:
         state = self._states.get(source_id)
         if state is None or state.probing or not state.policy.enabled:
             return
+        # HAProxy's fastinter, not one probe per failed request: a dashboard hammering a dead
+        # source must not become a probe storm against it.
+        now = time.monotonic()
+        if state.last_started is not None and now - state.last_started < PASSIVE_MIN_GAP:
+            return
+        if state.next_due - now < PASSIVE_MIN_GAP:
+            return  # a probe is due soon anyway
         self._reschedule(state, delay=0.0)
 
     def record(self, source: DataSource, result: HealthCheck) -> None:
@@ -237,7 +247,8 @@ class HealthMonitor:
 
     def _reschedule(self, state: SourceState, delay: float) -> None:
         state.generation += 1
-        heapq.heappush(self._heap, (time.monotonic() + delay, state.source.id, state.generation))
+        state.next_due = time.monotonic() + delay
+        heapq.heappush(self._heap, (state.next_due, state.source.id, state.generation))
         self._wake.set()
 
     def _launch_due(self) -> float | None:
@@ -259,6 +270,7 @@ class HealthMonitor:
         source, policy = state.source, state.policy
         try:
             async with self._slots:
+                state.last_started = time.monotonic()
                 started = time.perf_counter()
                 try:
                     # The probe bounds itself; this is the backstop if it does not.

@@ -69,6 +69,10 @@ def request_headers(
 ) -> RawHeaders:
     """The headers sent upstream: the client's, filtered, then the source's credentials."""
     named = connection_named(incoming)
+    # Headers the source sets replace the client's (Grafana's Header.Set): appended after a
+    # client copy they would come second, and most servers read the first value — a client
+    # could then pick another tenant's X-Scope-OrgID or its own API key.
+    set_by_source = {name.lower() for name, _ in credentials} | custom_names
     out: RawHeaders = []
     forwarded_for: list[bytes] = []
     cookies: list[bytes] = []
@@ -81,7 +85,7 @@ def request_headers(
             cookies.append(value)
         elif lower == b"x-ds-authorization":
             ds_authorization = value
-        if lower in _REQUEST_DROPPED or lower in named:
+        if lower in _REQUEST_DROPPED or lower in named or lower in set_by_source:
             continue
         out.append((name, value))
     kept = _kept_cookies(cookies, keep_cookies)

@@ -112,11 +112,12 @@ class ProxyPath:
 
 
 def _check_segment(segment: str) -> None:
-    decoded = segment
+    # Java servers (Tomcat, Jetty) read `..;x` as `..` with a path parameter.
+    decoded = segment.split(";", 1)[0]
     for _ in range(_DECODE_ROUNDS):
         if decoded in (".", "..") or any(ch in decoded for ch in ("/", "\\", "\x00")):
             raise UnsafePath(f"invalid proxy path: segment {segment!r} is not allowed")
-        again = unquote(decoded)
+        again = unquote(decoded).split(";", 1)[0]
         if again == decoded:
             return
         decoded = again

@@ -170,10 +170,18 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
 
 
 def _literal(host: str) -> IPAddress | None:
+    """The address `host` spells, in any form the C library would connect to: inet_aton also
+    reads `2852039166`, `0xa9.0xfe.0xa9.0xfe` and `169.254.43518` as 169.254.169.254."""
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return None
+        pass
+    if host and all(ch in "0123456789abcdefxABCDEFX." for ch in host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def _host_port(host: str, port: int) -> str:

@@ -14,7 +14,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.health.monitor import HealthMonitor, ProbePolicy
+from gateway.health.monitor import PASSIVE_MIN_GAP, HealthMonitor, ProbePolicy
 from gateway.keys import MONITOR, STORE
 from gateway.registry.models import DataSource, DataSourceSpec
 from tests.conftest import ADMIN_TOKEN as ADMIN
@@ -232,6 +232,10 @@ class TestConfiguration:
         state = monitor.state(source.id)
         assert state is not None
         first = state.last_checked
+        monitor.report_failure(source.id)  # too soon after the first probe: ignored
+        await asyncio.sleep(0.2)
+        assert state.last_checked == first
+        await asyncio.sleep(PASSIVE_MIN_GAP)
         monitor.report_failure(source.id)
         for _ in range(50):
             if state.last_checked != first:

@@ -12,6 +12,7 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.health.monitor import PASSIVE_MIN_GAP
 from gateway.keys import MONITOR, STORE
 from gateway.registry.models import DataSource, DataSourceSpec
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
@@ -102,6 +103,7 @@ async def test_a_proxied_connect_failure_triggers_a_probe_at_once(
             ),
         )
         await settled(client, source, "pass")
+        await asyncio.sleep(PASSIVE_MIN_GAP)  # passive probes are at most one a second
         state = client.server.app[MONITOR].state(source.id)
         assert state is not None
         assert state.consecutive_failures == 0
@@ -116,3 +118,35 @@ async def test_a_proxied_connect_failure_triggers_a_probe_at_once(
         assert state.status == "pass"  # one failure is below fall=3: nothing flips yet
     finally:
         upstream.kill()
+
+
+async def test_a_burst_of_proxied_failures_triggers_one_probe_not_a_storm(
+    client: TestClient, registry: CollectorRegistry, upstream_process: UpstreamProcess
+) -> None:
+    store = client.server.app[STORE]
+    source = await store.create_source(
+        1,
+        DataSourceSpec(
+            name="dead",
+            type="generic",
+            url=upstream_process.url,
+            json_data={"healthCheck": {"interval": 60}},
+        ),
+    )
+    await settled(client, source, "pass")
+    await asyncio.sleep(PASSIVE_MIN_GAP)
+    upstream_process.kill()
+    labels = {"org": "1", "source_uid": source.uid, "source_type": "generic"}
+
+    def probes() -> float:
+        return sum(
+            registry.get_sample_value("gateway_health_probes_total", {**labels, "result": r}) or 0.0
+            for r in ("pass", "fail")
+        )
+
+    before = probes()
+    url = f"/api/datasources/proxy/uid/{source.uid}/"
+    statuses = await asyncio.gather(*(client.get(url, headers=AUTH) for _ in range(200)))
+    assert {response.status for response in statuses} == {502}
+    await asyncio.sleep(0.3)
+    assert probes() - before == 1

@@ -459,3 +459,18 @@ class TestSsrfAtConnectTime:
         response = await client.get(f"/api/datasources/proxy/uid/{source.uid}/x", headers=AUTH)
         assert response.status == 403
         assert "denied network" in (await response.json())["message"]
+
+
+class TestSourceHeadersWin:
+    async def test_a_client_cannot_override_a_header_the_source_sets(
+        self, client: TestClient, add_source: AddSource
+    ) -> None:
+        source = await add_source(
+            type="loki",
+            json_data={"httpHeaderName1": "X-Scope-OrgID"},
+            secure_json_data={"httpHeaderValue1": "tenant-a"},
+        )
+        echoed = await (
+            await proxied(client, source, "loki/api/v1/labels", headers={"x-scope-orgid": "b"})
+        ).json()
+        assert header_values(echoed, "X-Scope-OrgID") == ["tenant-a"]

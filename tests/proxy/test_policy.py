@@ -170,3 +170,9 @@ class TestAllowLists:
     def test_other_types_allow_every_method(self) -> None:
         for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
             check_route("influxdb", method, "write", Role.VIEWER)
+
+
+@pytest.mark.parametrize("raw", ["..;/admin", "a/..;x/b", "a/%2e%2e;jsessionid=1/b", ".;/x"])
+def test_dot_segments_with_path_parameters_are_refused(raw: str) -> None:
+    with pytest.raises(UnsafePath):
+        ProxyPath.parse(raw)

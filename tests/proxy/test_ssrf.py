@@ -107,3 +107,11 @@ class TestSaveTimeCheck:
     async def test_resolve_returns_literals_and_names(self) -> None:
         assert await resolve("127.0.0.1", 80) == [ip("127.0.0.1")]
         assert ip("127.0.0.1") in await resolve("localhost", 80)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://2852039166/", "http://0xa9.0xfe.0xa9.0xfe/", "http://169.254.43518/"]
+)
+async def test_non_canonical_ipv4_literals_are_refused_on_save(url: str) -> None:
+    with pytest.raises(TargetRefused, match="denied network"):
+        await DEFAULT.check_url(url)
