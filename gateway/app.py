@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from typing import Final, TypedDict
 
@@ -48,6 +49,7 @@ from gateway.proxy.upstream import UpstreamPool
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import DataSource
 from gateway.security.auth import PrincipalCache
+from gateway.supervisor import WORKER_INDEX_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -125,14 +127,19 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
     ) as session:
         app[HTTP] = session
-        app[PROBER] = prober(session)
+        app[PROBER] = prober(session, app[SSRF])
         yield
 
 
-def prober(session: aiohttp.ClientSession) -> Prober:
+def prober(session: aiohttp.ClientSession, policy: SsrfPolicy) -> Prober:
     """Probe with the shared session: what the monitor and on-demand checks both call."""
 
     async def probe(source: DataSource, seconds: float) -> HealthCheck:
+        refusal = policy.literal_refusal(source.url)
+        if refusal is not None:
+            message = f"not probed: {refusal}"
+            check = {"name": "reachable", "status": "fail", "message": message}
+            return {"name": source.name, "status": "fail", "message": message, "checks": [check]}
         return await probe_source(session, source, seconds)
 
     return probe
@@ -151,13 +158,17 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
         labels = metrics.source_labels(source.org_id, source.uid, source.type)
         metrics.transitions.labels(*labels, "down" if event == "source_unhealthy" else "up").inc()
 
+    # With several workers each one probes, but only worker 0 counts and logs what it sees:
+    # the shared counters would otherwise multiply every probe and state change by N.
+    reporting = os.environ.get(WORKER_INDEX_ENV, "0") == "0"
     monitor = HealthMonitor(
         app[SOURCES],
         app[PROBER],
         interval=settings.health_interval,
         timeout=settings.health_timeout,
-        on_probe=count_probe,
-        on_transition=count_transition,
+        on_probe=count_probe if reporting else None,
+        on_transition=count_transition if reporting else None,
+        log_transitions=reporting,
     )
     app[MONITOR] = monitor
     collector = SourceStateCollector(monitor.states)

@@ -6,9 +6,9 @@ every worker has drained. A worker that fails to start (exit code 2: bad setting
 stops them all: restarting it would only fail again.
 
 Each worker is a whole gateway — its own registry connection, caches and health monitor (so
-probe traffic grows with N). Metric values are shared through a temporary directory
-(prometheus-client's multiprocess mode), so a scrape answered by any worker counts the requests
-of all of them.
+probe traffic grows with N; only worker 0 counts probes and logs state changes, so those are
+not multiplied). Metric values are shared through a temporary directory (prometheus-client's
+multiprocess mode), so a scrape answered by any worker counts the requests of all of them.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ log = structlog.get_logger("gateway.supervisor")
 
 WORKER_INDEX_ENV = "GATEWAY_WORKER_INDEX"
 RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 30.0
+HEALTHY_RUN = 60.0  # a worker that ran this long before failing starts its backoff afresh
 STARTUP_FAILED = 2
 
 
@@ -74,22 +76,35 @@ class _Workers:
         self._processes[index] = await asyncio.create_subprocess_exec(*self._argv, env=env)
 
     async def _watch(self, index: int) -> int:
-        """Wait for worker `index`; restart it while the gateway is not stopping."""
+        """Wait for worker `index`; restart it while the gateway is not stopping.
+
+        Only a worker's first start may stop the gateway: later, the others keep serving while
+        a failing worker is retried with a growing delay (a provisioning file being edited, say,
+        stops a restart, not the service).
+        """
+        first_start, failures = True, 0
         while True:
             process = self._processes[index]
+            started = asyncio.get_running_loop().time()
             code = await process.wait()
             mark_process_dead(process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
             if self._stopping.is_set():
                 return code
-            if code == STARTUP_FAILED:
+            if code == STARTUP_FAILED and first_start:
                 log.error("worker_failed_to_start", worker=index)
                 self._stop(signal.SIGTERM)
                 return code
-            log.error("worker_exited", worker=index, code=code, restart_in=RESTART_DELAY)
-            await asyncio.sleep(RESTART_DELAY)
-            if self._stopping.is_set():
+            ran = asyncio.get_running_loop().time() - started
+            failures = 0 if ran > HEALTHY_RUN else failures + 1
+            delay = min(RESTART_DELAY * 2**failures, MAX_RESTART_DELAY)
+            log.error("worker_exited", worker=index, code=code, restart_in=delay)
+            first_start = False
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except TimeoutError:
+                await self._start(index)
+            else:
                 return code
-            await self._start(index)
 
     def _stop(self, signum: int) -> None:
         if not self._stopping.is_set():

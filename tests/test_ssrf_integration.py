@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -100,4 +101,32 @@ class TestConnectTime:
         )
         assert response.status == 400
         assert (await response.json())["status"] == "ERROR"
+        assert hits == []
+
+    async def test_probes_and_bucket_listings_never_connect_to_a_denied_literal(
+        self, aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, settings: Settings
+    ) -> None:
+        """aiohttp asks no resolver about an IP literal; a provisioned source (or one saved
+        before the policy changed) can hold one, so the literal is checked before connecting."""
+        hits: list[str] = []
+
+        async def handler(request: web.Request) -> web.Response:
+            hits.append(request.path)
+            return web.Response(text="ok")
+
+        upstream_app = web.Application()
+        upstream_app.router.add_route("*", "/{tail:.*}", handler)
+        upstream = await aiohttp_server(upstream_app)
+        client = await aiohttp_client(create_app(settings))
+        store = client.server.app[STORE]
+        url = f"http://127.0.0.1:{upstream.port}"
+        generic = await store.create_source(1, DataSourceSpec(name="g", type="t", url=url))
+        influx = await store.create_source(1, DataSourceSpec(name="i", type="influxdb", url=url))
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        health = await client.get(f"/api/datasources/uid/{generic.uid}/health", headers=auth)
+        assert (await health.json())["message"].startswith("not probed: 127.0.0.1 is in")
+        buckets = await client.get(f"/api/v2/sources/{influx.id:016x}/buckets", headers=auth)
+        assert buckets.status == 403
+        assert (await buckets.json())["code"] == "forbidden"
+        await asyncio.sleep(1.2)  # the monitor's first probes of both have run by now
         assert hits == []

@@ -20,11 +20,13 @@ from tests.upstreams import free_port
 
 
 class Workers:
-    def __init__(self, data_dir: Path, count: int) -> None:
+    def __init__(
+        self, data_dir: Path, count: int, env: dict[str, str | None] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir.parent / "workers.log"
-        env = gateway_env(data_dir, {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+        env = gateway_env(data_dir, {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})})
         with self.log.open("w") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "serve", "--workers", str(count),
@@ -60,6 +62,12 @@ class Workers:
         with urlopen(request, timeout=5) as response:
             return response.status, response.read().decode()
 
+    def worker_pids(self) -> list[int]:
+        children = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=True
+        )
+        return [int(pid) for pid in children.stdout.split()]
+
 
 @pytest.fixture
 def workers(data_dir: Path) -> Iterator[Workers]:
@@ -94,10 +102,7 @@ def test_sigterm_drains_every_worker_and_exits_0(workers: Workers) -> None:
 def test_a_worker_that_dies_is_replaced(workers: Workers) -> None:
     first = {r["worker"]: r for r in workers.events("gateway_listening")}
     assert set(first) == {0, 1}
-    pids = subprocess.run(
-        ["pgrep", "-P", str(workers.proc.pid)], capture_output=True, text=True, check=True
-    ).stdout.split()
-    os.kill(int(pids[0]), signal.SIGKILL)
+    os.kill(workers.worker_pids()[0], signal.SIGKILL)
     workers.wait_until(lambda: len(workers.events("gateway_listening")) == 3, 20)
     assert workers.events("worker_exited")
     assert workers.get("/ready")[0] == 200
@@ -107,3 +112,52 @@ def test_port_zero_cannot_be_shared(tmp_path: Path) -> None:
     result = run_cli("serve", "--workers", "2", "--port", "0", data_dir=tmp_path / "data")
     assert result.returncode == 2
     assert "several workers cannot share port 0" in result.stderr
+
+
+def test_a_restart_that_cannot_start_keeps_the_others_serving(tmp_path: Path) -> None:
+    """A provisioning file broken while running stops a restarted worker, not the gateway."""
+    files = tmp_path / "provisioning"
+    files.mkdir()
+    (files / "ok.yaml").write_text("apiVersion: 1\ndatasources: []\n")
+    workers = Workers(tmp_path / "data", 2, {"GATEWAY_PROVISIONING_PATH": str(files)})
+    try:
+        (files / "ok.yaml").write_text("apiVersion: 1\ndatasources:\n  - name: [\n")
+        os.kill(workers.worker_pids()[0], signal.SIGKILL)
+        workers.wait_until(lambda: len(workers.events("worker_exited")) >= 2, 20)
+        assert workers.proc.poll() is None  # the supervisor and the other worker carry on
+        assert workers.get("/ready")[0] == 200
+        delays = [record["restart_in"] for record in workers.events("worker_exited")]
+        assert delays[1] > delays[0]  # backing off, not spinning
+        (files / "ok.yaml").write_text("apiVersion: 1\ndatasources: []\n")
+        workers.wait_until(lambda: len(workers.events("gateway_listening")) == 3, 30)
+    finally:
+        workers.proc.send_signal(signal.SIGTERM)
+        workers.proc.wait(20)
+
+
+def test_only_one_worker_counts_and_logs_state_changes(data_dir: Path) -> None:
+    workers = Workers(data_dir, 2, {"GATEWAY_HEALTH_INTERVAL": "0.5"})
+    try:
+        body = json.dumps(
+            {"name": "down", "type": "generic", "access": "proxy",
+             "url": f"http://127.0.0.1:{free_port()}"}
+        ).encode()  # fmt: skip
+        request = Request(
+            workers.url + "/api/datasources",
+            data=body,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        )
+        with urlopen(request, timeout=5) as response:
+            assert response.status == 200
+        workers.wait_until(lambda: workers.events("source_unhealthy"), 10)
+        time.sleep(2)  # both workers have probed it several times by now
+        assert len(workers.events("source_unhealthy")) == 1
+        _, text = workers.get("/metrics")
+        line = next(
+            line for line in text.splitlines()
+            if line.startswith("gateway_health_transitions_total{") and 'to="down"' in line
+        )  # fmt: skip
+        assert float(line.rsplit(" ", 1)[1]) == 1
+    finally:
+        workers.proc.send_signal(signal.SIGTERM)
+        workers.proc.wait(20)

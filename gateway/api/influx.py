@@ -20,6 +20,7 @@ from gateway.api.influx_dto import SourceType
 from gateway.errors import (
     INFLUX_CONTENT_TYPE,
     BadRequest,
+    Forbidden,
     OrgNotFound,
     PermissionDenied,
     Unavailable,
@@ -98,6 +99,8 @@ async def list_buckets(request: web.Request) -> web.Response:
     if backing is None:
         raise Unavailable(influx_message=_NO_DEFAULT)
     target, target_kind = backing
+    if refusal := request.app[SSRF].literal_refusal(target.url):
+        raise Forbidden(influx_message=f"the source URL is not allowed: {refusal}")
     settings = request.app[SETTINGS]
     timeouts = Timeouts(settings.proxy_connect_timeout, settings.proxy_response_timeout)
     lister = list_v2_buckets if target_kind is SourceType.V2 else list_v1_buckets

@@ -115,6 +115,7 @@ class HealthMonitor:
         max_in_flight: int = 64,
         on_transition: TransitionHook | None = None,
         on_probe: ProbeHook | None = None,
+        log_transitions: bool = True,
     ) -> None:
         self._cache = cache
         self._prober = prober
@@ -123,6 +124,7 @@ class HealthMonitor:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._on_transition = on_transition
         self._on_probe = on_probe
+        self._log_transitions = log_transitions
         self._states: dict[int, SourceState] = {}
         self._heap: list[tuple[float, int, int]] = []  # (due, source id, generation)
         self._wake = asyncio.Event()
@@ -192,13 +194,14 @@ class HealthMonitor:
         """Log each state change once, with the probe message that caused it."""
         source = state.source
         emit = log.warning if event == "source_unhealthy" else log.info
-        emit(
-            event,
-            source_uid=source.uid,
-            source_name=source.name,
-            org=source.org_id,
-            reason=result.get("message", ""),
-        )
+        if self._log_transitions:
+            emit(
+                event,
+                source_uid=source.uid,
+                source_name=source.name,
+                org=source.org_id,
+                reason=result.get("message", ""),
+            )
         if self._on_transition is not None:
             self._on_transition(state, event)
 

@@ -78,6 +78,25 @@ class SsrfPolicy:
     def _in_allowed(self, address: IPAddress) -> bool:
         return any(address in network for network in self.allowed_networks)
 
+    def literal_refusal(self, url: str) -> str | None:
+        """Why `url`'s host may not be contacted, when it is an IP literal; else None.
+
+        aiohttp's session never asks a resolver about a literal, so callers of the shared
+        session check literals here — a source can hold one that no save-time check saw
+        (provisioned, or saved before `denied_networks` changed).
+        """
+        parts = urlsplit(url)
+        host = parts.hostname
+        literal = _literal(host) if host else None
+        if host is None or literal is None:
+            return None
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
+            self.permitted(host, port, [literal])
+        except (TargetRefused, ValueError) as exc:
+            return str(exc)
+        return None
+
     async def check_url(self, url: str) -> None:
         """Save-time check of a source URL; raises TargetRefused.
 
