@@ -202,8 +202,9 @@ class Forwarder:
                     await response.write_eof()
                 except UpstreamError as exc:
                     # Headers are out: the status cannot change. Cut the connection so the
-                    # client sees an incomplete response, never a complete-looking short one.
-                    self._upstream_failed(prepared, exc, passive=False)
+                    # client sees an incomplete response, never a complete-looking short one,
+                    # and count and log it as the failure it was, not as the 200 it began as.
+                    status = self._upstream_failed(prepared, exc, passive=False)
                     log.warning(
                         "proxy_aborted",
                         source_uid=source.uid,

@@ -415,13 +415,22 @@ class TestFailures:
         assert (await response.json())["message"] == "upstream headers timeout"
 
     async def test_a_reset_mid_body_aborts_the_client_connection(
-        self, client: TestClient, add_source: AddSource
+        self, client: TestClient, add_source: AddSource, registry: CollectorRegistry
     ) -> None:
         source = await add_source()
         response = await proxied(client, source, "reset")
         assert response.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await response.read()
+        labels = {"org": "1", "source_uid": source.uid, "source_type": "prometheus"}
+        for _ in range(50):  # the handler finishes its bookkeeping just after the abort
+            failed = registry.get_sample_value(
+                "gateway_proxy_requests_total", {**labels, "method": "GET", "code": "502"}
+            )
+            if failed:
+                break
+            await asyncio.sleep(0.02)
+        assert failed == 1  # a failure on the error-ratio panel, not a 200
 
     async def test_a_client_that_leaves_releases_the_upstream(
         self, client: TestClient, add_source: AddSource, upstream: TestServer
