@@ -37,6 +37,7 @@ from gateway.security.auth import hash_token, new_token
 from gateway.supervisor import WORKER_INDEX_ENV, supervise
 
 log = structlog.get_logger("gateway")
+ORPHAN_CHECK_SECONDS = 1.0
 
 
 class CommandError(Exception):
@@ -167,7 +168,14 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        orphan_watch = (
+            asyncio.create_task(_stop_when_orphaned(os.getppid(), stop))
+            if worker is not None
+            else None
+        )
         await stop.wait()
+        if orphan_watch is not None:
+            orphan_watch.cancel()
         app[LIFECYCLE].draining = True
         log.info(
             "gateway_draining",
@@ -180,6 +188,17 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         await runner.cleanup()
     log.info("gateway_stopped")
     return 0
+
+
+async def _stop_when_orphaned(supervisor: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (killed, out of memory) drains and exits rather than
+    serving on unsupervised; the kernel then re-parents it, which is what this watches."""
+    while True:  # nothing signals a change of parent: polling getppid is the portable way
+        await asyncio.sleep(ORPHAN_CHECK_SECONDS)
+        if os.getppid() != supervisor:
+            break
+    log.warning("supervisor_gone", supervisor_pid=supervisor)
+    stop.set()
 
 
 def _worker_args(args: argparse.Namespace) -> list[str]:

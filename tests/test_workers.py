@@ -62,6 +62,16 @@ class Workers:
         with urlopen(request, timeout=5) as response:
             return response.status, response.read().decode()
 
+    def stop(self) -> None:
+        """SIGTERM (the supervisor stops its workers), SIGKILL only if that hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
     def worker_pids(self) -> list[int]:
         children = subprocess.run(
             ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=True
@@ -73,9 +83,7 @@ class Workers:
 def workers(data_dir: Path) -> Iterator[Workers]:
     running = Workers(data_dir, 2)
     yield running
-    if running.proc.poll() is None:
-        running.proc.kill()
-        running.proc.wait()
+    running.stop()
 
 
 def test_two_workers_share_the_port_and_the_metrics(workers: Workers) -> None:
@@ -131,8 +139,7 @@ def test_a_restart_that_cannot_start_keeps_the_others_serving(tmp_path: Path) ->
         (files / "ok.yaml").write_text("apiVersion: 1\ndatasources: []\n")
         workers.wait_until(lambda: len(workers.events("gateway_listening")) == 3, 30)
     finally:
-        workers.proc.send_signal(signal.SIGTERM)
-        workers.proc.wait(20)
+        workers.stop()
 
 
 def test_only_one_worker_counts_and_logs_state_changes(data_dir: Path) -> None:
@@ -159,5 +166,24 @@ def test_only_one_worker_counts_and_logs_state_changes(data_dir: Path) -> None:
         )  # fmt: skip
         assert float(line.rsplit(" ", 1)[1]) == 1
     finally:
-        workers.proc.send_signal(signal.SIGTERM)
-        workers.proc.wait(20)
+        workers.stop()
+
+
+def test_workers_leave_when_their_supervisor_is_killed(workers: Workers) -> None:
+    pids = workers.worker_pids()
+    assert len(pids) == 2
+    workers.proc.kill()  # SIGKILL: the supervisor cannot forward anything
+    workers.proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie already exited; only its entry is left for the (gone) parent to reap.
+    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
