@@ -97,6 +97,16 @@ class BadRequest(GatewayError):
     influx_message = "invalid request"
 
 
+class TargetNotAllowed(BadRequest):
+    """A source URL the SSRF policy refuses, refused when the source is saved."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"Data source URL is not allowed: {reason}",
+            influx_message=f'"url" is not allowed: {reason}',
+        )
+
+
 class InvalidId(BadRequest):
     message = "id is invalid"
     influx_message = "invalid ID"

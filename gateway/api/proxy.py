@@ -98,7 +98,7 @@ async def _influx_source(request: web.Request) -> DataSource:
     """`?source=` / X-Gateway-Source (uid or name), else the org's default InfluxDB source."""
     org_id = request[PRINCIPAL].org.id
     snapshot = await request.app[SOURCES].snapshot()
-    candidates = [s for s in snapshot.sources if s.org_id == org_id and s.type == "influxdb"]
+    candidates = [s for s in snapshot.by_org.get(org_id, ()) if s.type == "influxdb"]
     wanted = request.query.get("source") or request.headers.get(SOURCE_HEADER, "")
     if wanted:
         chosen = next((s for s in candidates if s.uid == wanted), None) or next(

@@ -298,7 +298,8 @@ class HealthMonitor:
 async def current_health(
     monitor: HealthMonitor | None, source: DataSource, prober: Prober, default_timeout: float
 ) -> HealthCheck:
-    """What every health endpoint serves: the monitor's state, else one probe now.
+    """What every health endpoint serves: the monitor's state, else one probe now. Never
+    raises for a probe's sake: a crashed probe is a failed HealthCheck.
 
     An on-demand result is also given to the monitor, so it counts as the first result.
     """
@@ -308,7 +309,11 @@ async def current_health(
             return latest
     state = monitor.state(source.id) if monitor is not None else None
     seconds = state.policy.timeout if state is not None else default_timeout
-    result = await prober(source, seconds)
+    try:
+        result = await prober(source, seconds)
+    except Exception as exc:  # as in the scheduled loop: a probe bug is a failed probe
+        log.exception("probe_crashed", source_uid=source.uid)
+        result = _failed(source, f"probe error: {type(exc).__name__}")
     if monitor is not None:
         monitor.record(source, result)
     return result

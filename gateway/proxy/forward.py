@@ -63,6 +63,7 @@ class PreparedSource:
     origin: Origin
     credentials: tuple[tuple[bytes, bytes], ...]
     custom_names: frozenset[bytes]
+    set_by_source: frozenset[bytes]  # computed once: the request path only looks names up
     keep_cookies: frozenset[str]
     timeouts: Timeouts
     meters: SourceMeters
@@ -95,20 +96,22 @@ class Forwarder:
             raise BadRequest(
                 "Invalid data source URL", influx_message="invalid source URL"
             ) from exc
-        credentials = source_credentials(source)
+        credentials = tuple(
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in source_credentials(source).headers.items()
+        )
+        custom_names = frozenset(
+            name.strip().lower().encode("latin-1")
+            for key, name in source.json_data.items()
+            if key.startswith("httpHeaderName") and isinstance(name, str)
+        )
         settings = self._settings
         prepared = PreparedSource(
             source=source,
             origin=origin,
-            credentials=tuple(
-                (name.encode("latin-1"), value.encode("latin-1"))
-                for name, value in credentials.headers.items()
-            ),
-            custom_names=frozenset(
-                name.strip().lower().encode("latin-1")
-                for key, name in source.json_data.items()
-                if key.startswith("httpHeaderName") and isinstance(name, str)
-            ),
+            credentials=credentials,
+            custom_names=custom_names,
+            set_by_source=frozenset(name.lower() for name, _ in credentials) | custom_names,
             keep_cookies=keep_cookie_names(source.json_data),
             timeouts=Timeouts(
                 connect=settings.proxy_connect_timeout,
@@ -146,12 +149,13 @@ class Forwarder:
         meters.in_flight.inc()
         try:
             headers = request_headers(
-                list(request.raw_headers),
+                request.raw_headers,
                 client_address=request.remote,
                 request_id=request[REQUEST_ID],
                 keep_cookies=prepared.keep_cookies,
                 credentials=prepared.credentials,
                 custom_names=prepared.custom_names,
+                set_by_source=prepared.set_by_source,
             )
             if body_override is not None:
                 # The gateway sends a body of its own: the client's description of its body

@@ -66,13 +66,16 @@ def request_headers(
     keep_cookies: frozenset[str],
     credentials: Sequence[tuple[bytes, bytes]],
     custom_names: frozenset[bytes],
+    set_by_source: frozenset[bytes],
 ) -> RawHeaders:
-    """The headers sent upstream: the client's, filtered, then the source's credentials."""
+    """The headers sent upstream: the client's, filtered, then the source's credentials.
+
+    `set_by_source` (lower-case names of `credentials` and `custom_names`) replace the client's
+    copies (Grafana's Header.Set): appended after a client copy they would come second, and
+    most servers read the first value — a client could then pick another tenant's
+    X-Scope-OrgID or its own API key.
+    """
     named = connection_named(incoming)
-    # Headers the source sets replace the client's (Grafana's Header.Set): appended after a
-    # client copy they would come second, and most servers read the first value — a client
-    # could then pick another tenant's X-Scope-OrgID or its own API key.
-    set_by_source = {name.lower() for name, _ in credentials} | custom_names
     out: RawHeaders = []
     forwarded_for: list[bytes] = []
     cookies: list[bytes] = []

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from gateway.errors import TargetNotAllowed
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -96,6 +98,15 @@ class SsrfPolicy:
         except (TargetRefused, ValueError) as exc:
             return str(exc)
         return None
+
+    async def check_source_url(self, url: str | None) -> None:
+        """`check_url` for a source being saved through an API: a refusal is a 400 there."""
+        if not url:
+            return
+        try:
+            await self.check_url(url)
+        except TargetRefused as exc:
+            raise TargetNotAllowed(str(exc)) from None
 
     async def check_url(self, url: str) -> None:
         """Save-time check of a source URL; raises TargetRefused.

@@ -21,14 +21,19 @@ class Snapshot:
     sources: tuple[DataSource, ...] = ()
     by_id: dict[int, DataSource] = field(default_factory=dict)
     by_uid: dict[tuple[int, str], DataSource] = field(default_factory=dict)
+    by_org: dict[int, tuple[DataSource, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, sources: Iterable[DataSource]) -> Snapshot:
         ordered = tuple(sources)
+        by_org: dict[int, list[DataSource]] = {}
+        for source in ordered:
+            by_org.setdefault(source.org_id, []).append(source)
         return cls(
             sources=ordered,
             by_id={s.id: s for s in ordered},
             by_uid={(s.org_id, s.uid): s for s in ordered},
+            by_org={org: tuple(members) for org, members in by_org.items()},
         )
 
     def get(
