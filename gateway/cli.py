@@ -24,6 +24,7 @@ from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
 from gateway.keys import LIFECYCLE
 from gateway.logging import configure_logging
+from gateway.loop import event_loop_factory
 from gateway.provisioning import check_files
 from gateway.registry.models import Role
 from gateway.registry.secrets import (
@@ -108,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     handler = _HANDLERS[(args.command, getattr(args, "action", None))]
     try:
-        return asyncio.run(handler(settings, args))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(handler(settings, args))
     except (StartupError, SettingsError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2

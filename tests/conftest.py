@@ -6,6 +6,7 @@ parallel (pytest-xdist) without sharing files or ports.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pytest_aiohttp import AiohttpClient
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.config import Settings
 from gateway.keys import STORE
+from gateway.loop import event_loop_factory
 from gateway.registry.models import Role
 from gateway.security.auth import hash_token
 
@@ -27,6 +29,20 @@ SECRET_KEY = "test-secret-key-not-for-production"
 
 Headers = dict[str, str]
 MakeToken = Callable[..., Awaitable[Headers]]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on the loop `gateway serve` runs on (uvloop where installed); the two
+    hand-made HTTP/1.1 layers (the front server and the upstream pool) on asyncio's as well."""
+    factory = event_loop_factory()
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {}
+    if factory is None or "front" in item.path.parts or item.path.name == "test_upstream.py":
+        factories["asyncio"] = asyncio.new_event_loop
+    if factory is not None:
+        factories["uvloop"] = factory
+    return factories
 
 
 @pytest.fixture

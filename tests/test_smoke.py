@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import asyncio
+
+import uvloop
 from aiohttp.test_utils import TestClient
 
+from gateway.loop import event_loop_factory
 from tests.conftest import Headers
 
 
@@ -12,3 +16,8 @@ async def test_ping_answers_204_without_a_token(client: TestClient) -> None:
 
 async def test_api_needs_a_token(client: TestClient, admin_headers: Headers) -> None:
     assert (await client.get("/api/datasources")).status == 401
+
+
+async def test_tests_run_on_the_loop_the_gateway_serves_on() -> None:
+    assert event_loop_factory() is uvloop.new_event_loop  # a dependency on this platform
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)

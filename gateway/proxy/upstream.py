@@ -447,14 +447,25 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(connect_timeout):
                 if self.address_filter is None:
-                    await loop.create_connection(
-                        lambda: conn,
-                        origin.host,
-                        origin.port,
-                        ssl=state.ssl,
-                        server_hostname=state.server_hostname,
-                        happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY,
-                    )
+                    # asyncio races the addresses of a dual-stack host (RFC 8305); uvloop has
+                    # no such option and tries them in order.
+                    if isinstance(loop, asyncio.BaseEventLoop):
+                        await loop.create_connection(
+                            lambda: conn,
+                            origin.host,
+                            origin.port,
+                            ssl=state.ssl,
+                            server_hostname=state.server_hostname,
+                            happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY,
+                        )
+                    else:
+                        await loop.create_connection(
+                            lambda: conn,
+                            origin.host,
+                            origin.port,
+                            ssl=state.ssl,
+                            server_hostname=state.server_hostname,
+                        )
                 else:
                     await self._connect_filtered(loop, state, conn, self.address_filter)
         except BaseException as exc:

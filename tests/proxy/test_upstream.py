@@ -624,7 +624,7 @@ class TestExpectContinue:
             timeouts=Timeouts(expect_continue=0.1),
         )
         assert body == b"payload"
-        assert 0.1 <= time.monotonic() - started < 1.0
+        assert 0.09 <= time.monotonic() - started < 1.0  # libuv timers: millisecond ticks
 
     async def test_aiohttp_upstream_answers_the_expectation(
         self, pool: UpstreamPool, echo: TestServer, origin: Origin
@@ -836,7 +836,7 @@ class TestFailures:
             await pool.request(origin, "GET", "/", timeouts=Timeouts(connect=0.2))
         assert caught.value.phase == "connect"
         assert caught.value.kind == "timeout"
-        assert 0.2 <= time.monotonic() - started < 1.5
+        assert 0.19 <= time.monotonic() - started < 1.5  # libuv timers: millisecond ticks
 
     async def test_connect_timeout_covers_the_tls_handshake(
         self, pool: UpstreamPool, raw_server: StartRawServer
@@ -906,7 +906,7 @@ class TestFailures:
         with pytest.raises(UpstreamTimeout, match="no response headers") as caught:
             await pool.request(server.origin, "GET", "/", timeouts=Timeouts(headers=0.2))
         assert caught.value.phase == "headers"
-        assert 0.2 <= time.monotonic() - started < 1.0
+        assert 0.19 <= time.monotonic() - started < 1.0  # libuv timers: millisecond ticks
         await server.wait_ended(1)
 
     async def test_shorter_headers_timeout_on_a_reused_connection_is_honoured(
