@@ -85,7 +85,7 @@ class RegistryStore:
             conn.row_factory = sqlite3.Row
             store = cls(conn, box)
             try:
-                await conn.execute("PRAGMA journal_mode=WAL")
+                await _enable_wal(conn)
                 await conn.execute("PRAGMA foreign_keys=ON")
                 await conn.execute("PRAGMA busy_timeout=5000")
                 await conn.execute("PRAGMA synchronous=NORMAL")
@@ -673,3 +673,21 @@ def _org(row: sqlite3.Row) -> Org:
 
 
 __all__ = ["DEFAULT_ORG_NAME", "RegistryStore", "SecretKeyMismatch", "StoreUnusable"]
+
+
+async def _enable_wal(conn: aiosqlite.Connection, patience: float = 10.0) -> None:
+    """Switch to WAL, waiting for other processes that open the same new database.
+
+    Changing the journal mode needs an exclusive lock, and SQLite answers "database is locked"
+    at once rather than calling the busy handler when it would otherwise deadlock (two workers
+    of `--workers N` starting together on a fresh data dir do exactly this). Retry briefly.
+    """
+    deadline = asyncio.get_running_loop().time() + patience
+    while True:
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.05)

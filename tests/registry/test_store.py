@@ -6,6 +6,9 @@ import asyncio
 import dataclasses
 import hashlib
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -66,6 +69,34 @@ class TestMigrations:
             assert (await store.get_source(1, id=created.id)).name == "prom"
             assert (await store.get_org(1)).influx_id == influx_id
             assert len(await store.list_orgs()) == 1
+
+    def test_processes_opening_a_new_database_together_all_succeed(self, tmp_path: Path) -> None:
+        """`--workers N` starts N servers on a fresh data dir at the same moment."""
+        script = (
+            "import asyncio, sys, time\n"
+            "from pathlib import Path\n"
+            "from gateway.registry.secrets import SecretBox\n"
+            "from gateway.registry.store import RegistryStore\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together\n"
+            "async def main():\n"
+            "    async with RegistryStore.open(Path(sys.argv[1]), SecretBox('k')) as store:\n"
+            "        print(len(await store.list_orgs()))\n"
+            "asyncio.run(main())\n"
+        )
+        for round_ in range(3):  # the race is narrow: a few rounds, each on a new file
+            path = tmp_path / f"round-{round_}.db"
+            start_at = str(time.time() + 1.5)  # after every interpreter has imported
+            processes = [
+                subprocess.Popen(
+                    [sys.executable, "-c", script, str(path), start_at],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(4)
+            ]
+            outcomes = [process.communicate(timeout=30) for process in processes]
+            assert [out.split()[-1:] for out, _ in outcomes] == [["1"]] * 4, outcomes
 
     async def test_a_newer_schema_is_refused(self, db_path: Path) -> None:
         async with RegistryStore.open(db_path, SecretBox("k")):
