@@ -18,10 +18,12 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
+from gateway.api.fast_proxy import FastProxy
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.bootstrap import open_registry
 from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
+from gateway.front.site import FrontSite
 from gateway.keys import LIFECYCLE
 from gateway.logging import configure_logging
 from gateway.loop import event_loop_factory
@@ -154,8 +156,16 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     try:
         await runner.setup()
+        # Proxied requests are served by the front protocol; the API by aiohttp behind it.
         # Workers of one supervisor share the port; the kernel spreads connections among them.
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=worker is not None)
+        site = FrontSite(
+            runner,
+            FastProxy(app).route,
+            host=settings.host,
+            port=settings.port,
+            reuse_port=worker is not None,
+            drain_timeout=settings.drain_timeout,
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -163,7 +173,7 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
                 f"server.host/port: cannot listen on {settings.host}:{settings.port}: "
                 f"{exc.strerror}"
             ) from exc
-        port = _bound_port(site, settings.port)
+        port = site.port
         log.info("gateway_listening", host=settings.host, port=port, version=__version__)
 
         stop = asyncio.Event()
@@ -214,14 +224,6 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
         "--log-level": args.log_level,
     }
     return [part for flag, value in flags.items() if value is not None for part in (flag, value)]
-
-
-def _bound_port(site: web.TCPSite, configured: int) -> int:
-    server = site._server  # aiohttp keeps the asyncio.Server here; needed to report port 0's pick
-    sockets = getattr(server, "sockets", None) or ()
-    for sock in sockets:
-        return int(sock.getsockname()[1])
-    return configured
 
 
 # --- provisioning ----------------------------------------------------------------------------

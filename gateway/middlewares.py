@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Collection
 
 import structlog
@@ -34,23 +35,42 @@ log = structlog.get_logger("gateway.request")
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(1)
 
 
 def request_id_from(request: web.Request) -> str:
-    """X-Request-Id, else traceparent's trace id, else Zap-Trace-Span, else a new one.
+    """X-Request-Id, else traceparent's trace id, else Zap-Trace-Span, else a new one."""
+    headers = request.headers
+    return choose_request_id(
+        headers.get("X-Request-Id"), headers.get("traceparent"), headers.get("Zap-Trace-Span")
+    )
 
-    A client value is used only when it is short and plain: it ends up in logs and headers.
-    """
-    candidate = request.headers.get("X-Request-Id", "").strip()
-    if _SAFE_ID.fullmatch(candidate):
-        return candidate
-    match = _TRACEPARENT.fullmatch(request.headers.get("traceparent", "").strip().lower())
-    if match:
-        return match.group(1)
-    candidate = request.headers.get("Zap-Trace-Span", "").strip()
-    if _SAFE_ID.fullmatch(candidate):
-        return candidate
-    return uuid.uuid4().hex
+
+def choose_request_id(
+    x_request_id: str | None, traceparent: str | None, zap_trace_span: str | None
+) -> str:
+    """The client's request id when it is short and plain (it ends up in logs and headers),
+    else a new one."""
+    if x_request_id:
+        candidate = x_request_id.strip()
+        if _SAFE_ID.fullmatch(candidate):
+            return candidate
+    if traceparent:
+        match = _TRACEPARENT.fullmatch(traceparent.strip().lower())
+        if match:
+            return match.group(1)
+    if zap_trace_span:
+        candidate = zap_trace_span.strip()
+        if _SAFE_ID.fullmatch(candidate):
+            return candidate
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    # A random prefix per process and a counter: unique, and far cheaper than uuid4() per
+    # request on the proxied path. 32 hex digits, like the trace ids it stands beside.
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 @web.middleware
@@ -112,15 +132,19 @@ V1_COMPAT_PATHS = frozenset({"/query", "/write"})
 
 def v1_token(request: web.Request) -> str | None:
     """The token an InfluxDB 1.x client sends as its password (`p=` or Basic auth)."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, encoded = header.strip().partition(" ")
+    return v1_password(request.headers.get("Authorization"), request.query.get("p"))
+
+
+def v1_password(authorization: str | None, p_param: str | None) -> str | None:
+    """The password of Basic auth, else the `p` query parameter."""
+    scheme, _, encoded = (authorization or "").strip().partition(" ")
     if scheme.lower() == "basic" and encoded:
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode()
         except (ValueError, UnicodeDecodeError):
             return None
         return decoded.partition(":")[2] or None
-    return request.query.get("p") or None
+    return p_param or None
 
 
 def authenticate(public_paths: Collection[str]) -> Middleware:

@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import TCPConnector, web
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
+from yarl import URL
 
+from gateway.api.fast_proxy import FastProxy
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.config import Settings
+from gateway.front.site import FrontSite
 from gateway.keys import STORE
 from gateway.loop import event_loop_factory
 from gateway.registry.models import Role
@@ -68,15 +72,51 @@ def app(settings: Settings) -> web.Application:
     return create_app(settings)
 
 
-@pytest.fixture
-async def client(aiohttp_client: AiohttpClient, app: web.Application) -> TestClient:
-    """The app served with the options `gateway serve` uses (SERVER_OPTIONS).
+class FrontTestServer(TestServer):
+    """The app served as `gateway serve` serves it: behind the front protocol (FrontSite), with
+    the options of SERVER_OPTIONS for the aiohttp server that API connections are handed to."""
 
-    TestServer ignores options given to its constructor; they only reach aiohttp's runner
-    through start_server(). It always sets handler_cancellation itself.
-    """
-    server = TestServer(app)
-    await server.start_server(auto_decompress=SERVER_OPTIONS["auto_decompress"])
+    async def start_server(self, loop: object = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        kwargs.setdefault("auto_decompress", SERVER_OPTIONS["auto_decompress"])
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        site = FrontSite(self.runner, FastProxy(self.app).route, host=self.host, port=0)
+        await site.start()
+        self.port = site.port
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+
+# Test modules that proxy requests run twice: with a new connection per request, so every
+# proxied request is served by the front protocol's fast path, and with connections kept alive,
+# so that proxied requests following an API request on the same connection are served by
+# aiohttp's handlers. Both must behave the same.
+_PROXYING_TESTS = ("proxy", "services", "test_ssrf_integration.py", "test_metrics.py")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    path = metafunc.definition.path
+    if "client" in metafunc.fixturenames and any(
+        part in _PROXYING_TESTS for part in (path.parent.name, path.name)
+    ):
+        metafunc.parametrize("connections", ["fresh", "reused"], scope="function")
+
+
+@pytest.fixture
+def connections() -> str:
+    return "reused"
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: AiohttpClient, app: web.Application, connections: str
+) -> TestClient:
+    server = FrontTestServer(app)
+    await server.start_server()
+    if connections == "fresh":
+        return await aiohttp_client(server, connector=TCPConnector(force_close=True))
     return await aiohttp_client(server)
 
 

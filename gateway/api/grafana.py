@@ -33,7 +33,7 @@ from gateway.errors import BadRequest, Forbidden, NameConflict, PermissionDenied
 from gateway.health.monitor import current_health
 from gateway.health.probes import HealthCheck
 from gateway.keys import MONITOR, PRINCIPAL, PROBER, SETTINGS, SSRF, STORE
-from gateway.registry.models import DataSource, DataSourceSpec
+from gateway.registry.models import DataSource, DataSourceSpec, Principal
 from gateway.version import commit
 
 log = structlog.get_logger(__name__)
@@ -221,12 +221,13 @@ async def grafana_health(request: web.Request) -> web.Response:
 
 
 def request_org_id(request: web.Request, *, needs: str | None = None) -> int:
-    """The org the request acts in: its token's. `needs` names the action a write requires.
+    """The org the request acts in: its token's. `needs` names the action a write requires."""
+    return acting_org_id(request[PRINCIPAL], request.headers.get(ORG_HEADER), needs=needs)
 
-    A token belongs to one org, so `X-Grafana-Org-Id` may only name that org.
-    """
-    principal = request[PRINCIPAL]
-    requested = request.headers.get(ORG_HEADER, "").strip()
+
+def acting_org_id(principal: Principal, org_header: str | None, *, needs: str | None = None) -> int:
+    """A token belongs to one org, so `X-Grafana-Org-Id` may only name that org."""
+    requested = (org_header or "").strip()
     if requested and parse_int64(requested) != principal.org.id:
         raise Forbidden(ORG_MISMATCH)
     if needs is not None and not principal.role.can_write:

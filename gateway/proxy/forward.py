@@ -18,29 +18,35 @@ Outcomes:
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
-from aiohttp import web
 
 from gateway.config import Settings
 from gateway.errors import (
+    INFLUX_CONTENT_TYPE,
     BadGateway,
     BadRequest,
     Dialect,
     Forbidden,
     GatewayError,
     GatewayTimeout,
-    influx_error_response,
 )
 from gateway.health.credentials import source_credentials
-from gateway.keys import REQUEST_ID, RESPONSE_STATUS
 from gateway.metrics import GatewayMetrics, SourceMeters
 from gateway.proxy.headers import keep_cookie_names, request_headers, response_headers
-from gateway.proxy.http1 import RequestBodyError, Timeouts, UpstreamError, UpstreamTimeout
+from gateway.proxy.http1 import (
+    RequestBody,
+    RequestBodyError,
+    Timeouts,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.proxy.ssrf import TargetRefused
 from gateway.proxy.upstream import Origin, UpstreamPool
 from gateway.registry.models import DataSource
@@ -55,6 +61,35 @@ AUTH_FAILED = "Authentication to data source failed"
 _BODY_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length"})
 
 PassiveFailure = Callable[[int], None]
+
+
+class ClientExchange(Protocol):
+    """The client's side of one proxied request, whichever server carries it: the front
+    server's `Exchange` (gateway/front/protocol.py), or `AiohttpExchange` on a connection that
+    aiohttp serves. Response headers are raw; the server owns framing (Content-Length or
+    chunked) and hop-by-hop headers."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def has_body(self) -> bool: ...
+    @property
+    def content_length(self) -> int | None: ...
+    def body(self) -> AsyncIterator[bytes]: ...
+    async def read_body(self, limit: int) -> bytes: ...
+    def start_response(
+        self, status: int, reason: str, headers: Iterable[tuple[bytes, bytes]]
+    ) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    def finish(self) -> None: ...
+    def abort(self) -> None: ...
+    def respond(
+        self, status: int, reason: str, headers: Iterable[tuple[bytes, bytes]], body: bytes
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,33 +160,36 @@ class Forwarder:
 
     async def forward(
         self,
-        request: web.Request,
+        client: ClientExchange,
         source: DataSource,
         target: str,
         *,
+        request_id: str,
         dialect: Dialect = Dialect.GRAFANA,
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
         body_override: bytes | None = None,
         method: str | None = None,
-    ) -> web.StreamResponse:
-        """Send `request` to `source` at `target` (encoded path + query) and stream the answer.
+    ) -> int:
+        """Send the client's request to `source` at `target` (encoded path + query) and stream
+        the answer back; return the status to log (499 when the client went away).
 
         `body_override` and `method` let a caller send a body of its own (a translated query)
-        instead of the client's.
+        instead of the client's. Errors before the response started are raised as
+        GatewayErrors for the caller to render.
         """
         prepared = self.prepare(source)
         meters = prepared.meters
         started = time.perf_counter()
-        method = method or request.method
+        method = method or client.method
         status = 500
-        sent = _Counter()
+        sent = 0
         received = 0
         meters.in_flight.inc()
         try:
             headers = request_headers(
-                request.raw_headers,
-                client_address=request.remote,
-                request_id=request[REQUEST_ID],
+                client.headers,
+                client_address=client.remote,
+                request_id=request_id,
                 keep_cookies=prepared.keep_cookies,
                 credentials=prepared.credentials,
                 custom_names=prepared.custom_names,
@@ -161,8 +199,23 @@ class Forwarder:
                 # The gateway sends a body of its own: the client's description of its body
                 # would contradict it (a JSON Content-Type in front of a form, say).
                 headers = [(n, v) for n, v in headers if n.lower() not in _BODY_HEADERS]
-            headers.extend(extra_headers)
-            body, content_length = await self._request_body(request, body_override, sent)
+                headers.extend(extra_headers)
+                body: RequestBody = body_override
+                content_length: int | None = len(body_override)
+                sent = len(body_override)
+            elif not client.has_body:
+                body, content_length = None, None
+            elif client.content_length is not None and client.content_length <= SMALL_BODY:
+                try:
+                    body = await client.read_body(SMALL_BODY)
+                except ConnectionError:
+                    status = CLIENT_CLOSED_REQUEST
+                    client.abort()
+                    return status
+                content_length = sent = len(body)
+            else:
+                counted = _Counted(client.body())
+                body, content_length = counted, client.content_length
             try:
                 upstream = await self._pool.request(
                     prepared.origin,
@@ -178,32 +231,35 @@ class Forwarder:
                 raise Forbidden(f"Data source target is not allowed: {exc}") from exc
             except UpstreamError as exc:
                 status = self._upstream_failed(prepared, exc)
-                raise _gateway_error(exc, request) from exc
-            except ConnectionError as exc:  # the client's body broke off: it went away
+                raise _gateway_error(exc, request_id) from exc
+            except ConnectionError:  # the client's body broke off: it went away
                 status = CLIENT_CLOSED_REQUEST
-                raise _ClientGone() from exc
+                client.abort()
+                return status
             except RequestBodyError as exc:
                 status = 400
                 raise BadRequest(
                     "request body does not match its Content-Length",
                     influx_message="request body does not match its Content-Length",
                 ) from exc
+            finally:
+                if isinstance(body, _Counted):
+                    sent = body.total
             meters.upstream_latency.observe(time.perf_counter() - started)
             async with upstream:
                 status = upstream.status
                 if status == 401:
                     status = 400
-                    return _auth_failed(dialect, request[REQUEST_ID])
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for name, value in response_headers(upstream.headers):
-                    response.headers.add(name, value)
-                response.headers["X-Request-Id"] = request[REQUEST_ID]
+                    _auth_failed(client, dialect, request_id)
+                    return status
+                response = response_headers(upstream.headers)
+                response.append((b"X-Request-Id", request_id.encode()))
+                client.start_response(status, upstream.reason, response)
                 try:
-                    await response.prepare(request)
                     async for chunk in upstream:
                         received += len(chunk)
-                        await response.write(chunk)
-                    await response.write_eof()
+                        await client.write(chunk)
+                    client.finish()
                 except UpstreamError as exc:
                     # Headers are out: the status cannot change. Cut the connection so the
                     # client sees an incomplete response, never a complete-looking short one,
@@ -214,43 +270,24 @@ class Forwarder:
                         source_uid=source.uid,
                         reason=f"upstream {exc.kind} after {received} bytes",
                     )
-                    _abort(request)
+                    client.abort()
                 except ConnectionError:
                     status = CLIENT_CLOSED_REQUEST
-                    _abort(request)
-                return response
-        except _ClientGone:
-            _abort(request)
-            return web.Response(status=CLIENT_CLOSED_REQUEST)
+                    client.abort()
+                return status
         except asyncio.CancelledError:
-            # aiohttp cancels the handler when the client disconnects; the upstream response
+            # The server cancels the handler when the client disconnects; the upstream response
             # was closed on the way out (not pooled), so only the outcome is left to record.
             status = CLIENT_CLOSED_REQUEST
             raise
         finally:
             meters.in_flight.dec()
-            request[RESPONSE_STATUS] = status
             meters.requests(method, str(status)).inc()
             meters.duration.observe(time.perf_counter() - started)
-            if sent.total:
-                meters.request_bytes.inc(sent.total)
+            if sent:
+                meters.request_bytes.inc(sent)
             if received:
                 meters.response_bytes.inc(received)
-
-    async def _request_body(
-        self, request: web.Request, override: bytes | None, sent: _Counter
-    ) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
-        if override is not None:
-            sent.total += len(override)
-            return override, len(override)
-        if not request.body_exists:
-            return None, None
-        length = request.content_length
-        if length is not None and length <= SMALL_BODY:
-            body = await request.read()
-            sent.total += len(body)
-            return body, len(body)
-        return _stream(request, sent), length
 
     def _upstream_failed(
         self, prepared: PreparedSource, exc: UpstreamError, *, passive: bool = True
@@ -267,22 +304,25 @@ class Forwarder:
         return 504 if isinstance(exc, UpstreamTimeout) else 502
 
 
-class _ClientGone(Exception):
-    """The client disconnected while we were still reading its request body."""
+class _Counted:
+    """The client's streamed body, counting the bytes that went upstream."""
+
+    __slots__ = ("_chunks", "total")
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self.total = 0
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._chunks.__anext__()
+        self.total += len(chunk)
+        return chunk
 
 
-@dataclass(slots=True)
-class _Counter:
-    total: int = 0
-
-
-async def _stream(request: web.Request, sent: _Counter) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_any():
-        sent.total += len(chunk)
-        yield chunk
-
-
-def _gateway_error(exc: UpstreamError, request: web.Request) -> GatewayError:
+def _gateway_error(exc: UpstreamError, request_id: str) -> GatewayError:
     error: GatewayError
     if isinstance(exc, UpstreamTimeout):
         error = GatewayTimeout(f"upstream {exc.phase} timeout", influx_message=str(exc))
@@ -290,23 +330,23 @@ def _gateway_error(exc: UpstreamError, request: web.Request) -> GatewayError:
         error = BadGateway(
             f"upstream {exc.kind} error", influx_message=f"upstream {exc.kind} error"
         )
-    error.trace_id = request[REQUEST_ID]
+    error.trace_id = request_id
     return error
 
 
-def _auth_failed(dialect: Dialect, request_id: str) -> web.Response:
+def _auth_failed(client: ClientExchange, dialect: Dialect, request_id: str) -> None:
+    """An upstream 401 must not look like the client's own session failed (Grafana's rule)."""
     if dialect is Dialect.INFLUX:
-        response = influx_error_response(400, "invalid", AUTH_FAILED)
+        body = json.dumps({"code": "invalid", "message": AUTH_FAILED}).encode()
+        headers = [
+            (b"Content-Type", INFLUX_CONTENT_TYPE.encode()),
+            (b"X-Platform-Error-Code", b"invalid"),
+        ]
     else:
-        response = web.Response(status=400, text=AUTH_FAILED)
-    response.headers["X-Request-Id"] = request_id
-    return response
-
-
-def _abort(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
+        body = AUTH_FAILED.encode()
+        headers = [(b"Content-Type", b"text/plain; charset=utf-8")]
+    headers.append((b"X-Request-Id", request_id.encode()))
+    client.respond(400, "Bad Request", headers, body)
 
 
 def _truthy(value: object) -> bool:

@@ -44,6 +44,7 @@ _REQUEST_DROPPED = HOP_BY_HOP | {
     b"content-length",
 }
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"set-cookie", b"content-security-policy"}
+SANDBOX_CSP = (b"Content-Security-Policy", b"sandbox")
 # Cookies the gateway (or Grafana in front of it) uses for its own sessions: never forwarded,
 # even when a source lists them in jsonData.keepCookies.
 RESERVED_COOKIES = frozenset({"grafana_session", "grafana_session_expiry", "gateway_session"})
@@ -123,15 +124,12 @@ def _kept_cookies(values: Iterable[bytes], keep: frozenset[str]) -> bytes:
     return b"; ".join(kept)
 
 
-def response_headers(upstream: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+def response_headers(upstream: Sequence[tuple[bytes, bytes]]) -> RawHeaders:
     """The upstream's headers minus hop-by-hop and Set-Cookie, plus the sandbox CSP."""
     named = connection_named(upstream)
-    out = [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in upstream
-        if name.lower() not in _RESPONSE_DROPPED and name.lower() not in named
-    ]
-    out.append(("Content-Security-Policy", "sandbox"))
+    dropped = _RESPONSE_DROPPED | named if named else _RESPONSE_DROPPED
+    out = [(name, value) for name, value in upstream if name.lower() not in dropped]
+    out.append(SANDBOX_CSP)
     return out
 
 
