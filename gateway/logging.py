@@ -63,14 +63,14 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     )
     structlog.configure(
         processors=[
-            # First: a line below the level costs nothing more (the request line is hot).
-            structlog.stdlib.filter_by_level,
             structlog.processors.StackInfoRenderer(),
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        # A call below the level is a no-op method: no event dict, no processor, no exception
+        # (stdlib.filter_by_level drops lines by raising, ~15 us per proxied request).
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

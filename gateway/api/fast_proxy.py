@@ -79,6 +79,9 @@ class FastProxy:
         self._app = app
         self._api_requests: dict[tuple[str, str, int], Counter] = {}
         self._api_duration: dict[tuple[str, str], Histogram] = {}
+        # Bound once, after logging is configured: a lazy module-level proxy re-resolves the
+        # logger on every call, and the request line is written on every request.
+        self._log = log.bind()
 
     def route(self, method: str, path: str) -> FastHandler | None:
         """The handler for `method path`, or None to leave the request to aiohttp."""
@@ -255,7 +258,7 @@ class FastProxy:
             self._api_duration[(route, method)] = histogram
         histogram.observe(elapsed)
         principal = call.principal
-        log.info(
+        self._log.info(
             "request",
             method=method,
             path=route,

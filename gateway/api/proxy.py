@@ -7,6 +7,7 @@ Thin handlers: resolve the source from the in-memory cache (org-scoped; another 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -58,10 +59,19 @@ def grafana_target(
     if source is None:
         raise DataSourceNotReachable()
     # The remainder as the client encoded it: routes match on the decoded path.
-    segments = raw_path.split("/")
-    path = ProxyPath.parse("/".join(segments[raw_segments_after:]))
-    check_route(source.type, method, path.clean, role)
+    remainder = raw_path.split("/", raw_segments_after)[raw_segments_after:]
+    path = _checked_path(source.type, method, remainder[0] if remainder else "", role)
     return source, with_query(join_upstream_path(source.url, path), raw_query)
+
+
+@functools.lru_cache(maxsize=1024)  # at most ~8 MiB of keys: targets are <= 8 KiB
+def _checked_path(source_type: str, method: str, raw_remainder: str, role: Role) -> ProxyPath:
+    """The parsed path, once it passed the path and route policies: a pure function of its
+    arguments, and clients ask for few distinct paths (query strings vary, paths do not), so
+    it is cached. Refusals raise and are not cached."""
+    path = ProxyPath.parse(raw_remainder)
+    check_route(source_type, method, path.clean, role)
+    return path
 
 
 def check_uid(uid: str) -> None:
