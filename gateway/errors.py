@@ -182,6 +182,15 @@ class VersionConflict(Conflict):
     influx_message = "the source was updated concurrently; retry"
 
 
+class RequestTimeout(GatewayError):
+    """The client stopped sending its request body for longer than the idle timeout."""
+
+    status = 408
+    influx_code = "invalid"
+    message = "Request Timeout: the request body stalled"
+    influx_message = "timed out waiting for the request body"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     influx_code = "request too large"

@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gateway.errors import (
     GatewayError,
+    RequestTimeout,
     Unauthorized,
     dialect_for,
     render_error,
@@ -115,7 +116,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
-        return render_error(exc, dialect_for(request.path))
+        response = render_error(exc, dialect_for(request.path))
+        if isinstance(exc, RequestTimeout):  # the rest of its body may never come
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -35,7 +35,14 @@ from gateway.api.proxy import (
     query_source,
     source_by_influx_id,
 )
-from gateway.errors import Dialect, GatewayError, Unauthorized, dialect_for, render_error
+from gateway.errors import (
+    Dialect,
+    GatewayError,
+    RequestTimeout,
+    Unauthorized,
+    dialect_for,
+    render_error,
+)
 from gateway.front.protocol import Exchange, FastHandler
 from gateway.keys import FORWARDER, METRICS, PRINCIPALS, SOURCES
 from gateway.middlewares import V1_COMPAT_PATHS, choose_request_id, v1_password
@@ -232,6 +239,8 @@ class FastProxy:
         if exchange.response_started:  # too late for an error page: cut the response short
             exchange.abort()
             return response.status
+        if isinstance(error, RequestTimeout):  # the rest of its body may never come
+            exchange.close_after_response()
         headers = [(name.encode(), value.encode()) for name, value in response.headers.items()]
         headers.append((b"X-Request-Id", call.request_id.encode()))
         body = response.body

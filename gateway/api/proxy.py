@@ -315,10 +315,14 @@ class AiohttpExchange:
             yield chunk
 
     async def read_body(self, limit: int) -> bytes:
-        body = await self._request.content.read(limit + 1)
-        if len(body) > limit:
-            raise BodyTooLarge(f"request body larger than {limit} bytes")
-        return body
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self._request.content.iter_any():  # to the end: read(n) stops early
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"request body larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def start_response(
         self, status: int, reason: str, headers: Iterable[tuple[bytes, bytes]]

@@ -405,6 +405,12 @@ class Exchange:
         if self._close:
             conn._close()
 
+    def close_after_response(self) -> None:
+        """No keep-alive: the response says `Connection: close` and the connection then closes
+        (for a request whose body will never be read to its end, e.g. one that stalled)."""
+        if self._head is not None or not self.response_started:
+            self._close = True
+
     def abort(self) -> None:
         """Drop the connection at once: the client sees the response cut off."""
         self._done = True

@@ -36,6 +36,7 @@ from gateway.errors import (
     Forbidden,
     GatewayError,
     GatewayTimeout,
+    RequestTimeout,
 )
 from gateway.health.credentials import source_credentials
 from gateway.metrics import GatewayMetrics, SourceMeters
@@ -207,14 +208,18 @@ class Forwarder:
                 body, content_length = None, None
             elif client.content_length is not None and client.content_length <= SMALL_BODY:
                 try:
-                    body = await client.read_body(SMALL_BODY)
+                    async with asyncio.timeout(prepared.timeouts.body):
+                        body = await client.read_body(SMALL_BODY)
                 except ConnectionError:
                     status = CLIENT_CLOSED_REQUEST
                     client.abort()
                     return status
+                except TimeoutError as exc:
+                    status = 408
+                    raise RequestTimeout() from exc
                 content_length = sent = len(body)
             else:
-                counted = _Counted(client.body())
+                counted = _Counted(client.body(), prepared.timeouts.body)
                 body, content_length = counted, client.content_length
             try:
                 upstream = await self._pool.request(
@@ -236,6 +241,9 @@ class Forwarder:
                 status = CLIENT_CLOSED_REQUEST
                 client.abort()
                 return status
+            except _BodyStalled as exc:  # the client stopped sending mid-body
+                status = 408
+                raise RequestTimeout() from exc
             except RequestBodyError as exc:
                 status = 400
                 raise BadRequest(
@@ -304,20 +312,31 @@ class Forwarder:
         return 504 if isinstance(exc, UpstreamTimeout) else 502
 
 
+class _BodyStalled(Exception):
+    """No byte of the client's streamed body arrived within the idle timeout."""
+
+
 class _Counted:
-    """The client's streamed body, counting the bytes that went upstream."""
+    """The client's streamed body, counting the bytes that went upstream, with the proxy's
+    idle timeout between chunks: a client that stops mid-upload must not hold an upstream
+    connection (and a handler) for ever."""
 
-    __slots__ = ("_chunks", "total")
+    __slots__ = ("_chunks", "_idle_timeout", "total")
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], idle_timeout: float | None) -> None:
         self._chunks = chunks
+        self._idle_timeout = idle_timeout
         self.total = 0
 
     def __aiter__(self) -> _Counted:
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await self._chunks.__anext__()
+        try:
+            async with asyncio.timeout(self._idle_timeout):
+                chunk = await self._chunks.__anext__()
+        except TimeoutError as exc:
+            raise _BodyStalled(f"no request body byte for {self._idle_timeout} s") from exc
         self.total += len(chunk)
         return chunk
 

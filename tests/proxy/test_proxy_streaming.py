@@ -14,6 +14,7 @@ AppRunner does not unless told to.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -549,3 +550,50 @@ async def test_proxy_metrics_move_with_real_requests(
     assert (
         sample(registry, "gateway_proxy_upstream_errors_total", {**labels, "kind": "connect"}) == 0
     )
+
+
+class TestStalledUploads:
+    """A client that stops sending its body must not hold an upstream connection for ever: the
+    proxy's idle timeout applies to the request body too (408, the upstream request cut)."""
+
+    IDLE = 0.5
+
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return dataclasses.replace(settings, proxy_idle_timeout=self.IDLE)
+
+    async def stall(self, client: TestClient, source: Source, declared: int, sent: int) -> bytes:
+        """Announce `declared` body bytes, send `sent`, then wait; return the raw answer."""
+        assert client.server.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        try:
+            head = (
+                f"POST {source.path('sink')} HTTP/1.1\r\nHost: gw\r\n"
+                f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: {declared}\r\n\r\n"
+            )
+            writer.write(head.encode() + b"x" * sent)
+            await writer.drain()
+            return await asyncio.wait_for(reader.read(), 5 + self.IDLE)
+        finally:
+            writer.close()
+
+    async def test_a_streamed_upload_that_stalls_is_408_and_cut_upstream(
+        self, client: TestClient, source: Source, upstream: Upstream, registry: CollectorRegistry
+    ) -> None:
+        started = time.monotonic()
+        answer = await self.stall(client, source, declared=4 * MiB, sent=256 * 1024)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert self.IDLE <= time.monotonic() - started < self.IDLE + 3
+        await asyncio.wait_for(upstream.connection_closed.wait(), RELEASE_SECONDS)
+        (outcome,) = upstream.seen
+        assert "complete" not in outcome
+        code = {**source.labels, "method": "POST", "code": "408"}
+        assert sample(registry, "gateway_proxy_requests_total", code) == 1
+
+    async def test_a_small_body_that_stalls_is_408_before_anything_goes_upstream(
+        self, client: TestClient, source: Source, upstream: Upstream
+    ) -> None:
+        answer = await self.stall(client, source, declared=1000, sent=500)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"the request body stalled" in answer
+        assert not upstream.request_arrived.is_set()
