@@ -1,7 +1,7 @@
 # Datasource Gateway: slim image, non-root, state in the /data volume.
 FROM python:3.11-slim AS build
 WORKDIR /src
-# httptools and cryptography ship wheels for this platform; no compiler needed.
+# httptools, uvloop and cryptography ship wheels for this platform; no compiler needed.
 RUN python -m venv /opt/gateway
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
