@@ -52,7 +52,11 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(
             uid = (await created.json())["datasource"]["uid"]
 
             in_flight = asyncio.create_task(http.get(f"/api/datasources/uid/{uid}/health"))
-            await asyncio.sleep(0.3)  # the probe is now waiting on the slow upstream
+            # A proxied request on a connection of its own: served by the front protocol,
+            # which drains its connections before aiohttp drains its own.
+            proxy_session = aiohttp.ClientSession(gateway.url, headers=headers)
+            proxied = asyncio.create_task(proxy_session.get(f"/api/datasources/proxy/uid/{uid}/x"))
+            await asyncio.sleep(0.3)  # both now wait on the slow upstream
             gateway.proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(gateway.wait_for, "gateway_draining")
 
@@ -64,6 +68,10 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(
             finished = await in_flight
             assert finished.status == 200
             assert (await finished.json())["status"] == "OK"
+            async with proxy_session:
+                answer = await proxied
+                assert answer.status == 200
+                assert await answer.text() == "ok"
         exit_code = await asyncio.to_thread(gateway.stop)
     finally:
         if gateway.proc.poll() is None:
