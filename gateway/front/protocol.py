@@ -43,6 +43,7 @@ has not read yet.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -63,6 +64,11 @@ _logger = logging.getLogger(__name__)
 # The rest of a request body is read and dropped after the response when at most this much of it
 # is still to come; beyond, the connection closes instead (RFC 9112 §9.6 lets it do either).
 _DISCARD_MAX: Final = 64 * 1024
+# Pipelined requests queued behind the one being served; beyond, reading pauses (the requests of
+# the read in hand are all parsed: httptools cannot stop mid-read). Together with not starting
+# the next one while the client leaves our responses unread, this bounds what a client that
+# pipelines without reading can make us hold.
+_MAX_QUEUED: Final = 16
 # How long a closing connection keeps reading (and dropping) what the client still sends.
 _LINGER: Final = 2.0
 # A timer may run this much before its deadline without being re-armed for the rest.
@@ -250,8 +256,7 @@ class _Body:
                 ex._waiter = None
         chunk = ex._chunks.popleft()
         conn._buffered -= len(chunk)
-        if conn._reading_paused and conn._buffered <= conn._resume_at:
-            conn._resume()
+        conn._resume_if_drained()
         return chunk
 
 
@@ -534,13 +539,14 @@ class FrontProtocol(asyncio.Protocol):
 
     # fmt: off
     __slots__ = (
-        "_buffered", "_closed", "_closing", "_connections", "_date", "_deadline", "_deadline_kind",
+        "_buffered", "_closed", "_closing", "_connections", "_context", "_date", "_deadline",
+        "_deadline_kind",
         "_drain_waiter", "_exchange", "_fallback", "_feed", "_feed_completed", "_handoff",
         "_handoff_size", "_head_fed", "_head_more", "_head_start", "_head_timeout", "_headers",
         "_in_head", "_incoming", "_keepalive_timeout", "_loop", "_lost", "_max_buffered",
         "_max_head", "_max_target", "_parser", "_pinned", "_queue", "_reading_paused", "_remote",
         "_resume_at", "_router", "_stopped", "_task", "_timer", "_timer_period", "_transport",
-        "_url", "_write_paused",
+        "_url", "_waiting_to_write", "_write_paused",
     )
     # fmt: on
 
@@ -588,6 +594,7 @@ class FrontProtocol(asyncio.Protocol):
         self._buffered = 0  # request body bytes held for all of them
         self._reading_paused = False
         self._write_paused = False
+        self._waiting_to_write = False  # the next queued exchange waits for resume_writing
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closing = False  # shutting down: close after the exchange in progress
         self._stopped = False  # parsing stopped: close once the queued exchanges are done
@@ -607,6 +614,9 @@ class FrontProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        # The server's context (a worker's log fields, say), for the protocol a hand-off
+        # starts: the hand-off itself may run inside a fast request's task and its context.
+        self._context = contextvars.copy_context()
         if not self._connections._add(self):
             self._closed = True
             transport.close()
@@ -642,6 +652,11 @@ class FrontProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         _wake(self._drain_waiter)
+        if self._waiting_to_write:
+            self._waiting_to_write = False
+            if self._exchange is None and self._queue and not self._closed:
+                self._start(self._queue.popleft())
+                self._resume_if_drained()
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -740,7 +755,9 @@ class FrontProtocol(asyncio.Protocol):
             raise _HandOff
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        target = url.decode("latin-1")
+        # A fragment is not part of the request (RFC 9110 §4.2.4): aiohttp drops it, and so
+        # must we, or `…/flags#x` would pass a route check that `…/flags` fails.
+        target = url.partition(b"#")[0].decode("latin-1")
         path, _, query_string = target.partition("?")
         handler = self._router(method, path)
         if handler is None:
@@ -763,10 +780,12 @@ class FrontProtocol(asyncio.Protocol):
             expect,
         )
         self._incoming = ex
-        if self._exchange is None:
+        if self._exchange is None and not self._queue:
             self._start(ex)
         else:
             self._queue.append(ex)
+            if len(self._queue) >= _MAX_QUEUED:
+                self._pause()
 
     def on_body(self, body: bytes) -> None:
         ex = self._incoming
@@ -828,12 +847,22 @@ class FrontProtocol(asyncio.Protocol):
             self._close()
             return
         if self._queue:
+            if self._write_paused:  # the client is not reading its responses: wait for it
+                self._waiting_to_write = True
+                return
             self._start(self._queue.popleft())
         elif self._handoff is not None:
             self._hand_off(self._handoff)
         elif not self._in_head:
             self._arm(self._keepalive_timeout, _IDLE)
-        if self._reading_paused and self._buffered <= self._resume_at:
+        self._resume_if_drained()
+
+    def _resume_if_drained(self) -> None:
+        if (
+            self._reading_paused
+            and self._buffered <= self._resume_at
+            and len(self._queue) < _MAX_QUEUED
+        ):
             self._resume()
 
     # Interruptions: hand-off, rejection, stop
@@ -904,10 +933,13 @@ class FrontProtocol(asyncio.Protocol):
             transport.resume_reading()
         protocol = self._fallback()
         transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+        # The connection's own context, not the current one: this may run inside the previous
+        # fast request's task, whose request_id the tasks aiohttp starts would inherit.
+        context = self._context
+        context.run(protocol.connection_made, transport)
         if self._write_paused:
-            protocol.pause_writing()
-        protocol.data_received(b"".join(raw))
+            context.run(protocol.pause_writing)
+        context.run(protocol.data_received, b"".join(raw))
 
     # Connection state
 
@@ -928,6 +960,7 @@ class FrontProtocol(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
+        self._handoff = None  # never handed off now: what lingers is dropped, not buffered
         self._deadline = None
         transport = self._transport
         if (
@@ -941,6 +974,7 @@ class FrontProtocol(asyncio.Protocol):
             transport.close()
 
     def _abort(self) -> None:
+        self._handoff = None
         if not self._lost:
             self._closed = True
             self._transport.abort()

@@ -1478,3 +1478,77 @@ async def test_nothing_is_logged_when_all_goes_well(
     srv = await front({"/hello": hello})
     await srv.exchange(get())
     assert caplog.records == []
+
+
+# Found in review: bounds that a hostile client must not be able to lift.
+
+
+async def test_pipelining_without_reading_responses_stays_bounded(front: StartFront) -> None:
+    """A client that pipelines requests and never reads the answers must not make the server
+    queue requests, or buffer responses, without limit: reading pauses."""
+    served = 0
+
+    async def big(ex: Exchange) -> None:
+        nonlocal served
+        served += 1
+        ex.respond(200, "OK", [], b"r" * 256 * 1024)
+
+    srv = await front({"/big": big})
+    reader, writer = await srv.connect()
+    count = 400
+    writer.write(get("/big") * count)  # ~15 KB of requests, ~100 MiB of answers
+    protocol = srv.protocols[0]
+    await eventually(lambda: not protocol._transport.is_reading())
+    await asyncio.sleep(0.2)
+    # A few answers fill the socket buffers; then no other is made until the client reads.
+    # (The requests of one read are all parsed: the queue is bounded by the read size.)
+    assert served < 40
+    assert protocol._transport.get_write_buffer_size() <= 2 * MiB
+    for _ in range(count):  # and nothing was lost: every answer arrives, in order
+        assert len((await read_response(reader)).body) == 256 * 1024
+    assert served == count
+
+
+async def test_a_fragment_in_the_target_is_not_part_of_the_request(front: StartFront) -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    async def flags(ex: Exchange) -> None:
+        seen.append((ex.target, ex.path, ex.query_string))
+        ex.respond(200, "OK", [], b"")
+
+    srv = await front({"/flags": flags})
+    await srv.exchange(get("/flags#x"))
+    await srv.exchange(get("/flags?a=1#z"))
+    assert seen == [("/flags", "/flags", ""), ("/flags?a=1", "/flags", "a=1")]
+
+
+async def test_a_pending_hand_off_is_dropped_when_the_connection_closes(
+    front: StartFront,
+) -> None:
+    """An HTTP/1.0 response without a length closes the connection; the request queued for
+    aiohttp behind it is never handed off, and what the client keeps sending is dropped."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(ex: Exchange) -> None:
+        started.set()
+        await release.wait()
+        ex.start_response(200, "OK", [])  # no length: close-delimited for HTTP/1.0
+        await ex.write(b"slow")
+        ex.finish()
+
+    srv = await front({"/slow": slow}, ServerLimits(max_buffered_body=64 * 1024))
+    _, writer = await srv.connect()
+    writer.write(b"GET /slow HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    await asyncio.wait_for(started.wait(), T)
+    writer.write(b"POST /other HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\n")
+    protocol = srv.protocols[0]
+    await eventually(lambda: protocol._handoff is not None)
+    release.set()
+    await eventually(lambda: protocol._closed)
+    for _ in range(64):  # keeps sending while the server lingers
+        writer.write(b"q" * 65536)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+    assert protocol._handoff is None
+    assert srv.fallback_hits == []
