@@ -229,23 +229,46 @@ def dialect_for(path: str) -> Dialect:
     return Dialect.GRAFANA
 
 
-def render_error(error: GatewayError, dialect: Dialect) -> web.Response:
+RawHeaders = list[tuple[bytes, bytes]]
+_GRAFANA_ERROR_HEADERS = ((b"Content-Type", b"application/json; charset=utf-8"),)
+
+
+def error_parts(error: GatewayError, dialect: Dialect) -> tuple[int, RawHeaders, bytes]:
+    """Status, headers and body of an error in `dialect`: for a server that writes raw bytes
+    (the front server), and, through `render_error`, for aiohttp."""
     if dialect is Dialect.INFLUX:
         # InfluxDB answers a conflict with 422; every other status stays as the error says
         # (502 and 504 stay distinct from 503: they tell who failed).
         status = INFLUX_CODE_STATUS["conflict"] if error.influx_code == "conflict" else error.status
-        return influx_error_response(status, error.influx_code, error.influx_message)
+        return (status, *influx_error_parts(error.influx_code, error.influx_message))
     body = {"message": error.message}
     if error.trace_id is not None:
         body["traceID"] = error.trace_id
-    return web.json_response(body, status=error.status)
+    return error.status, list(_GRAFANA_ERROR_HEADERS), json.dumps(body).encode()
+
+
+def influx_error_parts(code: str, message: str) -> tuple[RawHeaders, bytes]:
+    headers = [
+        (b"X-Platform-Error-Code", code.encode()),
+        (b"Content-Type", INFLUX_CONTENT_TYPE.encode()),
+    ]
+    return headers, json.dumps({"code": code, "message": message}).encode()
+
+
+def render_error(error: GatewayError, dialect: Dialect) -> web.Response:
+    status, headers, body = error_parts(error, dialect)
+    return _response(status, headers, body)
 
 
 def influx_error_response(status: int, code: str, message: str) -> web.Response:
+    return _response(status, *influx_error_parts(code, message))
+
+
+def _response(status: int, headers: RawHeaders, body: bytes) -> web.Response:
     return web.Response(
         status=status,
-        body=json.dumps({"code": code, "message": message}).encode(),
-        headers={"X-Platform-Error-Code": code, "Content-Type": INFLUX_CONTENT_TYPE},
+        body=body,
+        headers={name.decode(): value.decode() for name, value in headers},
     )
 
 

@@ -110,6 +110,9 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # Label children by labels: `.labels()` costs more than the update it serves.
+        self._api_counters: dict[tuple[str, str, int], Counter] = {}
+        self._api_histograms: dict[tuple[str, str], Histogram] = {}
         # Health monitoring.
         self.probe_duration = Histogram(
             "gateway_health_probe_duration_seconds",
@@ -138,6 +141,20 @@ class GatewayMetrics:
             multiprocess_mode="max",
         )
         build.labels(__version__, commit(), platform.python_version()).set(1)
+
+    def record_api_request(self, route: str, method: str, status: int, elapsed: float) -> None:
+        """One answered request to the gateway, by route template."""
+        counter = self._api_counters.get((route, method, status))
+        if counter is None:
+            counter = self.api_requests.labels(route, method, str(status))
+            self._api_counters[(route, method, status)] = counter
+        counter.inc()
+        histogram = self._api_histograms.get((route, method))
+        if histogram is None:
+            histogram = self._api_histograms[(route, method)] = self.api_duration.labels(
+                route, method
+            )
+        histogram.observe(elapsed)
 
     def source_labels(self, org_id: int, uid: str, source_type: str) -> tuple[str, str, str]:
         return (str(org_id), uid, source_type)

@@ -15,11 +15,12 @@ import itertools
 import re
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from structlog.typing import FilteringBoundLogger
 
 from gateway.errors import (
     GatewayError,
@@ -30,7 +31,9 @@ from gateway.errors import (
     render_http_exception,
 )
 from gateway.keys import METRICS, PRINCIPAL, PRINCIPALS, REQUEST_ID, RESPONSE_STATUS
-from gateway.security.auth import token_from_header
+from gateway.metrics import GatewayMetrics
+from gateway.registry.models import Principal
+from gateway.security.auth import PrincipalCache, token_from_header
 
 log = structlog.get_logger("gateway.request")
 
@@ -95,20 +98,38 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         status = request.get(RESPONSE_STATUS, status)
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "<unmatched>"
-        principal = request.get(PRINCIPAL)
         elapsed = time.perf_counter() - started
-        metrics = request.app[METRICS]
-        metrics.api_requests.labels(route, request.method, str(status)).inc()
-        metrics.api_duration.labels(route, request.method).observe(elapsed)
-        log.info(
-            "request",
-            method=request.method,
-            path=route,
-            status=status,
-            duration_ms=round(elapsed * 1000, 2),
-            org=principal.org.id if principal else None,
+        record_request(
+            request.app[METRICS],
+            log,
+            request.method,
+            route,
+            status,
+            elapsed,
+            request.get(PRINCIPAL),
         )
         structlog.contextvars.unbind_contextvars("request_id")
+
+
+def record_request(
+    metrics: GatewayMetrics,
+    logger: FilteringBoundLogger,
+    method: str,
+    route: str,
+    status: int,
+    elapsed: float,
+    principal: Principal | None,
+) -> None:
+    """The API metrics and the one canonical log line of a request, whichever server took it."""
+    metrics.record_api_request(route, method, status, elapsed)
+    logger.info(
+        "request",
+        method=method,
+        path=route,
+        status=status,
+        duration_ms=round(elapsed * 1000, 2),
+        org=principal.org.id if principal else None,
+    )
 
 
 @web.middleware
@@ -134,11 +155,6 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 V1_COMPAT_PATHS = frozenset({"/query", "/write"})
 
 
-def v1_token(request: web.Request) -> str | None:
-    """The token an InfluxDB 1.x client sends as its password (`p=` or Basic auth)."""
-    return v1_password(request.headers.get("Authorization"), request.query.get("p"))
-
-
 def v1_password(authorization: str | None, p_param: str | None) -> str | None:
     """The password of Basic auth, else the `p` query parameter."""
     scheme, _, encoded = (authorization or "").strip().partition(" ")
@@ -156,13 +172,29 @@ def authenticate(public_paths: Collection[str]) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in public_paths:
             return await handler(request)
-        token = token_from_header(request.headers.get("Authorization"))
-        if token is None and request.path in V1_COMPAT_PATHS:
-            token = v1_token(request)
-        principal = await request.app[PRINCIPALS].resolve(token) if token else None
-        if principal is None:
-            raise Unauthorized()
-        request[PRINCIPAL] = principal
+        request[PRINCIPAL] = await principal_for(
+            request.app[PRINCIPALS],
+            request.path,
+            request.headers.get("Authorization"),
+            lambda: request.query.get("p"),
+        )
         return await handler(request)
 
     return middleware
+
+
+async def principal_for(
+    principals: PrincipalCache,
+    path: str,
+    authorization: str | None,
+    p_param: Callable[[], str | None],
+) -> Principal:
+    """Who sends `Authorization` (Bearer/Token; on InfluxDB 1.x paths also the password of
+    Basic auth or of `p=`, read only then); Unauthorized if nobody."""
+    token = token_from_header(authorization)
+    if token is None and path in V1_COMPAT_PATHS:
+        token = v1_password(authorization, p_param())
+    principal = await principals.resolve(token) if token else None
+    if principal is None:
+        raise Unauthorized()
+    return principal

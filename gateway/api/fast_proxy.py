@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from gateway.api.grafana import ORG_HEADER, acting_org_id
 from gateway.api.proxy import (
@@ -39,16 +39,14 @@ from gateway.errors import (
     Dialect,
     GatewayError,
     RequestTimeout,
-    Unauthorized,
     dialect_for,
-    render_error,
+    error_parts,
 )
 from gateway.front.protocol import Exchange, FastHandler
 from gateway.keys import FORWARDER, METRICS, PRINCIPALS, SOURCES
-from gateway.middlewares import V1_COMPAT_PATHS, choose_request_id, v1_password
+from gateway.middlewares import choose_request_id, principal_for, record_request
 from gateway.proxy.forward import CLIENT_CLOSED_REQUEST
 from gateway.registry.models import DataSource, Principal
-from gateway.security.auth import token_from_header
 
 log = structlog.get_logger("gateway.request")
 
@@ -84,8 +82,6 @@ class FastProxy:
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
-        self._api_requests: dict[tuple[str, str, int], Counter] = {}
-        self._api_duration: dict[tuple[str, str], Histogram] = {}
         # Bound once, after logging is configured: a lazy module-level proxy re-resolves the
         # logger on every call, and the request line is written on every request.
         self._log = log.bind()
@@ -209,7 +205,12 @@ class FastProxy:
         call = _Call(exchange, request_id, route)
         status = 500
         try:
-            principal = await self._authenticate(exchange)
+            principal = await principal_for(
+                self._app[PRINCIPALS],
+                exchange.path,
+                _text(exchange.header(b"authorization")),
+                lambda: _query_param(exchange.query_string, "p"),
+            )
             call.principal = principal
             status = await handler(call, principal)
         except GatewayError as exc:
@@ -221,60 +222,27 @@ class FastProxy:
             log.exception("unhandled_error", method=exchange.method, path=exchange.path)
             status = self._render(call, GatewayError())
         finally:
-            self._record(call, status, time.perf_counter() - started)
-
-    async def _authenticate(self, exchange: Exchange) -> Principal:
-        authorization = _text(exchange.header(b"authorization"))
-        token = token_from_header(authorization)
-        if token is None and exchange.path in V1_COMPAT_PATHS:
-            token = v1_password(authorization, _query_param(exchange.query_string, "p"))
-        principal = await self._app[PRINCIPALS].resolve(token) if token else None
-        if principal is None:
-            raise Unauthorized()
-        return principal
+            record_request(
+                self._app[METRICS],
+                self._log,
+                exchange.method,
+                route,
+                status,
+                time.perf_counter() - started,
+                call.principal,
+            )
 
     def _render(self, call: _Call, error: GatewayError) -> int:
         exchange = call.exchange
-        response = render_error(error, dialect_for(exchange.path))
+        status, headers, body = error_parts(error, dialect_for(exchange.path))
         if exchange.response_started:  # too late for an error page: cut the response short
             exchange.abort()
-            return response.status
+            return status
         if isinstance(error, RequestTimeout):  # the rest of its body may never come
             exchange.close_after_response()
-        headers = [(name.encode(), value.encode()) for name, value in response.headers.items()]
         headers.append((b"X-Request-Id", call.request_id.encode()))
-        body = response.body
-        exchange.respond(
-            response.status,
-            response.reason,
-            headers,
-            body if isinstance(body, bytes) else b"",
-        )
-        return response.status
-
-    def _record(self, call: _Call, status: int, elapsed: float) -> None:
-        method = call.exchange.method
-        route = call.route
-        metrics = self._app[METRICS]
-        counter = self._api_requests.get((route, method, status))
-        if counter is None:
-            counter = metrics.api_requests.labels(route, method, str(status))
-            self._api_requests[(route, method, status)] = counter
-        counter.inc()
-        histogram = self._api_duration.get((route, method))
-        if histogram is None:
-            histogram = metrics.api_duration.labels(route, method)
-            self._api_duration[(route, method)] = histogram
-        histogram.observe(elapsed)
-        principal = call.principal
-        self._log.info(
-            "request",
-            method=method,
-            path=route,
-            status=status,
-            duration_ms=round(elapsed * 1000, 2),
-            org=principal.org.id if principal else None,
-        )
+        exchange.respond(status, HTTPStatus(status).phrase, headers, body)
+        return status
 
 
 def _text(value: bytes | None) -> str | None:

@@ -18,7 +18,6 @@ Outcomes:
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -29,7 +28,6 @@ import structlog
 
 from gateway.config import Settings
 from gateway.errors import (
-    INFLUX_CONTENT_TYPE,
     BadGateway,
     BadRequest,
     Dialect,
@@ -37,6 +35,7 @@ from gateway.errors import (
     GatewayError,
     GatewayTimeout,
     RequestTimeout,
+    influx_error_parts,
 )
 from gateway.health.credentials import source_credentials
 from gateway.metrics import GatewayMetrics, SourceMeters
@@ -356,14 +355,9 @@ def _gateway_error(exc: UpstreamError, request_id: str) -> GatewayError:
 def _auth_failed(client: ClientExchange, dialect: Dialect, request_id: str) -> None:
     """An upstream 401 must not look like the client's own session failed (Grafana's rule)."""
     if dialect is Dialect.INFLUX:
-        body = json.dumps({"code": "invalid", "message": AUTH_FAILED}).encode()
-        headers = [
-            (b"Content-Type", INFLUX_CONTENT_TYPE.encode()),
-            (b"X-Platform-Error-Code", b"invalid"),
-        ]
+        headers, body = influx_error_parts("invalid", AUTH_FAILED)
     else:
-        body = AUTH_FAILED.encode()
-        headers = [(b"Content-Type", b"text/plain; charset=utf-8")]
+        headers, body = [(b"Content-Type", b"text/plain; charset=utf-8")], AUTH_FAILED.encode()
     headers.append((b"X-Request-Id", request_id.encode()))
     client.respond(400, "Bad Request", headers, body)
 
