@@ -215,7 +215,7 @@ async def read_body(request: web.Request) -> DataSourceBody:
         raise BadRequest()
     raw = await request.read()
     try:
-        document = json.loads(raw, parse_constant=_reject_constant, parse_float=finite_float)
+        document = json.loads(raw, parse_constant=reject_json_constant, parse_float=finite_float)
     except (ValueError, RecursionError) as exc:  # includes JSONDecodeError and bad UTF-8
         raise BadRequest() from exc
     if not isinstance(document, dict) or _has_unstorable_text(document):
@@ -359,7 +359,7 @@ def finite_float(text: str) -> float:
     return number
 
 
-def _reject_constant(name: str) -> Any:
+def reject_json_constant(name: str) -> Any:
     """NaN and ±Infinity are not JSON; json.loads would accept them and we would echo them."""
     raise ValueError(f"{name} is not valid JSON")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yarl
 
-from gateway.api.grafana_dto import finite_float
+from gateway.api.grafana_dto import finite_float, reject_json_constant
 from gateway.errors import BadRequest, DataSourceNotFound, Forbidden, InvalidId, ReadOnlySource
 from gateway.registry.models import (
     MAX_NAME_LENGTH,
@@ -226,13 +226,11 @@ def _decode_object(raw: bytes) -> dict[str, Any]:
         raise BadRequest(influx_message="request body is empty: expected a JSON object")
     try:
         data = json.loads(
-            raw.decode("utf-8"), parse_float=finite_float, parse_constant=_reject_constant
+            raw.decode("utf-8"), parse_float=finite_float, parse_constant=reject_json_constant
         )
     except UnicodeDecodeError:
         raise BadRequest(influx_message="request body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(influx_message=f"request body is not valid JSON: {exc}") from None
-    except ValueError as exc:  # a number json cannot hold: too many digits, or out of range
+    except ValueError as exc:  # JSONDecodeError, or a number json cannot hold
         raise BadRequest(influx_message=f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest(influx_message="request body is nested too deeply") from None
@@ -241,10 +239,6 @@ def _decode_object(raw: bytes) -> dict[str, Any]:
             influx_message=f"request body must be a JSON object, not {_json_type(data)}"
         )
     return data
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _source_fields(data: Mapping[str, Any]) -> SourceInput:

@@ -78,10 +78,9 @@ async def _source_checks(request: web.Request) -> list[dict[str, str]]:
         for state in request.app[MONITOR].states()
         if principal is None or state.source.org_id == principal.org.id
     ]
-    results = [(state, state.health_check()) for state in states]
-    results = [(state, result) for state, result in results if result is not None]
+    results = [(state, result) for state in states if (result := state.health_check()) is not None]
     if principal is None:
-        failing = sum(1 for _, result in results if result and result["status"] == "fail")
+        failing = sum(1 for _, result in results if result["status"] == "fail")
         if not results:
             return []
         return [
@@ -95,7 +94,6 @@ async def _source_checks(request: web.Request) -> list[dict[str, str]]:
     entries = [
         {"name": state.source.name, "status": result["status"], "message": result["message"]}
         for state, result in results
-        if result is not None
     ]
     return sorted(entries, key=lambda entry: entry["name"].lower())
 

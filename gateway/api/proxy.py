@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.api.grafana import request_org_id
 from gateway.errors import BadRequest, Dialect, NotFound, PayloadTooLarge
-from gateway.front.protocol import BodyTooLarge
+from gateway.front.protocol import BodyTooLarge, read_limited
 from gateway.health.credentials import InfluxQueryLanguage, influx_query_language
 from gateway.keys import FORWARDER, PRINCIPAL, REQUEST_ID, RESPONSE_STATUS, SOURCES
 from gateway.proxy.forward import CLIENT_CLOSED_REQUEST, ClientExchange, Forwarder
@@ -315,14 +315,7 @@ class AiohttpExchange:
             yield chunk
 
     async def read_body(self, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in self._request.content.iter_any():  # to the end: read(n) stops early
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"request body larger than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_limited(self.body(), limit)  # to the end: content.read(n) stops early
 
     def start_response(
         self, status: int, reason: str, headers: Iterable[tuple[bytes, bytes]]

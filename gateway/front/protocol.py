@@ -101,6 +101,18 @@ _IDLE: Final = 1
 _LINGERING: Final = 2
 
 
+async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """All of `chunks` joined; BodyTooLarge as soon as they pass `limit` bytes."""
+    parts = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 class BodyTooLarge(ValueError):
     """The request body is longer than the limit given to `Exchange.read_body`."""
 
@@ -337,14 +349,7 @@ class Exchange:
         """The whole request body; BodyTooLarge when it is longer than `limit`."""
         if self.content_length is not None and self.content_length > limit:
             raise BodyTooLarge(f"request body of {self.content_length} bytes exceeds {limit}")
-        chunks = []
-        size = 0
-        async for chunk in self.body():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"request body exceeds {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_limited(self.body(), limit)
 
     # The response.
 

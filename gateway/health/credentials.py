@@ -100,6 +100,12 @@ def custom_headers(source: DataSource) -> list[tuple[str, str]]:
         number += 1
 
 
+def tls_skip_verify(source: DataSource) -> bool:
+    """Grafana's `jsonData.tlsSkipVerify`, as a boolean or the string "true"."""
+    value = source.json_data.get("tlsSkipVerify")
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
 def url_without_userinfo(url: URL) -> URL:
     """`url` minus `user:password@`, which aiohttp would otherwise turn into its own basic auth."""
     return url.with_user(None) if url.raw_user or url.raw_password else url

@@ -78,7 +78,6 @@ class SourceState:
     since: datetime | None = None
     last_result: HealthCheck | None = None
     last_checked: datetime | None = None
-    last_checked_monotonic: float | None = None
     consecutive_failures: int = 0
     consecutive_passes: int = 0
     generation: int = 0  # bumps on every reschedule; stale heap entries are skipped
@@ -170,7 +169,6 @@ class HealthMonitor:
         now = datetime.now(UTC)
         state.last_result = result
         state.last_checked = now
-        state.last_checked_monotonic = time.monotonic()
         passed = result.get("status") == "pass"
         if passed:
             state.consecutive_passes += 1

@@ -46,6 +46,7 @@ from gateway.health.credentials import (
     InfluxQueryLanguage,
     influx_query_language,
     source_credentials,
+    tls_skip_verify,
     url_without_userinfo,
 )
 from gateway.registry.models import DataSource
@@ -127,7 +128,7 @@ class _Probe:
         self._headers.setdefault("User-Agent", USER_AGENT)
         self._headers.setdefault("Accept", "application/json, text/plain;q=0.9, */*;q=0.1")
         # False turns verification off in aiohttp; True means the default verifying context.
-        self._ssl = not _is_true(source.json_data.get("tlsSkipVerify"))
+        self._ssl = not tls_skip_verify(source)
         self.base_url = _base_url(source.url)
         self.checks: list[HealthCheck] = []
         self.version = ""
@@ -522,10 +523,6 @@ def _base_url(url: str) -> URL | None:
 
 def _join_path(base: str, path: str) -> str:
     return (base.rstrip("/") + path) or "/"
-
-
-def _is_true(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def _dig(value: Any, *keys: str) -> Any:

@@ -37,9 +37,14 @@ from gateway.errors import (
     RequestTimeout,
     influx_error_parts,
 )
-from gateway.health.credentials import source_credentials
+from gateway.health.credentials import source_credentials, tls_skip_verify
 from gateway.metrics import GatewayMetrics, SourceMeters
-from gateway.proxy.headers import keep_cookie_names, request_headers, response_headers
+from gateway.proxy.headers import (
+    SourceHeaders,
+    keep_cookie_names,
+    request_headers,
+    response_headers,
+)
 from gateway.proxy.http1 import (
     RequestBody,
     RequestBodyError,
@@ -96,10 +101,7 @@ class ClientExchange(Protocol):
 class PreparedSource:
     source: DataSource
     origin: Origin
-    credentials: tuple[tuple[bytes, bytes], ...]
-    custom_names: frozenset[bytes]
-    set_by_source: frozenset[bytes]  # computed once: the request path only looks names up
-    keep_cookies: frozenset[str]
+    headers: SourceHeaders
     timeouts: Timeouts
     meters: SourceMeters
 
@@ -124,9 +126,7 @@ class Forwarder:
         if cached is not None and cached.source.version == source.version:
             return cached
         try:
-            origin = Origin.from_url(
-                source.url, tls_skip_verify=_truthy(source.json_data.get("tlsSkipVerify"))
-            )
+            origin = Origin.from_url(source.url, tls_skip_verify=tls_skip_verify(source))
         except ValueError as exc:
             raise BadRequest(
                 "Invalid data source URL", influx_message="invalid source URL"
@@ -144,16 +144,17 @@ class Forwarder:
         prepared = PreparedSource(
             source=source,
             origin=origin,
-            credentials=credentials,
-            custom_names=custom_names,
-            set_by_source=frozenset(name.lower() for name, _ in credentials) | custom_names,
-            keep_cookies=keep_cookie_names(source.json_data),
+            headers=SourceHeaders.of(
+                credentials, custom_names, keep_cookie_names(source.json_data)
+            ),
             timeouts=Timeouts(
                 connect=settings.proxy_connect_timeout,
                 headers=_seconds(source.json_data.get("timeout"), settings.proxy_response_timeout),
                 body=settings.proxy_idle_timeout,
             ),
-            meters=self._metrics.source_meters((str(source.org_id), source.uid, source.type)),
+            meters=self._metrics.source_meters(
+                self._metrics.source_labels(source.org_id, source.uid, source.type)
+            ),
         )
         self._prepared[source.id] = prepared
         return prepared
@@ -184,16 +185,14 @@ class Forwarder:
         status = 500
         sent = 0
         received = 0
+        request_id_bytes = request_id.encode()
         meters.in_flight.inc()
         try:
             headers = request_headers(
                 client.headers,
                 client_address=client.remote,
-                request_id=request_id,
-                keep_cookies=prepared.keep_cookies,
-                credentials=prepared.credentials,
-                custom_names=prepared.custom_names,
-                set_by_source=prepared.set_by_source,
+                request_id=request_id_bytes,
+                source=prepared.headers,
             )
             if body_override is not None:
                 # The gateway sends a body of its own: the client's description of its body
@@ -260,7 +259,7 @@ class Forwarder:
                     _auth_failed(client, dialect, request_id)
                     return status
                 response = response_headers(upstream.headers)
-                response.append((b"X-Request-Id", request_id.encode()))
+                response.append((b"X-Request-Id", request_id_bytes))
                 client.start_response(status, upstream.reason, response)
                 try:
                     async for chunk in upstream:
@@ -360,10 +359,6 @@ def _auth_failed(client: ClientExchange, dialect: Dialect, request_id: str) -> N
         headers, body = [(b"Content-Type", b"text/plain; charset=utf-8")], AUTH_FAILED.encode()
     headers.append((b"X-Request-Id", request_id.encode()))
     client.respond(400, "Bad Request", headers, body)
-
-
-def _truthy(value: object) -> bool:
-    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def _seconds(value: object, default: float) -> float:

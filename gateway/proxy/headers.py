@@ -12,6 +12,7 @@ the gateway's origin), and `Content-Security-Policy: sandbox` is added, as Grafa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -59,23 +60,55 @@ def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return named
 
 
+@dataclass(frozen=True, slots=True)
+class SourceHeaders:
+    """What a source adds to every request, worked out once per version of the source.
+
+    - `authorization`: its own Authorization (basic auth, a token, or a custom header), if any;
+    - `others`: its other credential and custom headers, in order;
+    - `ds_authorization_wins`: X-DS-Authorization replaces `authorization` (Grafana's rule,
+      unless a custom header sets Authorization);
+    - `replaced`: lower-case names the source sets, whose client copies are dropped (Grafana's
+      Header.Set): appended after a client copy they would come second, and most servers read
+      the first value — a client could then pick another tenant's X-Scope-OrgID or its own key;
+    - `keep_cookies`: the cookie names `jsonData.keepCookies` lets through.
+    """
+
+    authorization: bytes | None
+    others: tuple[tuple[bytes, bytes], ...]
+    ds_authorization_wins: bool
+    replaced: frozenset[bytes]
+    keep_cookies: frozenset[str]
+
+    @classmethod
+    def of(
+        cls,
+        credentials: Sequence[tuple[bytes, bytes]],
+        custom_names: frozenset[bytes],
+        keep_cookies: frozenset[str],
+    ) -> SourceHeaders:
+        """`credentials`: the source's headers; `custom_names`: the lower-case names of its
+        `jsonData.httpHeaderNameN`."""
+        return cls(
+            authorization=next(
+                (value for name, value in credentials if name.lower() == b"authorization"), None
+            ),
+            others=tuple((n, v) for n, v in credentials if n.lower() != b"authorization"),
+            ds_authorization_wins=b"authorization" not in custom_names,
+            replaced=frozenset(name.lower() for name, _ in credentials) | custom_names,
+            keep_cookies=keep_cookies,
+        )
+
+
 def request_headers(
     incoming: Sequence[tuple[bytes, bytes]],
     *,
     client_address: str | None,
-    request_id: str,
-    keep_cookies: frozenset[str],
-    credentials: Sequence[tuple[bytes, bytes]],
-    custom_names: frozenset[bytes],
-    set_by_source: frozenset[bytes],
+    request_id: bytes,
+    source: SourceHeaders,
 ) -> RawHeaders:
-    """The headers sent upstream: the client's, filtered, then the source's credentials.
-
-    `set_by_source` (lower-case names of `credentials` and `custom_names`) replace the client's
-    copies (Grafana's Header.Set): appended after a client copy they would come second, and
-    most servers read the first value — a client could then pick another tenant's
-    X-Scope-OrgID or its own API key.
-    """
+    """The headers sent upstream: the client's, filtered, then the source's own."""
+    set_by_source = source.replaced
     named = connection_named(incoming)
     out: RawHeaders = []
     forwarded_for: list[bytes] = []
@@ -92,21 +125,19 @@ def request_headers(
         if lower in _REQUEST_DROPPED or lower in named or lower in set_by_source:
             continue
         out.append((name, value))
-    kept = _kept_cookies(cookies, keep_cookies)
+    kept = _kept_cookies(cookies, source.keep_cookies)
     if kept:
         out.append((b"Cookie", kept))
     if client_address:
         forwarded_for.append(client_address.encode())
     if forwarded_for:
         out.append((b"X-Forwarded-For", b", ".join(forwarded_for)))
-    out.append((b"X-Request-Id", request_id.encode()))
+    out.append((b"X-Request-Id", request_id))
     # Grafana's order: the source's auth, then X-DS-Authorization, then custom headers on top.
-    authorization = next((v for n, v in credentials if n.lower() == b"authorization"), None)
-    if ds_authorization is not None and b"authorization" not in custom_names:
+    authorization = source.authorization
+    if ds_authorization is not None and source.ds_authorization_wins:
         authorization = ds_authorization
-    for name, value in credentials:
-        if name.lower() != b"authorization":
-            out.append((name, value))
+    out.extend(source.others)
     if authorization is not None:
         out.append((b"Authorization", authorization))
     return out

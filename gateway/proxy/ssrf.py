@@ -23,8 +23,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from gateway.errors import TargetNotAllowed
+from gateway.proxy.upstream import IPAddress, addresses_of
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 RESOLVE_TIMEOUT = 5.0
@@ -192,11 +192,7 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     infos = await asyncio.wait_for(
         loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT
     )
-    seen: dict[IPAddress, None] = {}
-    for family, _, _, _, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6):
-            seen[ipaddress.ip_address(sockaddr[0])] = None
-    return list(seen)
+    return addresses_of(infos)
 
 
 def _literal(host: str) -> IPAddress | None:

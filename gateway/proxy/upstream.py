@@ -75,7 +75,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 from gateway.proxy.http1 import (
@@ -486,13 +486,7 @@ class UpstreamPool:
     ) -> None:
         origin = state.origin
         infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
-        resolved = list(
-            dict.fromkeys(
-                ipaddress.ip_address(sockaddr[0])
-                for family, _, _, _, sockaddr in infos
-                if family in (socket.AF_INET, socket.AF_INET6)
-            )
-        )
+        resolved = addresses_of(infos)
         last_error: OSError | None = None
         for address in address_filter(origin.host, origin.port, resolved):
             try:
@@ -510,6 +504,17 @@ class UpstreamPool:
             else:
                 return
         raise last_error or OSError(f"{origin.host} has no address to connect to")
+
+
+def addresses_of(infos: Iterable[tuple[Any, ...]]) -> list[IPAddress]:
+    """The distinct IP addresses of a getaddrinfo answer, in its order."""
+    return list(
+        dict.fromkeys(
+            ipaddress.ip_address(sockaddr[0])
+            for family, _, _, _, sockaddr in infos
+            if family in (socket.AF_INET, socket.AF_INET6)
+        )
+    )
 
 
 def _connect_error(

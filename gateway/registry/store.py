@@ -219,13 +219,7 @@ class RegistryStore:
         self, org_id: int, role: Role, token_hash: str, description: str = ""
     ) -> int:
         async with self._write() as db:
-            cursor = await db.execute(
-                "INSERT INTO api_token (org_id, role, token_hash, description, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (org_id, role.value, token_hash, description, _now()),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
+            return await _insert_token(db, org_id, role, token_hash, description)
 
     async def ensure_token(
         self, org_id: int, role: Role, token_hash: str, description: str
@@ -238,11 +232,7 @@ class RegistryStore:
             )
             row = await cursor.fetchone()
             if row is None:
-                await db.execute(
-                    "INSERT INTO api_token (org_id, role, token_hash, description, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (org_id, role.value, token_hash, description, _now()),
-                )
+                await _insert_token(db, org_id, role, token_hash, description)
                 return True
             if row["revoked"] is None and row["role"] == role.value and row["org_id"] == org_id:
                 return False
@@ -262,11 +252,7 @@ class RegistryStore:
             cursor = await db.execute("SELECT 1 FROM api_token WHERE revoked IS NULL LIMIT 1")
             if await cursor.fetchone() is not None:
                 return False
-            await db.execute(
-                "INSERT INTO api_token (org_id, role, token_hash, description, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (org_id, role.value, token_hash, description, _now()),
-            )
+            await _insert_token(db, org_id, role, token_hash, description)
             return True
 
     async def find_principal(self, token_hash: str) -> Principal | None:
@@ -309,14 +295,7 @@ class RegistryStore:
     # --- data sources ------------------------------------------------------------------------
 
     async def list_sources(self, org_id: int | None = None) -> list[DataSource]:
-        if org_id is None:
-            rows = await self._fetchall(f"SELECT {_SOURCE_COLUMNS} FROM data_source ORDER BY id")
-        else:
-            rows = await self._fetchall(
-                f"SELECT {_SOURCE_COLUMNS} FROM data_source WHERE org_id = ? ORDER BY id",
-                (org_id,),
-            )
-        return [self._source(row) for row in rows]
+        return [self._source(row) for row in await self._fetchall(*_list_sources_sql(org_id))]
 
     async def get_source(
         self,
@@ -588,11 +567,7 @@ class RegistryBatch:
         self._db = db
 
     async def sources(self, org_id: int | None = None) -> list[DataSource]:
-        sql = f"SELECT {_SOURCE_COLUMNS} FROM data_source"
-        params: tuple[Any, ...] = ()
-        if org_id is not None:
-            sql, params = sql + " WHERE org_id = ?", (org_id,)
-        cursor = await self._db.execute(sql + " ORDER BY id", params)
+        cursor = await self._db.execute(*_list_sources_sql(org_id))
         return [self._store._source(row) for row in await cursor.fetchall()]
 
     async def org_exists(self, org_id: int) -> bool:
@@ -691,3 +666,22 @@ async def _enable_wal(conn: aiosqlite.Connection, patience: float = 10.0) -> Non
             if "locked" not in str(exc) or asyncio.get_running_loop().time() > deadline:
                 raise
         await asyncio.sleep(0.05)
+
+
+def _list_sources_sql(org_id: int | None) -> tuple[str, tuple[Any, ...]]:
+    """Every source, or one org's, in id order."""
+    if org_id is None:
+        return f"SELECT {_SOURCE_COLUMNS} FROM data_source ORDER BY id", ()
+    return f"SELECT {_SOURCE_COLUMNS} FROM data_source WHERE org_id = ? ORDER BY id", (org_id,)
+
+
+async def _insert_token(
+    db: aiosqlite.Connection, org_id: int, role: Role, token_hash: str, description: str
+) -> int:
+    cursor = await db.execute(
+        "INSERT INTO api_token (org_id, role, token_hash, description, created) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (org_id, role.value, token_hash, description, _now()),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
