@@ -27,9 +27,11 @@ from gateway.registry.models import (
     MAX_NAME_LENGTH,
     MAX_URL_LENGTH,
     UID_PATTERN,
+    UNSTORABLE_TEXT,
     DataSource,
     DataSourceSpec,
     Role,
+    merge_secrets,
 )
 
 INVALID_NAME = "Invalid datasource name."
@@ -48,7 +50,6 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # some of them, and a backslash is read differently by different parsers (an SSRF classic).
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
 _URL_SCHEMES = frozenset({"http", "https"})
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # --- known plugin types ---------------------------------------------------------------------
@@ -258,7 +259,7 @@ def create_spec(body: DataSourceBody) -> DataSourceSpec:
         with_credentials=body.with_credentials,
         is_default=body.is_default,
         json_data=body.json_data,
-        secure_json_data={key: value for key, value in body.secure_json_data.items() if value},
+        secure_json_data=merge_secrets({}, body.secure_json_data),
         uid=body.uid,
         api_version=body.api_version,
     )
@@ -282,7 +283,6 @@ def updated_spec(body: DataSourceBody, current: DataSource) -> DataSourceSpec:
     """
     if body.uid and body.uid != current.uid:
         raise BadRequest(UID_CHANGED)
-    secrets = {**current.secure_json_data, **body.secure_json_data}
     return DataSourceSpec(
         name=body.name,
         type=body.type,
@@ -295,7 +295,7 @@ def updated_spec(body: DataSourceBody, current: DataSource) -> DataSourceSpec:
         with_credentials=body.with_credentials,
         is_default=body.is_default,
         json_data=body.json_data,
-        secure_json_data={key: value for key, value in secrets.items() if value},
+        secure_json_data=merge_secrets(current.secure_json_data, body.secure_json_data),
         uid=current.uid,
         api_version=body.api_version,
         read_only=current.read_only,
@@ -341,7 +341,7 @@ def _has_unstorable_text(document: Any) -> bool:
     while pending:
         value = pending.pop()
         if isinstance(value, str):
-            if "\x00" in value or _SURROGATE.search(value):
+            if UNSTORABLE_TEXT.search(value):
                 return True
         elif isinstance(value, dict):
             pending.extend(value.keys())

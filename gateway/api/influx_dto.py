@@ -29,6 +29,7 @@ from gateway.registry.models import (
     DataSource,
     DataSourceSpec,
     influx_id,
+    merge_secrets,
 )
 from gateway.upstream_influx import Bucket
 
@@ -387,7 +388,7 @@ def new_source_spec(source: SourceInput, org_influx_id: str) -> DataSourceSpec:
     json_data: dict[str, Any] = {}
     _set_type(json_data, kind)
     _apply_json_data(json_data, source)
-    secrets = {key: value for key, value in source.secrets.items() if value}
+    secrets = merge_secrets({}, source.secrets)
     url = source.url or ""
     _check_url_present(kind, url)
     return DataSourceSpec(
@@ -416,12 +417,7 @@ def patched_spec(current: DataSource, patch: SourceInput, org_influx_id: str) ->
         kind = patch.type
         _set_type(json_data, kind)
     _apply_json_data(json_data, patch)
-    secrets = dict(spec.secure_json_data)
-    for key, value in patch.secrets.items():
-        if value:
-            secrets[key] = value
-        else:
-            secrets.pop(key, None)
+    secrets = merge_secrets(spec.secure_json_data, patch.secrets)
     url = spec.url if patch.url is None else patch.url
     _check_url_present(kind, url)
     return dataclasses.replace(

@@ -13,7 +13,6 @@ often secrets.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
@@ -23,6 +22,7 @@ from yaml.constructor import SafeConstructor
 from gateway.api.grafana_dto import parse_int64
 from gateway.provisioning.expand import expand
 from gateway.provisioning.model import Place, Problem
+from gateway.registry.models import UNSTORABLE_TEXT
 
 _TAG = "tag:yaml.org,2002:"
 NULL, BOOL, INT, FLOAT, STR = (_TAG + name for name in ("null", "bool", "int", "float", "str"))
@@ -35,7 +35,6 @@ _BOOL_SPELLINGS = frozenset(
 )
 # SQLite cannot store a lone surrogate (os.environ holds one for every byte that is not UTF-8)
 # and a NUL has no place in a name, URL or header.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 MAX_DEPTH = 64  # deeper is a mistake, or an alias that contains itself
 MAX_VALUES = 100_000  # aliases can multiply a small file ("billion laughs")
 _SHOWN_LENGTH = 60
@@ -115,7 +114,7 @@ class NodeReader:
         if not isinstance(node, ScalarNode):
             self.report(node, f"a key in {what} must be a plain value")
             return None
-        if _UNSTORABLE.search(node.value):
+        if UNSTORABLE_TEXT.search(node.value):
             self.report(node, f"a key in {what} contains a NUL or an invalid character")
             return None
         return str(node.value)
@@ -132,7 +131,7 @@ class NodeReader:
         expansion = expand(node.value, self._environ)
         for problem in expansion.problems:
             self.report(node, f"{field}: {problem}")
-        if _UNSTORABLE.search(expansion.text):
+        if UNSTORABLE_TEXT.search(expansion.text):
             self.report(node, f"{field} contains a NUL or an invalid character")
             return None
         return expansion.text

@@ -11,6 +11,9 @@ from enum import Enum
 from typing import Any
 
 UID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,40}")
+# Text the registry must refuse: SQLite cannot store a lone surrogate (UTF-8 has no encoding
+# for it), and a NUL has no place in a name, URL or header.
+UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 MAX_NAME_LENGTH = 190
 MAX_URL_LENGTH = 255
 DEFAULT_ORG_ID = 1
@@ -32,6 +35,12 @@ class Org:
     influx_id: str  # 16 lowercase hex digits: how InfluxDB's API names the org
     name: str
     created: datetime
+
+
+def merge_secrets(current: Mapping[str, str], changes: Mapping[str, str]) -> dict[str, str]:
+    """Secrets after an update: keys the update omits keep their value, an empty value clears
+    one, and no empty value is stored."""
+    return {key: value for key, value in {**current, **changes}.items() if value}
 
 
 @dataclass(frozen=True, slots=True)
