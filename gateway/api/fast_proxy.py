@@ -65,16 +65,39 @@ _ORG_HEADER = ORG_HEADER.lower().encode()
 _SOURCE_HEADER = SOURCE_HEADER.lower().encode()
 
 
+# The request headers the fast path reads, found in one pass over the headers.
+_READ_HEADERS = frozenset(
+    {
+        b"authorization",
+        b"traceparent",
+        b"x-request-id",
+        b"zap-trace-span",
+        _ORG_HEADER,
+        _SOURCE_HEADER,
+    }
+)
+
+
 class _Call:
     """What one request carries through the fast path's layers."""
 
-    __slots__ = ("exchange", "principal", "request_id", "route")
+    __slots__ = ("exchange", "headers", "principal", "request_id", "route")
 
-    def __init__(self, exchange: Exchange, request_id: str, route: str) -> None:
+    def __init__(self, exchange: Exchange, route: str) -> None:
         self.exchange = exchange
-        self.request_id = request_id
         self.route = route
         self.principal: Principal | None = None
+        headers: dict[bytes, str] = {}
+        for name, value in exchange.headers:
+            lower = name.lower()
+            if lower in _READ_HEADERS and lower not in headers:  # the first, as header() does
+                headers[lower] = value.decode("latin-1")
+        self.headers = headers
+        self.request_id = choose_request_id(
+            headers.get(b"x-request-id"),
+            headers.get(b"traceparent"),
+            headers.get(b"zap-trace-span"),
+        )
 
 
 class FastProxy:
@@ -132,7 +155,7 @@ class FastProxy:
 
     async def _grafana_by_uid(self, call: _Call, principal: Principal) -> int:
         exchange = call.exchange
-        org_id = acting_org_id(principal, _text(exchange.header(_ORG_HEADER)))
+        org_id = acting_org_id(principal, call.headers.get(_ORG_HEADER))
         uid = exchange.path[len(_UID_PREFIX) :].partition("/")[0]
         check_uid(uid)
         source = (await self._app[SOURCES].snapshot()).get(org_id, uid=uid)
@@ -140,7 +163,7 @@ class FastProxy:
 
     async def _grafana_by_id(self, call: _Call, principal: Principal) -> int:
         exchange = call.exchange
-        org_id = acting_org_id(principal, _text(exchange.header(_ORG_HEADER)))
+        org_id = acting_org_id(principal, call.headers.get(_ORG_HEADER))
         source_id = parse_source_id(exchange.path[len(_PREFIX) :].partition("/")[0])
         source = (await self._app[SOURCES].snapshot()).get(org_id, id=source_id)
         return await self._forward_grafana(call, principal, source, raw_segments_after=5)
@@ -168,9 +191,7 @@ class FastProxy:
 
     async def _influx_passthrough(self, call: _Call, principal: Principal) -> int:
         exchange = call.exchange
-        wanted = _query_param(exchange.query_string, "source") or _text(
-            exchange.header(_SOURCE_HEADER)
-        )
+        wanted = _query_param(exchange.query_string, "source") or call.headers.get(_SOURCE_HEADER)
         snapshot = await self._app[SOURCES].snapshot()
         source = influx_source(snapshot, principal.org.id, wanted or "")
         target = passthrough_target(source, exchange.path, exchange.query_string)
@@ -194,21 +215,16 @@ class FastProxy:
         handler: Callable[[_Call, Principal], Awaitable[int]],
     ) -> None:
         started = time.perf_counter()
-        request_id = choose_request_id(
-            _text(exchange.header(b"x-request-id")),
-            _text(exchange.header(b"traceparent")),
-            _text(exchange.header(b"zap-trace-span")),
-        )
+        call = _Call(exchange, route)
         # The front server runs each request in a task of its own: binding here reaches only
         # this request's log lines.
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        call = _Call(exchange, request_id, route)
+        structlog.contextvars.bind_contextvars(request_id=call.request_id)
         status = 500
         try:
             principal = await principal_for(
                 self._app[PRINCIPALS],
                 exchange.path,
-                _text(exchange.header(b"authorization")),
+                call.headers.get(b"authorization"),
                 lambda: _query_param(exchange.query_string, "p"),
             )
             call.principal = principal
@@ -243,10 +259,6 @@ class FastProxy:
         headers.append((b"X-Request-Id", call.request_id.encode()))
         exchange.respond(status, HTTPStatus(status).phrase, headers, body)
         return status
-
-
-def _text(value: bytes | None) -> str | None:
-    return value.decode("latin-1") if value is not None else None
 
 
 def _query_param(query_string: str, name: str) -> str | None:
