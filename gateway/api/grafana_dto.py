@@ -33,6 +33,7 @@ from gateway.registry.models import (
     Role,
     merge_secrets,
 )
+from gateway.security.org import parse_int64
 
 INVALID_NAME = "Invalid datasource name."
 INVALID_URL = "Validation error, invalid URL"
@@ -175,18 +176,6 @@ def parse_id(text: str) -> int:
     if number is None:
         raise InvalidId()
     return number
-
-
-def parse_int64(text: str) -> int | None:
-    """`text` as Go's `strconv.ParseInt(text, 10, 64)` reads it, or None."""
-    sign, digits = (text[0], text[1:]) if text[:1] in ("+", "-") else ("", text)
-    significant = digits.lstrip("0")
-    # isdecimal() alone would take non-ASCII digits; the length bound keeps int() (which
-    # refuses over 4,300 digits with a ValueError) away from attacker-sized input.
-    if not (digits.isascii() and digits.isdecimal()) or len(significant) > 19:
-        return None
-    number = int(sign + (significant or "0"))
-    return number if _INT64_MIN <= number <= _INT64_MAX else None
 
 
 @dataclass(frozen=True, slots=True)
