@@ -134,7 +134,14 @@ class FrontTestServer(TestServer):
 
 
 # Test modules that proxy requests run on both carriers, and must behave the same on both.
-_PROXYING_TESTS = ("proxy", "services", "test_ssrf_integration.py", "test_metrics.py")
+# (test_auth.py: InfluxDB 1.x credentials are taken on the proxied /query and /write.)
+_PROXYING_TESTS = (
+    "proxy",
+    "services",
+    "test_ssrf_integration.py",
+    "test_metrics.py",
+    "test_auth.py",
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
