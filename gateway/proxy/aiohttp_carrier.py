@@ -15,6 +15,7 @@ aiohttp drops from a 204 or 304 is put back (`_pass_headers`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from types import MethodType
 
 import structlog
 from aiohttp import hdrs, web
@@ -39,7 +40,10 @@ def add_proxy_routes(app: web.Application, routes: Sequence[ProxyRoute] = ROUTES
 def proxy_handler(request: web.Request) -> Handler | None:
     """The handler of the request's route if the proxy pipeline serves it, else None."""
     handler = request.match_info.handler
-    return handler if getattr(handler, "__func__", None) is _ProxyHandler.handle else None
+    # Every other route's handler is a plain function: one type check, no attribute lookup.
+    if type(handler) is MethodType and handler.__func__ is _ProxyHandler.handle:
+        return handler
+    return None
 
 
 class _ProxyHandler:

@@ -37,13 +37,17 @@ def front_router(pipeline: ProxyPipeline, routes: Sequence[ProxyRoute] = ROUTES)
     ordered = sorted(families.values(), key=lambda family: -len(family.prefix))
     for family in ordered:
         family.reserve([other.prefix for other in ordered])
+    matchers = tuple((family.prefix, family.match) for family in ordered)
 
     def router(method: str, path: str) -> FastHandler | None:
-        for family in ordered:
-            if path.startswith(family.prefix):
-                return family.match(method, path)
+        for prefix, match in matchers:
+            if path.startswith(prefix):
+                return match(method, path)
         handlers = exact.get(path)
-        return _pick(handlers, method) if handlers is not None else None
+        if handlers is None:
+            return None
+        any_method, by_method = handlers
+        return any_method or by_method.get(method)
 
     return router
 
@@ -87,12 +91,10 @@ class _Family:
             handlers = self.remainder
         else:
             handlers = self.literal.get(rest)
-        return _pick(handlers, method) if handlers is not None else None
-
-
-def _pick(handlers: _Handlers, method: str) -> FastHandler | None:
-    any_method, by_method = handlers
-    return any_method or by_method.get(method)
+        if handlers is None:
+            return None
+        any_method, by_method = handlers
+        return any_method or by_method.get(method)
 
 
 def _handlers(pipeline: ProxyPipeline, route: ProxyRoute) -> _Handlers:
