@@ -5,7 +5,7 @@
   query), one bucket per (db, rp) named `db/rp`.
 - v2 (InfluxDB 2.x): `GET /api/v2/buckets` page by page with `Authorization: Token <token>`.
 
-Credentials are the ones the proxy and the probes send (health/credentials.py): Basic(username,
+Credentials are the ones the proxy and the probes send (upstream/credentials.py): Basic(username,
 password) for v1, `Token <token>` for v2, Grafana's basic auth and custom headers where set; for a
 v1 user with a `sharedSecret`, InfluxDB 1.x's `Bearer <JWT>` instead of the password. They travel
 in headers only, never in the URL.
@@ -37,7 +37,7 @@ import yarl
 from multidict import CIMultiDict
 
 from gateway.errors import BadGateway, BadRequest, Unavailable
-from gateway.health.credentials import (
+from gateway.upstream.credentials import (
     AUTHORIZATION,
     custom_headers,
     source_credentials,
@@ -155,7 +155,7 @@ def parse_duration(text: str) -> int:
 
 
 def _credentials(source: DataSource, kind: InfluxKind) -> CIMultiDict[str]:
-    """The headers the proxy and the probes send (health/credentials.py: Grafana's rules), plus
+    """The headers the proxy and the probes send (upstream/credentials.py: Grafana's rules), plus
     InfluxDB 1.x's JWT in place of the password when a v1 source has a user and a shared secret
     (and no proxy basic auth or custom Authorization header overrides it)."""
     headers = CIMultiDict(source_credentials(source).headers)

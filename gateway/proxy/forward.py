@@ -37,7 +37,6 @@ from gateway.errors import (
     RequestTimeout,
     influx_error_parts,
 )
-from gateway.health.credentials import source_credentials, tls_skip_verify
 from gateway.metrics import GatewayMetrics, SourceMeters
 from gateway.proxy.headers import (
     SourceHeaders,
@@ -55,6 +54,7 @@ from gateway.proxy.http1 import (
 from gateway.proxy.ssrf import TargetRefused
 from gateway.proxy.upstream import Origin, UpstreamPool
 from gateway.registry.models import DataSource
+from gateway.upstream.credentials import source_credentials, tls_skip_verify
 
 log = structlog.get_logger(__name__)
 
