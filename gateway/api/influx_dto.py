@@ -31,7 +31,7 @@ from gateway.registry.models import (
     influx_id,
     merge_secrets,
 )
-from gateway.upstream_influx import Bucket
+from gateway.upstream.influx import Bucket
 
 SOURCES_PATH = "/api/v2/sources"
 INFLUX_TYPE = "influxdb"  # the Grafana plugin id of every source this API shows

@@ -37,13 +37,13 @@ import yarl
 from multidict import CIMultiDict
 
 from gateway.errors import BadGateway, BadRequest, Unavailable
+from gateway.registry.models import DataSource
 from gateway.upstream.credentials import (
     AUTHORIZATION,
     custom_headers,
     source_credentials,
     url_without_userinfo,
 )
-from gateway.registry.models import DataSource
 
 InfluxKind = Literal["v1", "v2"]
 
@@ -76,7 +76,12 @@ class Bucket:
 
 
 @dataclass(frozen=True, slots=True)
-class Timeouts:
+class ListingTimeouts:
+    """Limits, in seconds, on each aiohttp request a bucket listing makes: `connect` for the TCP
+    connect and TLS handshake, `total` for the whole exchange. A listing's answers are small, so
+    one total bound fits them; the proxy pool's per-phase `proxy.http1.Timeouts` deliberately has
+    none, because a long proxied stream that keeps moving is legitimate."""
+
     connect: float
     total: float
 
@@ -88,7 +93,7 @@ class Timeouts:
 
 
 async def list_v1_buckets(
-    session: aiohttp.ClientSession, source: DataSource, timeouts: Timeouts
+    session: aiohttp.ClientSession, source: DataSource, timeouts: ListingTimeouts
 ) -> list[Bucket]:
     call = _Upstream(session, source, timeouts, _credentials(source, "v1"))
     listed = _result(await call.query("SHOW DATABASES"))
@@ -225,7 +230,7 @@ def _series_rows(result: Mapping[str, Any], columns: tuple[str, ...]) -> list[li
 
 
 async def list_v2_buckets(
-    session: aiohttp.ClientSession, source: DataSource, timeouts: Timeouts
+    session: aiohttp.ClientSession, source: DataSource, timeouts: ListingTimeouts
 ) -> list[Bucket]:
     call = _Upstream(session, source, timeouts, _credentials(source, "v2"))
     params = {"limit": str(V2_PAGE_SIZE)}
@@ -306,7 +311,7 @@ class _Upstream:
         self,
         session: aiohttp.ClientSession,
         source: DataSource,
-        timeouts: Timeouts,
+        timeouts: ListingTimeouts,
         headers: CIMultiDict[str],
     ) -> None:
         self._session = session
@@ -315,6 +320,9 @@ class _Upstream:
         self._timeouts = timeouts
         self._headers = headers
         # insecureSkipVerify ⇔ jsonData.tlsSkipVerify (ssl=False turns certificate checks off).
+        # Only a JSON `true` counts here, as in the InfluxDB API's `insecureSkipVerify`
+        # (api/influx_dto.py), whereas credentials.tls_skip_verify, used by the proxy and the
+        # probes, also takes the string "true": a known difference, kept until it is decided.
         self._ssl = source.json_data.get("tlsSkipVerify") is not True
 
     async def query(self, statement: str) -> object:
@@ -394,8 +402,8 @@ def _unexpected() -> BadGateway:
 __all__ = [
     "CREDENTIALS_REJECTED",
     "Bucket",
+    "ListingTimeouts",
     "RetentionRule",
-    "Timeouts",
     "list_v1_buckets",
     "list_v2_buckets",
     "parse_duration",
