@@ -31,7 +31,7 @@ from gateway.registry.models import (
     merge_secrets,
 )
 from gateway.registry.rules import finite_float, reject_json_constant
-from gateway.upstream_influx import Bucket
+from gateway.upstream.influx import Bucket
 
 SOURCES_PATH = "/api/v2/sources"
 INFLUX_TYPE = "influxdb"  # the Grafana plugin id of every source this API shows

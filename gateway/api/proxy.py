@@ -18,7 +18,6 @@ from aiohttp import web
 from gateway.api.grafana import request_org_id
 from gateway.errors import BadRequest, Dialect, NotFound, PayloadTooLarge
 from gateway.front.protocol import BodyTooLarge, read_limited
-from gateway.health.credentials import InfluxQueryLanguage, influx_query_language
 from gateway.keys import FORWARDER, PRINCIPAL, REQUEST_ID, RESPONSE_STATUS, SOURCES
 from gateway.proxy.forward import CLIENT_CLOSED_REQUEST, ClientExchange, Forwarder
 from gateway.proxy.policy import (
@@ -30,6 +29,7 @@ from gateway.proxy.policy import (
 )
 from gateway.registry.cache import Snapshot
 from gateway.registry.models import UID_PATTERN, DataSource, Role
+from gateway.upstream.credentials import InfluxQueryLanguage, influx_query_language
 
 routes = web.RouteTableDef()
 

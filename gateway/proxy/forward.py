@@ -53,7 +53,6 @@ from gateway.errors import (
     RequestTimeout,
     upstream_auth_failed_parts,
 )
-from gateway.health.credentials import source_credentials, tls_skip_verify
 from gateway.metrics import GatewayMetrics, SourceMeters
 from gateway.proxy.headers import (
     SourceHeaders,
@@ -72,6 +71,7 @@ from gateway.proxy.http1 import (
 from gateway.proxy.ssrf import TargetRefused
 from gateway.proxy.upstream import Origin, UpstreamPool
 from gateway.registry.models import DataSource
+from gateway.upstream.credentials import source_credentials, tls_skip_verify
 
 log = structlog.get_logger(__name__)
 
