@@ -7,13 +7,14 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.registry.models import DataSource, Org
+from gateway.registry.models import SOURCE_FIELDS, DataSource, DataSourceSpec, FieldKind, Org
 from gateway.registry.secrets import SecretBox
 
-SOURCE_COLUMNS = (
-    "id, org_id, uid, name, type, access, url, user, database, basic_auth, basic_auth_user, "
-    "with_credentials, is_default, json_data, secure_json_data, version, read_only, api_version, "
-    "created, updated, provisioned_by"
+# Each writable field of a source is stored in the column of its name (migration 1), in the form
+# its kind asks for: flags as integers, jsonData as JSON text, secrets encrypted.
+WRITABLE_COLUMNS = tuple(field.attribute for field in SOURCE_FIELDS)
+SOURCE_COLUMNS = ", ".join(
+    ("id", "org_id", *WRITABLE_COLUMNS, "version", "created", "updated", "provisioned_by")
 )
 
 
@@ -39,26 +40,38 @@ def org_of(row: sqlite3.Row) -> Org:
 
 
 def source_of(row: sqlite3.Row, box: SecretBox) -> DataSource:
+    fields = {
+        field.attribute: _read(field.kind, row[field.attribute], box) for field in SOURCE_FIELDS
+    }
     return DataSource(
         id=row["id"],
         org_id=row["org_id"],
-        uid=row["uid"],
-        name=row["name"],
-        type=row["type"],
-        access=row["access"],
-        url=row["url"],
-        user=row["user"],
-        database=row["database"],
-        basic_auth=bool(row["basic_auth"]),
-        basic_auth_user=row["basic_auth_user"],
-        with_credentials=bool(row["with_credentials"]),
-        is_default=bool(row["is_default"]),
-        json_data=json.loads(row["json_data"]),
-        secure_json_data=box.decrypt(row["secure_json_data"]),
         version=row["version"],
-        read_only=bool(row["read_only"]),
-        api_version=row["api_version"],
         created=parse_time(row["created"]),
         updated=parse_time(row["updated"]),
         provisioned_by=row["provisioned_by"],
+        **fields,
     )
+
+
+def column_values(spec: DataSourceSpec, box: SecretBox) -> list[Any]:
+    """The writable columns' values for `spec`, in WRITABLE_COLUMNS order."""
+    return [_stored(field.kind, getattr(spec, field.attribute), box) for field in SOURCE_FIELDS]
+
+
+def _stored(kind: FieldKind, value: Any, box: SecretBox) -> Any:
+    if kind is FieldKind.OBJECT:
+        return json.dumps(dict(value))
+    if kind is FieldKind.SECRETS:
+        return box.encrypt(value)
+    return value  # sqlite3 stores a bool as 0 or 1
+
+
+def _read(kind: FieldKind, value: Any, box: SecretBox) -> Any:
+    if kind is FieldKind.FLAG:
+        return bool(value)
+    if kind is FieldKind.OBJECT:
+        return json.loads(value)
+    if kind is FieldKind.SECRETS:
+        return box.decrypt(value)
+    return value

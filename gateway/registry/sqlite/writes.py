@@ -6,7 +6,7 @@ who opens and commits the transaction.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import sqlite3
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +24,23 @@ from gateway.registry.identifiers import available_name, new_uid
 from gateway.registry.interface import Mutation
 from gateway.registry.models import DataSource, DataSourceSpec, Role
 from gateway.registry.secrets import SecretBox
-from gateway.registry.sqlite.rows import SOURCE_COLUMNS, now, source_of
+from gateway.registry.sqlite.rows import (
+    SOURCE_COLUMNS,
+    WRITABLE_COLUMNS,
+    column_values,
+    now,
+    source_of,
+)
+
+_INSERT = (
+    f"INSERT INTO data_source (org_id, {', '.join(WRITABLE_COLUMNS)}, version, created, updated, "
+    f"provisioned_by) VALUES (?, {', '.join('?' for _ in WRITABLE_COLUMNS)}, 1, ?, ?, ?)"
+)
+# provisioned_by: a write through an API (None) leaves the file that manages a source in place.
+_UPDATE = (
+    f"UPDATE data_source SET {', '.join(f'{column} = ?' for column in WRITABLE_COLUMNS)}, "
+    "version = version + 1, updated = ?, provisioned_by = coalesce(?, provisioned_by)"
+)
 
 
 async def create_source(
@@ -40,20 +56,11 @@ async def create_source(
     name = spec.name or available_name(spec.type, names)
     uid = spec.uid or new_uid()
     is_default = spec.is_default or not names
+    stored = dataclasses.replace(spec, name=name, uid=uid, is_default=is_default)
     try:
         cursor = await db.execute(
-            "INSERT INTO data_source (org_id, uid, name, type, access, url, user, "
-            "database, basic_auth, basic_auth_user, with_credentials, is_default, "
-            "json_data, secure_json_data, version, read_only, api_version, created, "
-            "updated, provisioned_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?,?,?)",
-            (
-                org_id, uid, name, spec.type, spec.access, spec.url, spec.user,
-                spec.database, spec.basic_auth, spec.basic_auth_user,
-                spec.with_credentials, is_default, json.dumps(dict(spec.json_data)),
-                box.encrypt(spec.secure_json_data), spec.read_only,
-                spec.api_version, stamp, stamp, provisioned_by,
-            ),
-        )  # fmt: skip
+            _INSERT, (org_id, *column_values(stored, box), stamp, stamp, provisioned_by)
+        )
     except sqlite3.IntegrityError as exc:
         raise _conflict(exc) from exc
     source_id = cursor.lastrowid
@@ -82,21 +89,12 @@ async def update_source(
     if expected_version is not None:
         condition += " AND version <= ?"
         params.append(expected_version)
+    stored = dataclasses.replace(spec, uid=spec.uid or current.uid)
     try:
         cursor = await db.execute(
-            "UPDATE data_source SET uid = ?, name = ?, type = ?, access = ?, url = ?, "
-            "user = ?, database = ?, basic_auth = ?, basic_auth_user = ?, "
-            "with_credentials = ?, is_default = ?, json_data = ?, secure_json_data = ?, "
-            "read_only = ?, api_version = ?, version = version + 1, updated = ?, "
-            f"provisioned_by = coalesce(?, provisioned_by) WHERE {condition}",
-            (
-                spec.uid or current.uid, spec.name, spec.type, spec.access, spec.url,
-                spec.user, spec.database, spec.basic_auth, spec.basic_auth_user,
-                spec.with_credentials, spec.is_default, json.dumps(dict(spec.json_data)),
-                box.encrypt(spec.secure_json_data), spec.read_only,
-                spec.api_version, now(), provisioned_by, *params,
-            ),
-        )  # fmt: skip
+            f"{_UPDATE} WHERE {condition}",
+            (*column_values(stored, box), now(), provisioned_by, *params),
+        )
     except sqlite3.IntegrityError as exc:
         raise _conflict(exc) from exc
     if cursor.rowcount != 1:
