@@ -61,8 +61,6 @@ log = structlog.get_logger(__name__)
 PUBLIC_PATHS = frozenset(
     {"/health", "/ready", "/ping", "/metrics", "/api/health", "/api/frontend/settings"}
 )
-# How often the store looks for commits by other processes (the CLI) to refresh caches.
-EXTERNAL_CHANGE_POLL_SECONDS = 1.0
 CLIENT_MAX_SIZE = 16 * 1024 * 1024
 
 
@@ -103,21 +101,12 @@ def create_app(
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_registry(app[SETTINGS]) as store:
-        app[STORE] = store
-        app[PRINCIPALS] = PrincipalCache(store)
-        app[SOURCES] = SourceCache(store)
-        await ensure_admin_token(store, app[SETTINGS])
-        watcher = asyncio.create_task(
-            store.watch_external_changes(EXTERNAL_CHANGE_POLL_SECONDS),
-            name="registry-change-watcher",
-        )
-        try:
-            yield
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+    async with open_registry(app[SETTINGS]) as registry:
+        app[STORE] = registry
+        app[PRINCIPALS] = PrincipalCache(registry)
+        app[SOURCES] = SourceCache(registry)
+        await ensure_admin_token(registry, app[SETTINGS])
+        yield
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:

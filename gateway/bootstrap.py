@@ -12,6 +12,8 @@ import structlog
 
 from gateway.config import Settings
 from gateway.errors import StartupError
+from gateway.registry.backends import backend_for
+from gateway.registry.interface import Registry, StoreUnusable
 from gateway.registry.models import DEFAULT_ORG_ID, Role
 from gateway.registry.secrets import (
     SecretBox,
@@ -19,7 +21,6 @@ from gateway.registry.secrets import (
     load_key_text,
     write_private_file,
 )
-from gateway.registry.store import RegistryStore, StoreUnusable
 from gateway.security.auth import hash_token, new_token
 
 log = structlog.get_logger(__name__)
@@ -82,29 +83,29 @@ def open_secret_box(settings: Settings) -> tuple[SecretBox, str]:
 
 
 @contextlib.asynccontextmanager
-async def open_registry(
-    settings: Settings, *, exclusive: bool = False
-) -> AsyncIterator[RegistryStore]:
-    """The registry of the data directory, for the server (shared) or a CLI command.
+async def open_registry(settings: Settings, *, exclusive: bool = False) -> AsyncIterator[Registry]:
+    """The registry the settings select, for the server (shared) or a CLI command; it
+    watches for other processes' changes while open.
 
     Every reason it cannot be opened becomes a StartupError: one line, exit code 2.
     """
     prepare_data_dir(settings.data_dir)
     box, origin = open_secret_box(settings)
+    backend = backend_for(settings)
     with data_dir_lock(settings.data_dir, exclusive=exclusive):
         try:
-            async with RegistryStore.open(settings.db_path, box) as store:
-                yield store
+            async with backend.open(box) as registry:
+                yield registry
         except SecretKeyMismatch as exc:
             raise StartupError(
-                f"the secret key from {origin} cannot decrypt {settings.db_path}: it is not the "
+                f"the secret key from {origin} cannot decrypt {backend.location}: it is not the "
                 "key this database was written with (nothing was changed)"
             ) from exc
         except StoreUnusable as exc:
             raise StartupError(str(exc)) from exc
 
 
-async def ensure_admin_token(store: RegistryStore, settings: Settings) -> None:
+async def ensure_admin_token(store: Registry, settings: Settings) -> None:
     """GATEWAY_ADMIN_TOKEN always works; with no token at all, make one and save it to a file."""
     if settings.admin_token:
         changed = await store.ensure_token(

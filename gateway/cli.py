@@ -28,6 +28,7 @@ from gateway.logging import configure_logging
 from gateway.loop import event_loop_factory
 from gateway.provisioning import check_files
 from gateway.proxy.front_carrier import front_router
+from gateway.registry.interface import OrgNameTaken, Registry
 from gateway.registry.models import Role
 from gateway.registry.secrets import (
     KEY_FILE_NAME,
@@ -35,7 +36,6 @@ from gateway.registry.secrets import (
     generate_key_text,
     write_private_file,
 )
-from gateway.registry.store import RegistryStore
 from gateway.security.auth import hash_token, new_token
 from gateway.supervisor import WORKER_INDEX_ENV, supervise
 
@@ -246,7 +246,7 @@ async def provision_check(settings: Settings, _: argparse.Namespace) -> int:
 
 async def _with_store(
     settings: Settings,
-    action: Callable[[RegistryStore], Awaitable[int]],
+    action: Callable[[Registry], Awaitable[int]],
     *,
     alone: bool = False,
 ) -> int:
@@ -256,7 +256,7 @@ async def _with_store(
 
 
 async def token_create(settings: Settings, args: argparse.Namespace) -> int:
-    async def action(store: RegistryStore) -> int:
+    async def action(store: Registry) -> int:
         try:
             org = await store.find_org(name=args.org)
         except OrgNotFound:
@@ -277,7 +277,7 @@ async def token_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def token_list(settings: Settings, _: argparse.Namespace) -> int:
-    async def action(store: RegistryStore) -> int:
+    async def action(store: Registry) -> int:
         print(f"{'ID':>4}  {'ORG':<20} {'ROLE':<7} {'CREATED':<25} {'REVOKED':<25} DESCRIPTION")
         for token in await store.list_tokens():
             revoked = token.revoked.isoformat() if token.revoked else "-"
@@ -291,7 +291,7 @@ async def token_list(settings: Settings, _: argparse.Namespace) -> int:
 
 
 async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    async def action(store: RegistryStore) -> int:
+    async def action(store: Registry) -> int:
         if not await store.revoke_token(args.id):
             raise CommandError(f"no active token with id {args.id}")
         print(f"token {args.id} revoked", file=sys.stderr)
@@ -301,13 +301,13 @@ async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def org_create(settings: Settings, args: argparse.Namespace) -> int:
-    async def action(store: RegistryStore) -> int:
+    async def action(store: Registry) -> int:
         name = args.name.strip()
         if not name:
             raise CommandError("an org name must not be empty")
         try:
             org = await store.create_org(name)
-        except ValueError as exc:
+        except OrgNameTaken as exc:
             raise CommandError(str(exc)) from exc
         print(f"{org.id}\t{org.influx_id}\t{org.name}")
         return 0
@@ -316,7 +316,7 @@ async def org_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def org_list(settings: Settings, _: argparse.Namespace) -> int:
-    async def action(store: RegistryStore) -> int:
+    async def action(store: Registry) -> int:
         for org in await store.list_orgs():
             print(f"{org.id}\t{org.influx_id}\t{org.name}")
         return 0
@@ -341,7 +341,7 @@ async def keys_rotate(settings: Settings, _: argparse.Namespace) -> int:
     key_file = settings.data_dir / KEY_FILE_NAME
     pending = key_file.with_name(KEY_FILE_NAME + ".new")
 
-    async def action(store: RegistryStore) -> int:
+    async def action(store: Registry) -> int:
         if not settings.secret_key:
             pending.unlink(missing_ok=True)
             write_private_file(pending, new_text)

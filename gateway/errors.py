@@ -247,6 +247,19 @@ def error_parts(error: GatewayError, dialect: Dialect) -> tuple[int, RawHeaders,
     return error.status, list(_GRAFANA_ERROR_HEADERS), json.dumps(body).encode()
 
 
+# An upstream's 401 becomes a 400 with this text: the client's own session must not look
+# invalid (Grafana's data proxy rule).
+UPSTREAM_AUTH_FAILED = "Authentication to data source failed"
+
+
+def upstream_auth_failed_parts(dialect: Dialect) -> tuple[RawHeaders, bytes]:
+    """Headers and body of the 400 that stands for an upstream's 401, as Grafana answers it
+    (plain text), or in InfluxDB's error shape on InfluxDB's routes."""
+    if dialect is Dialect.INFLUX:
+        return influx_error_parts("invalid", UPSTREAM_AUTH_FAILED)
+    return [(b"Content-Type", b"text/plain; charset=utf-8")], UPSTREAM_AUTH_FAILED.encode()
+
+
 def influx_error_parts(code: str, message: str) -> tuple[RawHeaders, bytes]:
     headers = [
         (b"X-Platform-Error-Code", code.encode()),

@@ -14,8 +14,8 @@ from gateway.health.monitor import HealthMonitor, Prober
 from gateway.metrics import GatewayMetrics
 from gateway.proxy.ssrf import SsrfPolicy
 from gateway.registry.cache import SourceCache
+from gateway.registry.interface import Registry
 from gateway.registry.models import Principal
-from gateway.registry.store import RegistryStore
 from gateway.security.auth import PrincipalCache
 
 if TYPE_CHECKING:
@@ -33,7 +33,8 @@ class Lifecycle:
 
 
 SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", RegistryStore)
+# The registry (typed by its Protocol, which AppKey cannot take as a runtime type).
+STORE: web.AppKey[Registry] = web.AppKey("store")
 PRINCIPALS = web.AppKey("principals", PrincipalCache)
 SOURCES = web.AppKey("sources", SourceCache)
 MONITOR = web.AppKey("monitor", HealthMonitor)

@@ -23,9 +23,10 @@ from gateway.errors import StartupError
 from gateway.provisioning.apply import Counts, grafana_uid
 from gateway.provisioning.model import Problem, ProvisioningFailed
 from gateway.provisioning.service import Provisioner, Reloader
+from gateway.registry.interface import Registry
 from gateway.registry.models import DataSource, DataSourceSpec
 from gateway.registry.secrets import SecretBox
-from gateway.registry.store import RegistryStore
+from gateway.registry.sqlite import SqliteBackend
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 
 SECRET = "pw-5d1e7c-from-the-environment"
@@ -50,8 +51,8 @@ def folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[RegistryStore]:
-    async with RegistryStore.open(tmp_path / "gateway.db", SecretBox(SECRET_KEY)) as opened:
+async def store(tmp_path: Path) -> AsyncIterator[Registry]:
+    async with SqliteBackend(tmp_path / "gateway.db").open(SecretBox(SECRET_KEY)) as opened:
         yield opened
 
 
@@ -59,13 +60,11 @@ def write(folder: Path, name: str, text: str) -> None:
     (folder / name).write_text(textwrap.dedent(text).lstrip("\n"))
 
 
-async def provision(
-    store: RegistryStore, folder: Path, environ: dict[str, str] | None = None
-) -> Counts:
+async def provision(store: Registry, folder: Path, environ: dict[str, str] | None = None) -> Counts:
     return await Provisioner(store, folder, environ or {}).apply("test")
 
 
-async def sources(store: RegistryStore) -> dict[str, DataSource]:
+async def sources(store: Registry) -> dict[str, DataSource]:
     return {source.name: source for source in await store.list_sources()}
 
 
@@ -75,7 +74,7 @@ def counts(created: int = 0, updated: int = 0, deleted: int = 0, unchanged: int 
 
 class TestCreate:
     async def test_listed_sources_are_created_read_only_and_marked(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         team = await store.create_org("Team B")
         write(folder, "main.yaml", PROMETHEUS)
@@ -112,7 +111,7 @@ class TestCreate:
         assert grafana_uid("AAA") == "PCB1AD2119D8FAFB6"
 
     async def test_is_default_moves_to_the_source_that_asks(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         await store.create_source(1, DataSourceSpec(name="api", type="loki"))
         write(folder, "a.yaml", "apiVersion: 1\ndatasources: [{name: P, type: x, isDefault: true}]")
@@ -120,14 +119,14 @@ class TestCreate:
         made = await sources(store)
         assert (made["P"].is_default, made["api"].is_default) == (True, False)
 
-    async def test_the_shipped_example_provisions_nothing(self, store: RegistryStore) -> None:
+    async def test_the_shipped_example_provisions_nothing(self, store: Registry) -> None:
         assert await provision(store, REPO_EXAMPLES) == counts()
         assert await store.list_sources() == []
 
 
 class TestUpdate:
     async def test_a_changed_file_updates_the_source_in_place(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         write(folder, "main.yaml", PROMETHEUS)
         await provision(store, folder, ENVIRON)
@@ -154,7 +153,7 @@ class TestUpdate:
         assert after.secure_json_data == {"httpHeaderValue1": SECRET}
 
     async def test_a_new_value_in_the_environment_updates_the_secret(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         write(folder, "main.yaml", PROMETHEUS)
         await provision(store, folder, ENVIRON)
@@ -164,7 +163,7 @@ class TestUpdate:
         }
 
     async def test_with_a_uid_a_rename_keeps_the_source(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         write(folder, "a.yaml", "apiVersion: 1\ndatasources: [{name: old, type: x, uid: u1}]")
         await provision(store, folder)
@@ -175,7 +174,7 @@ class TestUpdate:
         assert (after.id, after.uid, after.name) == (before.id, "u1", "new")
 
     async def test_a_source_made_through_the_api_is_adopted(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         made = await store.create_source(
             1,
@@ -192,7 +191,7 @@ class TestUpdate:
         assert adopted.api_version == "v1"  # the files cannot say; kept
 
     async def test_a_source_made_through_the_api_is_adopted_by_uid(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         made = await store.create_source(1, DataSourceSpec(name="api", type="x", uid="shared"))
         write(folder, "a.yaml", "apiVersion: 1\ndatasources: [{name: file, type: x, uid: shared}]")
@@ -201,7 +200,7 @@ class TestUpdate:
         assert (adopted.id, adopted.name, adopted.provisioned_by) == (made.id, "file", "a.yaml")
 
     async def test_edits_to_an_editable_source_are_reverted_by_the_next_apply(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         write(folder, "a.yaml", "apiVersion: 1\ndatasources: [{name: e, type: x, editable: true}]")
         await provision(store, folder)
@@ -215,7 +214,7 @@ class TestUpdate:
 
 class TestIdempotence:
     async def test_applying_the_same_files_twice_changes_nothing(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         await store.create_org("Team B")
         write(folder, "a.yaml", PROMETHEUS)
@@ -246,7 +245,7 @@ class TestIdempotence:
 
 class TestDelete:
     async def test_delete_datasources_removes_named_sources_of_each_org(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         team = await store.create_org("Team B")
         await store.create_source(1, DataSourceSpec(name="api-made", type="x"))
@@ -271,7 +270,7 @@ class TestDelete:
         assert (left.org_id, left.name) == (team.id, "api-made")
 
     async def test_a_source_both_listed_and_deleted_is_updated_not_recreated(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         write(folder, "a.yaml", "apiVersion: 1\ndatasources: [{name: p, type: x}]")
         await provision(store, folder)
@@ -288,7 +287,7 @@ class TestDelete:
 
 class TestPrune:
     async def test_prune_removes_what_this_file_provisioned_and_no_longer_lists(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         await store.create_source(1, DataSourceSpec(name="api-made", type="x"))
         two = "apiVersion: 1\nprune: true\ndatasources: [{name: a, type: x}, {name: b, type: x}]"
@@ -303,7 +302,7 @@ class TestPrune:
         assert sorted(await sources(store)) == ["a", "api-made", "c"]
 
     async def test_a_source_moved_to_another_file_is_not_pruned(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         write(folder, "a.yaml", "apiVersion: 1\nprune: true\ndatasources: [{name: m, type: x}]")
         await provision(store, folder)
@@ -317,7 +316,7 @@ class TestPrune:
 
 class TestAllOrNothing:
     async def test_an_unknown_org_names_file_and_line_and_nothing_is_applied(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         write(
             folder,
@@ -340,7 +339,7 @@ class TestAllOrNothing:
         assert await store.list_sources() == []
 
     async def test_a_conflict_in_the_registry_rolls_back_every_change(
-        self, store: RegistryStore, folder: Path
+        self, store: Registry, folder: Path
     ) -> None:
         write(
             folder,
@@ -370,9 +369,7 @@ class TestAllOrNothing:
         ]
         assert await store.list_sources() == before
 
-    async def test_one_broken_file_stops_every_file(
-        self, store: RegistryStore, folder: Path
-    ) -> None:
+    async def test_one_broken_file_stops_every_file(self, store: Registry, folder: Path) -> None:
         write(folder, "a.yaml", "apiVersion: 1\ndatasources: [{name: fine, type: x}]")
         write(folder, "b.yaml", "apiVersion: 1\ndatasources: [{name: broken}]")
         with pytest.raises(ProvisioningFailed) as failure:

@@ -117,7 +117,7 @@ async def update_by_uid(request: web.Request) -> web.Response:
     body = await read_body(request)
     check_update(body)
     uid = request.match_info["uid"]
-    if body.uid and body.uid != uid:
+    if body.spec.uid and body.spec.uid != uid:
         raise BadRequest(UID_MISMATCH)
     source = await request.app[STORE].get_source(org_id, uid=uid)
     return await _update(request, org_id, source.id, body)
@@ -233,7 +233,7 @@ def _access_control(request: web.Request) -> dict[str, bool] | None:
 async def _update(
     request: web.Request, org_id: int, source_id: int, body: DataSourceBody
 ) -> web.Response:
-    await request.app[SSRF].check_source_url(body.url)
+    await request.app[SSRF].check_source_url(body.spec.url)
 
     def mutate(current: DataSource) -> DataSourceSpec:
         # Checked on the row the transaction holds, so a concurrent change cannot slip past.

@@ -12,45 +12,37 @@ messages are Grafana's own where it has one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from gateway.errors import BadRequest, InvalidId
 from gateway.registry.models import (
-    MAX_NAME_LENGTH,
-    MAX_URL_LENGTH,
-    UID_PATTERN,
-    UNSTORABLE_TEXT,
+    SOURCE_FIELDS,
     DataSource,
     DataSourceSpec,
+    FieldKind,
     Role,
     merge_secrets,
 )
-from gateway.security.org import parse_int64
-
-INVALID_NAME = "Invalid datasource name."
-INVALID_URL = "Validation error, invalid URL"
-URL_TOO_LONG = "Invalid datasource url."
-URL_WITH_CREDENTIALS = (
-    "Validation error, credentials in the URL are not allowed: "
-    "use basicAuthUser and secureJsonData.basicAuthPassword"
+from gateway.registry.rules import (
+    INT64_MAX,
+    INT64_MIN,
+    check_name,
+    check_uid,
+    check_url,
+    finite_float,
+    has_unstorable_text,
+    parse_int64,
+    reject_json_constant,
 )
-INVALID_UID = "Invalid datasource UID."
+
 UID_CHANGED = "A data source's uid cannot be changed"
 UID_MISMATCH = "The uid in the request body does not match the uid in the URL"
-
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-# Control characters, space and backslash never belong in a URL; urlsplit would silently drop
-# some of them, and a backslash is read differently by different parsers (an SSRF classic).
-_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
-_URL_SCHEMES = frozenset({"http", "https"})
 
 
 # --- known plugin types ---------------------------------------------------------------------
@@ -182,20 +174,7 @@ def parse_id(text: str) -> int:
 class DataSourceBody:
     """A POST or PUT body after type checks; what is required depends on the verb."""
 
-    name: str
-    type: str
-    access: str
-    url: str
-    user: str
-    database: str
-    basic_auth: bool
-    basic_auth_user: str
-    with_credentials: bool
-    is_default: bool
-    json_data: dict[str, Any]
-    secure_json_data: dict[str, str]
-    uid: str
-    api_version: str
+    spec: DataSourceSpec  # every writable field as sent (absent: its zero value)
     version: int
 
 
@@ -208,59 +187,31 @@ async def read_body(request: web.Request) -> DataSourceBody:
         document = json.loads(raw, parse_constant=reject_json_constant, parse_float=finite_float)
     except (ValueError, RecursionError) as exc:  # includes JSONDecodeError and bad UTF-8
         raise BadRequest() from exc
-    if not isinstance(document, dict) or _has_unstorable_text(document):
+    if not isinstance(document, dict) or has_unstorable_text(document):
         raise BadRequest()
-    return DataSourceBody(
-        name=_string(document, "name"),
-        type=_string(document, "type"),
-        access=_string(document, "access"),
-        url=_string(document, "url"),
-        user=_string(document, "user"),
-        database=_string(document, "database"),
-        basic_auth=_boolean(document, "basicAuth"),
-        basic_auth_user=_string(document, "basicAuthUser"),
-        with_credentials=_boolean(document, "withCredentials"),
-        is_default=_boolean(document, "isDefault"),
-        json_data=_object(document, "jsonData"),
-        secure_json_data=_secrets(document, "secureJsonData"),
-        uid=_string(document, "uid"),
-        api_version=_string(document, "apiVersion"),
-        version=_integer(document, "version"),
-    )
+    fields = {field.attribute: _READERS[field.kind](document, field.json_name) for field in _BODY}
+    return DataSourceBody(spec=DataSourceSpec(**fields), version=_integer(document, "version"))
 
 
 def create_spec(body: DataSourceBody) -> DataSourceSpec:
     """The spec to insert; an empty name or uid is left for the store to generate."""
-    if not body.type or not body.access:
+    spec = body.spec
+    if not spec.type or not spec.access:
         raise BadRequest()
-    _check_common(body)
-    if body.url:  # Grafana validates a create's URL only when one is given
-        check_url(body.url)
-    return DataSourceSpec(
-        name=body.name,
-        type=body.type,
-        access=body.access,
-        url=body.url,
-        user=body.user,
-        database=body.database,
-        basic_auth=body.basic_auth,
-        basic_auth_user=body.basic_auth_user,
-        with_credentials=body.with_credentials,
-        is_default=body.is_default,
-        json_data=body.json_data,
-        secure_json_data=merge_secrets({}, body.secure_json_data),
-        uid=body.uid,
-        api_version=body.api_version,
-    )
+    _check_common(spec)
+    if spec.url:  # Grafana validates a create's URL only when one is given
+        check_url(spec.url)
+    return dataclasses.replace(spec, secure_json_data=merge_secrets({}, spec.secure_json_data))
 
 
 def check_update(body: DataSourceBody) -> None:
     """What a PUT body must satisfy before the stored source is even looked up."""
-    if not body.name or not body.type or not body.access:
+    spec = body.spec
+    if not spec.name or not spec.type or not spec.access:
         raise BadRequest()
-    _check_common(body)
-    if body.url:  # an empty url keeps the stored one
-        check_url(body.url)
+    _check_common(spec)
+    if spec.url:  # an empty url keeps the stored one
+        check_url(spec.url)
 
 
 def updated_spec(body: DataSourceBody, current: DataSource) -> DataSourceSpec:
@@ -270,87 +221,22 @@ def updated_spec(body: DataSourceBody, current: DataSource) -> DataSourceSpec:
     write. jsonData is replaced whole; secrets the body omits keep their stored values and an
     empty one clears it; an empty url or basicAuthUser keeps the stored value.
     """
-    if body.uid and body.uid != current.uid:
+    spec = body.spec
+    if spec.uid and spec.uid != current.uid:
         raise BadRequest(UID_CHANGED)
-    return DataSourceSpec(
-        name=body.name,
-        type=body.type,
-        access=body.access,
-        url=body.url or current.url,
-        user=body.user,
-        database=body.database,
-        basic_auth=body.basic_auth,
-        basic_auth_user=body.basic_auth_user or current.basic_auth_user,
-        with_credentials=body.with_credentials,
-        is_default=body.is_default,
-        json_data=body.json_data,
-        secure_json_data=merge_secrets(current.secure_json_data, body.secure_json_data),
+    return dataclasses.replace(
+        spec,
+        url=spec.url or current.url,
+        basic_auth_user=spec.basic_auth_user or current.basic_auth_user,
+        secure_json_data=merge_secrets(current.secure_json_data, spec.secure_json_data),
         uid=current.uid,
-        api_version=body.api_version,
         read_only=current.read_only,
     )
 
 
-def check_url(url: str) -> None:
-    """Stricter than Grafana: an absolute http(s) URL with a host, or 400."""
-    if len(url) > MAX_URL_LENGTH:
-        raise BadRequest(URL_TOO_LONG)
-    if _URL_FORBIDDEN.search(url):
-        raise BadRequest(INVALID_URL)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - reading it validates the port (ValueError when out of range)
-    except ValueError as exc:
-        raise BadRequest(INVALID_URL) from exc
-    if parts.scheme.lower() not in _URL_SCHEMES or not parts.hostname:
-        raise BadRequest(INVALID_URL)
-    if parts.username is not None or parts.password is not None:
-        # A URL is shown to every viewer (and in InfluxDB's view): credentials go where they
-        # are encrypted and never returned.
-        raise BadRequest(URL_WITH_CREDENTIALS)
-
-
-def _check_common(body: DataSourceBody) -> None:
-    if len(body.name) > MAX_NAME_LENGTH:
-        raise BadRequest(INVALID_NAME)
-    # A uid becomes an RBAC scope in Grafana (CVE-2024-1442: "*" granted every source);
-    # only the plain charset is ever stored.
-    if body.uid and not UID_PATTERN.fullmatch(body.uid):
-        raise BadRequest(INVALID_UID)
-
-
-def _has_unstorable_text(document: Any) -> bool:
-    """Whether any key or string holds a NUL or a lone surrogate.
-
-    JSON can spell both (`\\u0000`, `\\ud800`); SQLite cannot store a lone surrogate (UTF-8 has
-    no encoding for it) and a NUL has no place in a name, URL or header. Walked with a stack,
-    not recursion: the document may be as deep as the JSON parser allowed.
-    """
-    pending = [document]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, str):
-            if UNSTORABLE_TEXT.search(value):
-                return True
-        elif isinstance(value, dict):
-            pending.extend(value.keys())
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-    return False
-
-
-def finite_float(text: str) -> float:
-    """A JSON number that fits a float: `1e999` would be stored as Infinity, which is not JSON."""
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return number
-
-
-def reject_json_constant(name: str) -> Any:
-    """NaN and ±Infinity are not JSON; json.loads would accept them and we would echo them."""
-    raise ValueError(f"{name} is not valid JSON")
+def _check_common(spec: DataSourceSpec) -> None:
+    check_name(spec.name)
+    check_uid(spec.uid)
 
 
 # Go's decoder leaves a field at its zero value for JSON null; any other mismatch is an error.
@@ -380,7 +266,7 @@ def _integer(document: Mapping[str, Any], key: str) -> int:
         return 0
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest()
-    if not _INT64_MIN <= value <= _INT64_MAX:
+    if not INT64_MIN <= value <= INT64_MAX:
         raise BadRequest()
     return value
 
@@ -399,6 +285,16 @@ def _secrets(document: Mapping[str, Any], key: str) -> dict[str, str]:
     if not all(value is None or isinstance(value, str) for value in values.values()):
         raise BadRequest()
     return {name: value or "" for name, value in values.items()}
+
+
+_READERS: Mapping[FieldKind, Callable[[Mapping[str, Any], str], Any]] = {
+    FieldKind.TEXT: _string,
+    FieldKind.FLAG: _boolean,
+    FieldKind.OBJECT: _object,
+    FieldKind.SECRETS: _secrets,
+}
+# What a body may set: every field but readOnly, which only provisioning sets (Grafana ignores it).
+_BODY = tuple(field for field in SOURCE_FIELDS if field.attribute != "read_only")
 
 
 __all__ = [

@@ -1,7 +1,7 @@
 """InfluxDB v2's `/api/v2/sources` over the shared registry: thin handlers.
 
 Each handler parses (ids and bodies through `influx_dto`), calls the registry, the upstream
-(`upstream_influx`) or the health source, and renders. Errors are raised as GatewayErrors; the
+(`upstream.influx`) or the health source, and renders. Errors are raised as GatewayErrors; the
 error middleware renders them as InfluxDB's `{"code", "message"}`.
 
 Only `influxdb` data sources appear (design.md §1); another type's id, or another org's, is 404.
@@ -28,7 +28,7 @@ from gateway.health.monitor import current_health
 from gateway.health.probes import HealthCheck
 from gateway.keys import HTTP, MONITOR, PRINCIPAL, PROBER, SETTINGS, SSRF, STORE
 from gateway.registry.models import DataSource, Principal
-from gateway.upstream_influx import Timeouts, list_v1_buckets, list_v2_buckets
+from gateway.upstream.influx import ListingTimeouts, list_v1_buckets, list_v2_buckets
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,7 @@ async def list_buckets(request: web.Request) -> web.Response:
     if refusal := request.app[SSRF].literal_refusal(target.url):
         raise Forbidden(influx_message=f"the source URL is not allowed: {refusal}")
     settings = request.app[SETTINGS]
-    timeouts = Timeouts(settings.proxy_connect_timeout, settings.proxy_response_timeout)
+    timeouts = ListingTimeouts(settings.proxy_connect_timeout, settings.proxy_response_timeout)
     lister = list_v2_buckets if target_kind is SourceType.V2 else list_v1_buckets
     buckets = await lister(request.app[HTTP], target, timeouts)
     return _json(dto.render_buckets(source.id, buckets))

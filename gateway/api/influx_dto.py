@@ -21,7 +21,6 @@ from typing import Any
 
 import yarl
 
-from gateway.api.grafana_dto import finite_float, reject_json_constant
 from gateway.errors import BadRequest, DataSourceNotFound, Forbidden, InvalidId, ReadOnlySource
 from gateway.registry.models import (
     MAX_NAME_LENGTH,
@@ -31,7 +30,8 @@ from gateway.registry.models import (
     influx_id,
     merge_secrets,
 )
-from gateway.upstream_influx import Bucket
+from gateway.registry.rules import finite_float, reject_json_constant
+from gateway.upstream.influx import Bucket
 
 SOURCES_PATH = "/api/v2/sources"
 INFLUX_TYPE = "influxdb"  # the Grafana plugin id of every source this API shows

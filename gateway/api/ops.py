@@ -99,10 +99,15 @@ async def _source_checks(request: web.Request) -> list[dict[str, str]]:
 
 
 async def _store_check(request: web.Request) -> dict[str, str]:
+    registry = request.app[STORE]
     started = time.perf_counter()
     try:
-        await request.app[STORE].ping()
+        await registry.ping()
     except Exception as exc:  # any failure of the database is a failed check, not a 500
         return {"name": "store", "status": "fail", "message": f"database error: {exc}"}
     elapsed = (time.perf_counter() - started) * 1000
-    return {"name": "store", "status": "pass", "message": f"SQLite answered in {elapsed:.1f} ms"}
+    return {
+        "name": "store",
+        "status": "pass",
+        "message": f"{registry.engine} answered in {elapsed:.1f} ms",
+    }

@@ -13,7 +13,7 @@ Checks per source type, in order:
 - anything else: reachable (GET the base URL; below 500 passes).
 
 Rules all probes share:
-- Every request carries the source's credentials (health/credentials.py), as the proxy does, so a
+- Every request carries the source's credentials (upstream/credentials.py), as the proxy does, so a
   source behind an authenticating reverse proxy is probed the way its users reach it.
 - A 401 or 403 is a failed `auth` check. The probe stops at its first failing check: later steps
   depend on earlier ones and would only repeat the error while spending the time budget.
@@ -40,7 +40,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway import __version__
-from gateway.health.credentials import (
+from gateway.registry.models import DataSource
+from gateway.upstream.credentials import (
     NO_CREDENTIALS,
     Credentials,
     InfluxQueryLanguage,
@@ -49,7 +50,6 @@ from gateway.health.credentials import (
     tls_skip_verify,
     url_without_userinfo,
 )
-from gateway.registry.models import DataSource
 
 HealthCheck = dict[str, Any]
 

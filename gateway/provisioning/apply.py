@@ -24,8 +24,8 @@ from gateway.provisioning.model import (
     ProvisioningFile,
     fold_name,
 )
+from gateway.registry.interface import Registry, RegistryBatch
 from gateway.registry.models import DataSource, DataSourceSpec
-from gateway.registry.store import RegistryBatch, RegistryStore
 
 
 @dataclass(slots=True)
@@ -45,7 +45,7 @@ class Wanted:
     stored: DataSource | None
 
 
-async def apply_files(store: RegistryStore, files: Sequence[ProvisioningFile]) -> Counts:
+async def apply_files(store: Registry, files: Sequence[ProvisioningFile]) -> Counts:
     """Apply `files` in one transaction; ProvisioningFailed (and nothing changed) otherwise."""
     async with store.batch() as batch:
         return await _Apply(batch, files).run()

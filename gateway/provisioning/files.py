@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import yaml
 from yaml import Node, ScalarNode, SequenceNode
 
-from gateway.api.grafana_dto import check_url
 from gateway.errors import BadRequest
 from gateway.provisioning.model import (
     DeleteRef,
@@ -29,21 +28,26 @@ from gateway.provisioning.nodes import INT, NULL, Field, NodeReader, shown
 from gateway.registry.models import (
     DEFAULT_ORG_ID,
     MAX_NAME_LENGTH,
+    SOURCE_FIELDS,
     UID_PATTERN,
     DataSourceSpec,
+    FieldKind,
+    SourceField,
 )
+from gateway.registry.rules import ACCESS_MODES, check_url
 
 SUFFIXES = (".yaml", ".yml")
 API_VERSION = 1
-ACCESS_MODES = ("proxy", "direct")
 TOP_LEVEL_FIELDS = frozenset({"apiVersion", "datasources", "deleteDatasources", "prune"})
-SOURCE_FIELDS = frozenset(
-    {
-        "orgId", "uid", "name", "type", "access", "url", "user", "database", "basicAuth",
-        "basicAuthUser", "withCredentials", "isDefault", "jsonData", "secureJsonData",
-        "version", "editable",
-    }
-)  # fmt: skip
+# A file sets every source field but two: `editable` stands for readOnly (inverted), and the
+# apiVersion of Grafana's plugin SDK has no place in a file. Grafana's per-source `version` is
+# read and ignored.
+_FILE_FIELDS = tuple(
+    field for field in SOURCE_FIELDS if field.attribute not in ("read_only", "api_version")
+)
+ENTRY_FIELDS = frozenset(
+    {field.json_name for field in _FILE_FIELDS} | {"orgId", "version", "editable"}
+)
 # Grafana features the gateway has no counterpart for: accepted so Grafana's files load as they
 # are, and ignored.
 IGNORED_SOURCE_FIELDS = frozenset({"correlations", "description"})
@@ -170,27 +174,13 @@ def _entries(
 
 def _source(reader: NodeReader, node: Node) -> DesiredSource | None:
     fields = reader.fields(
-        node, "a data source", SOURCE_FIELDS, ignored=IGNORED_SOURCE_FIELDS, hints=_HINTS
+        node, "a data source", ENTRY_FIELDS, ignored=IGNORED_SOURCE_FIELDS, hints=_HINTS
     )
     if fields is None:
         return None
     entry = _Entry(reader, node, fields)
-    spec = DataSourceSpec(
-        name=_name(entry),
-        type=_required(entry, "type"),
-        access=_access(entry),
-        url=_url(entry),
-        user=entry.text("user"),
-        database=entry.text("database"),
-        basic_auth=entry.flag("basicAuth"),
-        basic_auth_user=entry.text("basicAuthUser"),
-        with_credentials=entry.flag("withCredentials"),
-        is_default=entry.flag("isDefault"),
-        json_data=entry.json("jsonData"),
-        secure_json_data=entry.secrets("secureJsonData"),
-        uid=_uid(entry),
-        read_only=not entry.flag("editable"),  # Grafana's default for provisioned sources
-    )
+    values = {field.attribute: entry.read(field) for field in _FILE_FIELDS}
+    spec = DataSourceSpec(**values, read_only=not entry.flag("editable"))  # Grafana's default
     # Grafana's per-source `version` is checked and otherwise ignored: the registry keeps its own.
     entry.integer("version")
     return DesiredSource(reader.place(node), entry.org_id(), spec)
@@ -251,6 +241,19 @@ class _Entry:
         field = self._fields.get(key)
         return {} if field is None else self._reader.secrets(field.value, key)
 
+    def read(self, field: SourceField) -> Any:
+        """A source field, read by its kind and checked by the rule for it, if any."""
+        special = _SPECIAL_FIELDS.get(field.attribute)
+        if special is not None:
+            return special(self)
+        if field.kind is FieldKind.FLAG:
+            return self.flag(field.json_name)
+        if field.kind is FieldKind.OBJECT:
+            return self.json(field.json_name)
+        if field.kind is FieldKind.SECRETS:
+            return self.secrets(field.json_name)
+        return self.text(field.json_name)
+
     def org_id(self) -> int:
         number = self.integer("orgId")
         if number is not None and number < 0:
@@ -299,6 +302,16 @@ def _url(entry: _Entry) -> str:
             # The URL itself is not quoted: it may carry credentials.
             entry.report("url", f"url is not valid: {exc.message}")
     return url
+
+
+# Fields with a rule beyond their kind's.
+_SPECIAL_FIELDS: dict[str, Callable[[_Entry], str]] = {
+    "name": _name,
+    "type": lambda entry: _required(entry, "type"),
+    "access": _access,
+    "url": _url,
+    "uid": _uid,
+}
 
 
 # --- across files -----------------------------------------------------------------------------

@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 from yaml import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.constructor import SafeConstructor
 
-from gateway.api.grafana_dto import parse_int64
 from gateway.provisioning.expand import expand
 from gateway.provisioning.model import Place, Problem
 from gateway.registry.models import UNSTORABLE_TEXT
+from gateway.registry.rules import parse_int64
 
 _TAG = "tag:yaml.org,2002:"
 NULL, BOOL, INT, FLOAT, STR = (_TAG + name for name in ("null", "bool", "int", "float", "str"))

@@ -19,7 +19,7 @@ from gateway.keys import SETTINGS, STORE
 from gateway.provisioning.apply import Counts, apply_files
 from gateway.provisioning.files import read_folder
 from gateway.provisioning.model import ProvisioningFailed
-from gateway.registry.store import RegistryStore
+from gateway.registry.interface import Registry
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +47,7 @@ def startup_message(folder: Path, failure: ProvisioningFailed) -> str:
 
 
 class Provisioner:
-    def __init__(self, store: RegistryStore, folder: Path, environ: Mapping[str, str]) -> None:
+    def __init__(self, store: Registry, folder: Path, environ: Mapping[str, str]) -> None:
         self.folder = folder
         self._store = store
         self._environ = environ

@@ -5,6 +5,22 @@ path, credential headers, timeouts, metric labels — is prepared once per sourc
 cached, so a request costs header filtering, one pool exchange and the copy loop. No SQL: the
 caller resolves the source from the in-memory SourceCache.
 
+`Forwarder.forward` runs one request as a sequence of small steps; each is a method below, in
+the order they run, and a new capability plugs in as a step rather than inside another one:
+
+1. `_outgoing_body` — the request body to send: the client's (read whole when small, streamed
+   otherwise), or one the gateway built (a translated query);
+2. `_choose_target` — the upstream origin to try (a source has one today; replica failover
+   chooses here);
+3. `_try` — one exchange with the pool, its failures translated into the gateway's errors and
+   fed to passive health. Retries: the pool retries once on a stale keep-alive connection (its
+   retry rule); a retry across targets is decided between `_try` and the next `_choose_target`;
+4. `_relay` — the answer back to the client: the upstream's status and headers, then `_stream`
+   copies the body with back-pressure;
+5. `_Outcome.record` — the request's metrics, recorded once, in `forward`'s `finally`, whatever
+   happened. Every failure is an exception carrying its status (a `GatewayError`, or `_ClientGone`
+   for 499), so no step tracks the status by hand.
+
 Outcomes:
 - upstream refused/reset/unreachable → 502, timeouts → 504, both `{"message", "traceID"}` in
   Grafana's dialect; connect failures and timeouts also count as passive health failures;
@@ -35,9 +51,8 @@ from gateway.errors import (
     GatewayError,
     GatewayTimeout,
     RequestTimeout,
-    influx_error_parts,
+    upstream_auth_failed_parts,
 )
-from gateway.health.credentials import source_credentials, tls_skip_verify
 from gateway.metrics import GatewayMetrics, SourceMeters
 from gateway.proxy.headers import (
     SourceHeaders,
@@ -50,11 +65,13 @@ from gateway.proxy.http1 import (
     RequestBodyError,
     Timeouts,
     UpstreamError,
+    UpstreamResponse,
     UpstreamTimeout,
 )
 from gateway.proxy.ssrf import TargetRefused
 from gateway.proxy.upstream import Origin, UpstreamPool
 from gateway.registry.models import DataSource
+from gateway.upstream.credentials import source_credentials, tls_skip_verify
 
 log = structlog.get_logger(__name__)
 
@@ -62,10 +79,10 @@ log = structlog.get_logger(__name__)
 # request can be retried on a stale keep-alive connection. Larger ones stream.
 SMALL_BODY = 64 * 1024
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away", as Grafana logs it
-AUTH_FAILED = "Authentication to data source failed"
 _BODY_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length"})
 
 PassiveFailure = Callable[[int], None]
+RawHeaders = list[tuple[bytes, bytes]]
 
 
 class ClientExchange(Protocol):
@@ -179,14 +196,8 @@ class Forwarder:
         GatewayErrors for the caller to render.
         """
         prepared = self.prepare(source)
-        meters = prepared.meters
-        started = time.perf_counter()
-        method = method or client.method
-        status = 500
-        sent = 0
-        received = 0
+        outcome = _Outcome(prepared.meters, method or client.method)
         request_id_bytes = request_id.encode()
-        meters.in_flight.inc()
         try:
             headers = request_headers(
                 client.headers,
@@ -199,101 +210,156 @@ class Forwarder:
                 # would contradict it (a JSON Content-Type in front of a form, say).
                 headers = [(n, v) for n, v in headers if n.lower() not in _BODY_HEADERS]
                 headers.extend(extra_headers)
-                body: RequestBody = body_override
-                content_length: int | None = len(body_override)
-                sent = len(body_override)
-            elif not client.has_body:
-                body, content_length = None, None
-            elif client.content_length is not None and client.content_length <= SMALL_BODY:
-                try:
-                    async with asyncio.timeout(prepared.timeouts.body):
-                        body = await client.read_body(SMALL_BODY)
-                except ConnectionError:
-                    status = CLIENT_CLOSED_REQUEST
-                    client.abort()
-                    return status
-                except TimeoutError as exc:
-                    status = 408
-                    raise RequestTimeout() from exc
-                content_length = sent = len(body)
-            else:
-                counted = _Counted(client.body(), prepared.timeouts.body)
-                body, content_length = counted, client.content_length
-            try:
-                upstream = await self._pool.request(
-                    prepared.origin,
-                    method,
-                    target,
-                    headers,
-                    body,
-                    content_length=content_length,
-                    timeouts=prepared.timeouts,
-                )
-            except TargetRefused as exc:
-                status = 403
-                raise Forbidden(f"Data source target is not allowed: {exc}") from exc
-            except UpstreamError as exc:
-                status = self._upstream_failed(prepared, exc)
-                raise _gateway_error(exc, request_id) from exc
-            except ConnectionError:  # the client's body broke off: it went away
-                status = CLIENT_CLOSED_REQUEST
-                client.abort()
-                return status
-            except _BodyStalled as exc:  # the client stopped sending mid-body
-                status = 408
-                raise RequestTimeout() from exc
-            except RequestBodyError as exc:
-                status = 400
-                raise BadRequest(
-                    "request body does not match its Content-Length",
-                    influx_message="request body does not match its Content-Length",
-                ) from exc
-            finally:
-                if isinstance(body, _Counted):
-                    sent = body.total
-            meters.upstream_latency.observe(time.perf_counter() - started)
-            async with upstream:
-                status = upstream.status
-                if status == 401:
-                    status = 400
-                    _auth_failed(client, dialect, request_id)
-                    return status
-                response = response_headers(upstream.headers)
-                response.append((b"X-Request-Id", request_id_bytes))
-                client.start_response(status, upstream.reason, response)
-                try:
-                    async for chunk in upstream:
-                        received += len(chunk)
-                        await client.write(chunk)
-                    client.finish()
-                except UpstreamError as exc:
-                    # Headers are out: the status cannot change. Cut the connection so the
-                    # client sees an incomplete response, never a complete-looking short one,
-                    # and count and log it as the failure it was, not as the 200 it began as.
-                    status = self._upstream_failed(prepared, exc, passive=False)
-                    log.warning(
-                        "proxy_aborted",
-                        source_uid=source.uid,
-                        reason=f"upstream {exc.kind} after {received} bytes",
-                    )
-                    client.abort()
-                except ConnectionError:
-                    status = CLIENT_CLOSED_REQUEST
-                    client.abort()
-                return status
+            body, content_length = await self._outgoing_body(
+                client, prepared, body_override, outcome
+            )
+            origin = self._choose_target(prepared)
+            upstream = await self._try(
+                prepared, origin, outcome, target, headers, body, content_length, request_id
+            )
+            outcome.status = await self._relay(
+                client, prepared, upstream, outcome, dialect, request_id_bytes
+            )
+        except _ClientGone:
+            outcome.status = CLIENT_CLOSED_REQUEST
+            client.abort()
+        except GatewayError as exc:
+            outcome.status = exc.status
+            raise
         except asyncio.CancelledError:
             # The server cancels the handler when the client disconnects; the upstream response
             # was closed on the way out (not pooled), so only the outcome is left to record.
-            status = CLIENT_CLOSED_REQUEST
+            outcome.status = CLIENT_CLOSED_REQUEST
             raise
         finally:
-            meters.in_flight.dec()
-            meters.requests(method, str(status)).inc()
-            meters.duration.observe(time.perf_counter() - started)
-            if sent:
-                meters.request_bytes.inc(sent)
-            if received:
-                meters.response_bytes.inc(received)
+            outcome.record()
+        return outcome.status
+
+    # --- the steps, in the order they run -----------------------------------------------------
+
+    async def _outgoing_body(
+        self,
+        client: ClientExchange,
+        prepared: PreparedSource,
+        body_override: bytes | None,
+        outcome: _Outcome,
+    ) -> tuple[RequestBody, int | None]:
+        """The body to send upstream and its length (None: stream it chunked)."""
+        if body_override is not None:
+            outcome.sent = len(body_override)
+            return body_override, len(body_override)
+        if not client.has_body:
+            return None, None
+        length = client.content_length
+        if length is not None and length <= SMALL_BODY:
+            try:
+                async with asyncio.timeout(prepared.timeouts.body):
+                    body = await client.read_body(SMALL_BODY)
+            except ConnectionError as exc:
+                raise _ClientGone() from exc
+            except TimeoutError as exc:
+                raise RequestTimeout() from exc
+            outcome.sent = len(body)
+            return body, len(body)
+        counted = _Counted(client.body(), prepared.timeouts.body)
+        outcome.streamed = counted
+        return counted, length
+
+    def _choose_target(self, prepared: PreparedSource) -> Origin:
+        """Where to send the request: the source's one URL."""
+        return prepared.origin
+
+    async def _try(
+        self,
+        prepared: PreparedSource,
+        origin: Origin,
+        outcome: _Outcome,
+        target: str,
+        headers: RawHeaders,
+        body: RequestBody,
+        content_length: int | None,
+        request_id: str,
+    ) -> UpstreamResponse:
+        """One exchange with `origin` up to the response head; failures as gateway errors."""
+        try:
+            upstream = await self._pool.request(
+                origin,
+                outcome.method,
+                target,
+                headers,
+                body,
+                content_length=content_length,
+                timeouts=prepared.timeouts,
+            )
+        except TargetRefused as exc:
+            raise Forbidden(f"Data source target is not allowed: {exc}") from exc
+        except UpstreamError as exc:
+            self._upstream_failed(prepared, exc)
+            raise _gateway_error(exc, request_id) from exc
+        except ConnectionError as exc:  # the client's body broke off: it went away
+            raise _ClientGone() from exc
+        except _BodyStalled as exc:  # the client stopped sending mid-body
+            raise RequestTimeout() from exc
+        except RequestBodyError as exc:
+            raise BadRequest(
+                "request body does not match its Content-Length",
+                influx_message="request body does not match its Content-Length",
+            ) from exc
+        outcome.upstream_answered()
+        return upstream
+
+    async def _relay(
+        self,
+        client: ClientExchange,
+        prepared: PreparedSource,
+        upstream: UpstreamResponse,
+        outcome: _Outcome,
+        dialect: Dialect,
+        request_id: bytes,
+    ) -> int:
+        """The upstream's answer to the client; the status to log."""
+        async with upstream:
+            status = outcome.status = upstream.status
+            if status == 401:
+                # An upstream 401 must not look like the client's own session failed
+                # (Grafana's rule).
+                headers, body = upstream_auth_failed_parts(dialect)
+                headers.append((b"X-Request-Id", request_id))
+                client.respond(400, "Bad Request", headers, body)
+                return 400
+            response = response_headers(upstream.headers)
+            response.append((b"X-Request-Id", request_id))
+            client.start_response(status, upstream.reason, response)
+            return await self._stream(client, prepared, upstream, outcome)
+
+    async def _stream(
+        self,
+        client: ClientExchange,
+        prepared: PreparedSource,
+        upstream: UpstreamResponse,
+        outcome: _Outcome,
+    ) -> int:
+        """Copy the response body; the status to log once it is over."""
+        try:
+            async for chunk in upstream:
+                outcome.received += len(chunk)
+                await client.write(chunk)
+        except UpstreamError as exc:
+            # Headers are out: the status cannot change. Cut the connection so the client sees
+            # an incomplete response, never a complete-looking short one, and count and log it
+            # as the failure it was, not as the status it began with.
+            status = self._upstream_failed(prepared, exc, passive=False)
+            log.warning(
+                "proxy_aborted",
+                source_uid=prepared.source.uid,
+                reason=f"upstream {exc.kind} after {outcome.received} bytes",
+            )
+            client.abort()
+            return status
+        except ConnectionError as exc:
+            raise _ClientGone() from exc
+        client.finish()
+        return upstream.status
 
     def _upstream_failed(
         self, prepared: PreparedSource, exc: UpstreamError, *, passive: bool = True
@@ -308,6 +374,40 @@ class Forwarder:
         if passive and exc.kind in ("connect", "timeout") and self._on_passive_failure:
             self._on_passive_failure(prepared.source.id)
         return 504 if isinstance(exc, UpstreamTimeout) else 502
+
+
+class _Outcome:
+    """What one proxied request did, for its metrics: recorded once, when it is over."""
+
+    __slots__ = ("meters", "method", "received", "sent", "started", "status", "streamed")
+
+    def __init__(self, meters: SourceMeters, method: str) -> None:
+        self.meters = meters
+        self.method = method
+        self.status = 500  # until a step knows better
+        self.sent = 0
+        self.received = 0
+        self.streamed: _Counted | None = None  # a streamed request body counts its own bytes
+        self.started = time.perf_counter()
+        meters.in_flight.inc()
+
+    def upstream_answered(self) -> None:
+        self.meters.upstream_latency.observe(time.perf_counter() - self.started)
+
+    def record(self) -> None:
+        meters = self.meters
+        meters.in_flight.dec()
+        meters.requests(self.method, str(self.status)).inc()
+        meters.duration.observe(time.perf_counter() - self.started)
+        sent = self.streamed.total if self.streamed is not None else self.sent
+        if sent:
+            meters.request_bytes.inc(sent)
+        if self.received:
+            meters.response_bytes.inc(self.received)
+
+
+class _ClientGone(Exception):
+    """The client went away: its connection broke while we read from or wrote to it."""
 
 
 class _BodyStalled(Exception):
@@ -349,16 +449,6 @@ def _gateway_error(exc: UpstreamError, request_id: str) -> GatewayError:
         )
     error.trace_id = request_id
     return error
-
-
-def _auth_failed(client: ClientExchange, dialect: Dialect, request_id: str) -> None:
-    """An upstream 401 must not look like the client's own session failed (Grafana's rule)."""
-    if dialect is Dialect.INFLUX:
-        headers, body = influx_error_parts("invalid", AUTH_FAILED)
-    else:
-        headers, body = [(b"Content-Type", b"text/plain; charset=utf-8")], AUTH_FAILED.encode()
-    headers.append((b"X-Request-Id", request_id.encode()))
-    client.respond(400, "Bad Request", headers, body)
 
 
 def _seconds(value: object, default: float) -> float:

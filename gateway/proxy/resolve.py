@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge
 from gateway.front.protocol import BodyTooLarge
-from gateway.health.credentials import InfluxQueryLanguage, influx_query_language
 from gateway.proxy.policy import (
     AUTH_QUERY_PARAMS,
     ProxyPath,
@@ -29,6 +28,7 @@ from gateway.registry.cache import Snapshot, SourceCache
 from gateway.registry.models import UID_PATTERN, DataSource, Principal, Role
 from gateway.requests import query_param
 from gateway.security.org import ORG_HEADER, acting_org_id
+from gateway.upstream.credentials import InfluxQueryLanguage, influx_query_language
 
 if TYPE_CHECKING:
     from gateway.proxy.routes import ProxyRequest

@@ -1,6 +1,6 @@
 """SourceCache: every data source in memory, so the proxy and the monitor never wait on SQL.
 
-The store tells the cache when anything was committed (here or by another process); the cache
+The registry tells the cache when anything was committed (here or by another process); the cache
 only marks itself stale then, and the next reader reloads the whole table once. Readers after
 a write therefore always see it — no window in which a just-created source is unknown — and a
 read with no write in between costs a dictionary lookup.
@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from gateway.registry.interface import Registry
 from gateway.registry.models import DataSource
-from gateway.registry.store import RegistryStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +47,13 @@ class Snapshot:
 
 
 class SourceCache:
-    def __init__(self, store: RegistryStore) -> None:
-        self._store = store
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
         self._snapshot = Snapshot()
         self._stale = True
         self._lock = asyncio.Lock()
         self._subscribers: list[Callable[[], None]] = []
-        store.add_listener(self._invalidate)
+        registry.subscribe(self._invalidate)
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call `callback` (synchronously, cheaply) whenever the registry may have changed."""
@@ -72,7 +72,7 @@ class SourceCache:
                     # again, so it is picked up by the next reader instead of being lost.
                     self._stale = False
                     try:
-                        self._snapshot = Snapshot.of(await self._store.list_sources())
+                        self._snapshot = Snapshot.of(await self._registry.list_sources())
                     except BaseException:
                         self._stale = True
                         raise

@@ -62,6 +62,48 @@ class TokenInfo:
     revoked: datetime | None
 
 
+class FieldKind(Enum):
+    """What a source field holds, which says how every dialect reads and stores it."""
+
+    TEXT = "text"
+    FLAG = "flag"
+    OBJECT = "object"  # a JSON object (jsonData)
+    SECRETS = "secrets"  # names to secret strings: encrypted at rest, never returned
+
+
+@dataclass(frozen=True, slots=True)
+class SourceField:
+    attribute: str  # on DataSourceSpec and DataSource
+    json_name: str  # in Grafana's JSON: its API and its provisioning files
+    kind: FieldKind
+
+
+def _field(attribute: str, json_name: str, kind: FieldKind = FieldKind.TEXT) -> SourceField:
+    return SourceField(attribute, json_name, kind)
+
+
+# Every field a writer may set on a data source: the one declaration the APIs, provisioning and
+# the store's columns are built from (DataSourceSpec below has these fields and their defaults;
+# a test holds the two together). The registry adds id, org, version and timestamps.
+SOURCE_FIELDS: tuple[SourceField, ...] = (
+    _field("name", "name"),
+    _field("type", "type"),
+    _field("access", "access"),
+    _field("url", "url"),
+    _field("user", "user"),
+    _field("database", "database"),
+    _field("basic_auth", "basicAuth", FieldKind.FLAG),
+    _field("basic_auth_user", "basicAuthUser"),
+    _field("with_credentials", "withCredentials", FieldKind.FLAG),
+    _field("is_default", "isDefault", FieldKind.FLAG),
+    _field("json_data", "jsonData", FieldKind.OBJECT),
+    _field("secure_json_data", "secureJsonData", FieldKind.SECRETS),
+    _field("uid", "uid"),
+    _field("api_version", "apiVersion"),
+    _field("read_only", "readOnly", FieldKind.FLAG),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class DataSourceSpec:
     """Everything a client may write about a data source; the store adds id, org and version."""

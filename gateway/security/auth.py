@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from gateway.registry.interface import Registry
 from gateway.registry.models import Principal
-from gateway.registry.store import RegistryStore
 
 TOKEN_PREFIX = "dsg_"
 _SCHEMES = ("bearer", "token")
@@ -41,15 +41,15 @@ def token_from_header(value: str | None) -> str | None:
 class PrincipalCache:
     """Token hash → Principal, so authenticating a request touches no SQL after the first time.
 
-    Only hits are cached; the store clears the cache on every committed change (its own, or
-    another process's seen through `PRAGMA data_version`), so a revoked token stops working
-    within the store's watch interval.
+    Only hits are cached; the registry clears the cache on every committed change (its own, or
+    another process's, which its backend watches for), so a revoked token stops working within
+    the backend's watch interval.
     """
 
-    def __init__(self, store: RegistryStore) -> None:
-        self._store = store
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
         self._by_hash: dict[str, Principal] = {}
-        store.add_listener(self.clear)
+        registry.subscribe(self.clear)
 
     def clear(self) -> None:
         self._by_hash.clear()
@@ -58,7 +58,7 @@ class PrincipalCache:
         digest = hash_token(token)
         principal = self._by_hash.get(digest)
         if principal is None:
-            principal = await self._store.find_principal(digest)
+            principal = await self._registry.find_principal(digest)
             if principal is not None:
                 self._by_hash[digest] = principal
         return principal

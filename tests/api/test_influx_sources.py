@@ -22,8 +22,8 @@ from pytest_aiohttp import AiohttpServer
 
 from gateway.config import Settings
 from gateway.keys import MONITOR, STORE
+from gateway.registry.interface import Registry
 from gateway.registry.models import DataSourceSpec, Org
-from gateway.registry.store import RegistryStore
 from tests.conftest import Headers, MakeToken
 from tests.services.influxdb import FakeInfluxDB2, InfluxDB1, closed_port_url
 
@@ -114,7 +114,7 @@ async def org_of(client: TestClient, name: str = "Main Org.") -> Org:
     return await client.server.app[STORE].find_org(name=name)
 
 
-def store_of(client: TestClient) -> RegistryStore:
+def store_of(client: TestClient) -> Registry:
     return client.server.app[STORE]
 
 

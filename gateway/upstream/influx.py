@@ -5,7 +5,7 @@
   query), one bucket per (db, rp) named `db/rp`.
 - v2 (InfluxDB 2.x): `GET /api/v2/buckets` page by page with `Authorization: Token <token>`.
 
-Credentials are the ones the proxy and the probes send (health/credentials.py): Basic(username,
+Credentials are the ones the proxy and the probes send (upstream/credentials.py): Basic(username,
 password) for v1, `Token <token>` for v2, Grafana's basic auth and custom headers where set; for a
 v1 user with a `sharedSecret`, InfluxDB 1.x's `Bearer <JWT>` instead of the password. They travel
 in headers only, never in the URL.
@@ -37,13 +37,13 @@ import yarl
 from multidict import CIMultiDict
 
 from gateway.errors import BadGateway, BadRequest, Unavailable
-from gateway.health.credentials import (
+from gateway.registry.models import DataSource
+from gateway.upstream.credentials import (
     AUTHORIZATION,
     custom_headers,
     source_credentials,
     url_without_userinfo,
 )
-from gateway.registry.models import DataSource
 
 InfluxKind = Literal["v1", "v2"]
 
@@ -76,7 +76,12 @@ class Bucket:
 
 
 @dataclass(frozen=True, slots=True)
-class Timeouts:
+class ListingTimeouts:
+    """Limits, in seconds, on each aiohttp request a bucket listing makes: `connect` for the TCP
+    connect and TLS handshake, `total` for the whole exchange. A listing's answers are small, so
+    one total bound fits them; the proxy pool's per-phase `proxy.http1.Timeouts` deliberately has
+    none, because a long proxied stream that keeps moving is legitimate."""
+
     connect: float
     total: float
 
@@ -88,7 +93,7 @@ class Timeouts:
 
 
 async def list_v1_buckets(
-    session: aiohttp.ClientSession, source: DataSource, timeouts: Timeouts
+    session: aiohttp.ClientSession, source: DataSource, timeouts: ListingTimeouts
 ) -> list[Bucket]:
     call = _Upstream(session, source, timeouts, _credentials(source, "v1"))
     listed = _result(await call.query("SHOW DATABASES"))
@@ -155,7 +160,7 @@ def parse_duration(text: str) -> int:
 
 
 def _credentials(source: DataSource, kind: InfluxKind) -> CIMultiDict[str]:
-    """The headers the proxy and the probes send (health/credentials.py: Grafana's rules), plus
+    """The headers the proxy and the probes send (upstream/credentials.py: Grafana's rules), plus
     InfluxDB 1.x's JWT in place of the password when a v1 source has a user and a shared secret
     (and no proxy basic auth or custom Authorization header overrides it)."""
     headers = CIMultiDict(source_credentials(source).headers)
@@ -225,7 +230,7 @@ def _series_rows(result: Mapping[str, Any], columns: tuple[str, ...]) -> list[li
 
 
 async def list_v2_buckets(
-    session: aiohttp.ClientSession, source: DataSource, timeouts: Timeouts
+    session: aiohttp.ClientSession, source: DataSource, timeouts: ListingTimeouts
 ) -> list[Bucket]:
     call = _Upstream(session, source, timeouts, _credentials(source, "v2"))
     params = {"limit": str(V2_PAGE_SIZE)}
@@ -306,7 +311,7 @@ class _Upstream:
         self,
         session: aiohttp.ClientSession,
         source: DataSource,
-        timeouts: Timeouts,
+        timeouts: ListingTimeouts,
         headers: CIMultiDict[str],
     ) -> None:
         self._session = session
@@ -315,6 +320,9 @@ class _Upstream:
         self._timeouts = timeouts
         self._headers = headers
         # insecureSkipVerify ⇔ jsonData.tlsSkipVerify (ssl=False turns certificate checks off).
+        # Only a JSON `true` counts here, as in the InfluxDB API's `insecureSkipVerify`
+        # (api/influx_dto.py), whereas credentials.tls_skip_verify, used by the proxy and the
+        # probes, also takes the string "true": a known difference, kept until it is decided.
         self._ssl = source.json_data.get("tlsSkipVerify") is not True
 
     async def query(self, statement: str) -> object:
@@ -394,8 +402,8 @@ def _unexpected() -> BadGateway:
 __all__ = [
     "CREDENTIALS_REJECTED",
     "Bucket",
+    "ListingTimeouts",
     "RetentionRule",
-    "Timeouts",
     "list_v1_buckets",
     "list_v2_buckets",
     "parse_duration",

@@ -182,5 +182,6 @@ __all__ = [
     "custom_headers",
     "influx_query_language",
     "source_credentials",
+    "tls_skip_verify",
     "url_without_userinfo",
 ]

@@ -1,4 +1,4 @@
-"""Credential headers by Grafana's injection rules (gateway/health/credentials.py)."""
+"""Credential headers by Grafana's injection rules (gateway/upstream/credentials.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from gateway.health.credentials import (
+from gateway.upstream.credentials import (
     NO_CREDENTIALS,
     InfluxQueryLanguage,
     influx_query_language,

@@ -1,0 +1,113 @@
+"""The rules a data source must meet, whoever writes it: both APIs, provisioning files, the CLI.
+
+Each writer decodes its own dialect (Grafana JSON, InfluxDB JSON, YAML) and reports problems in its
+own words, but the rules themselves — what a URL, a name or a uid may be, which numbers and
+strings can be stored — are declared here once, below the APIs, so that no writer imports
+another's dialect module.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.errors import BadRequest
+from gateway.registry.models import MAX_NAME_LENGTH, MAX_URL_LENGTH, UID_PATTERN, UNSTORABLE_TEXT
+
+# Grafana's own messages (the Grafana API answers with them; provisioning quotes them).
+INVALID_NAME = "Invalid datasource name."
+INVALID_URL = "Validation error, invalid URL"
+URL_TOO_LONG = "Invalid datasource url."
+URL_WITH_CREDENTIALS = (
+    "Validation error, credentials in the URL are not allowed: "
+    "use basicAuthUser and secureJsonData.basicAuthPassword"
+)
+INVALID_UID = "Invalid datasource UID."
+
+# How Grafana's frontend reaches a source; the gateway proxies either way.
+ACCESS_MODES = ("proxy", "direct")
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Control characters, space and backslash never belong in a URL; urlsplit would silently drop
+# some of them, and a backslash is read differently by different parsers (an SSRF classic).
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
+_URL_SCHEMES = frozenset({"http", "https"})
+
+
+def check_url(url: str) -> None:
+    """Stricter than Grafana: an absolute http(s) URL with a host, or 400."""
+    if len(url) > MAX_URL_LENGTH:
+        raise BadRequest(URL_TOO_LONG)
+    if _URL_FORBIDDEN.search(url):
+        raise BadRequest(INVALID_URL)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it validates the port (ValueError when out of range)
+    except ValueError as exc:
+        raise BadRequest(INVALID_URL) from exc
+    if parts.scheme.lower() not in _URL_SCHEMES or not parts.hostname:
+        raise BadRequest(INVALID_URL)
+    if parts.username is not None or parts.password is not None:
+        # A URL is shown to every viewer (and in InfluxDB's view): credentials go where they
+        # are encrypted and never returned.
+        raise BadRequest(URL_WITH_CREDENTIALS)
+
+
+def check_name(name: str) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise BadRequest(INVALID_NAME)
+
+
+def check_uid(uid: str) -> None:
+    """A given uid (an empty one is generated). A uid becomes an RBAC scope in Grafana
+    (CVE-2024-1442: "*" granted every source): only the plain charset is ever stored."""
+    if uid and not UID_PATTERN.fullmatch(uid):
+        raise BadRequest(INVALID_UID)
+
+
+def parse_int64(text: str) -> int | None:
+    """`text` as Go's `strconv.ParseInt(text, 10, 64)` reads it, or None."""
+    sign, digits = (text[0], text[1:]) if text[:1] in ("+", "-") else ("", text)
+    significant = digits.lstrip("0")
+    # isdecimal() alone would take non-ASCII digits; the length bound keeps int() (which
+    # refuses over 4,300 digits with a ValueError) away from attacker-sized input.
+    if not (digits.isascii() and digits.isdecimal()) or len(significant) > 19:
+        return None
+    number = int(sign + (significant or "0"))
+    return number if INT64_MIN <= number <= INT64_MAX else None
+
+
+def has_unstorable_text(document: Any) -> bool:
+    """Whether any key or string holds a NUL or a lone surrogate.
+
+    JSON can spell both (`\\u0000`, `\\ud800`); SQLite cannot store a lone surrogate (UTF-8 has
+    no encoding for it) and a NUL has no place in a name, URL or header. Walked with a stack,
+    not recursion: the document may be as deep as the JSON parser allowed.
+    """
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if UNSTORABLE_TEXT.search(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
+def finite_float(text: str) -> float:
+    """A JSON number that fits a float: `1e999` would be stored as Infinity, which is not JSON."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return number
+
+
+def reject_json_constant(name: str) -> Any:
+    """NaN and ±Infinity are not JSON; json.loads would accept them and we would echo them."""
+    raise ValueError(f"{name} is not valid JSON")
