@@ -105,7 +105,7 @@ async def _pass_headers(request: web.Request, response: web.StreamResponse) -> N
 
 
 class AiohttpExchange:
-    """The proxy's exchange (`ProxyExchange`) over an aiohttp request."""
+    """The proxy's exchange (`pipeline.ProxyExchange`) over an aiohttp request."""
 
     __slots__ = ("_close", "_finished", "_request", "_response", "response_started")
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import time
 from http import HTTPStatus
+from typing import Protocol
 
 import structlog
 
 from gateway.errors import GatewayError, RequestTimeout, error_parts
 from gateway.metrics import GatewayMetrics
-from gateway.proxy.forward import CLIENT_CLOSED_REQUEST, Forwarder
+from gateway.proxy.forward import CLIENT_CLOSED_REQUEST, ClientExchange, Forwarder
 from gateway.proxy.resolve import RESOLVER_HEADERS
-from gateway.proxy.routes import ProxyExchange, ProxyRequest, ProxyRoute
+from gateway.proxy.routes import ProxyRoute
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import Principal
 from gateway.requests import choose_request_id, log, principal_for, query_param, record_request
@@ -38,6 +39,43 @@ _ZAP_TRACE_SPAN = b"zap-trace-span"
 _READ_HEADERS = (
     frozenset({_AUTHORIZATION, _X_REQUEST_ID, _TRACEPARENT, _ZAP_TRACE_SPAN}) | RESOLVER_HEADERS
 )
+
+
+class ProxyExchange(ClientExchange, Protocol):
+    """The client's side of a proxied request as the pipeline sees it: what the Forwarder
+    needs, plus the request target as the client encoded it, whether the response has begun,
+    and a way to refuse keep-alive. The front server's `Exchange` is one; so is
+    `AiohttpExchange` (gateway/proxy/aiohttp_carrier.py)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def query_string(self) -> str: ...
+    @property
+    def response_started(self) -> bool: ...
+    def close_after_response(self) -> None: ...
+
+
+class ProxyRequest:
+    """One proxied request on its way through the pipeline: its exchange and route, the source
+    key from its path, its request id, and the request headers the pipeline and the resolvers
+    read (lower-case names, the first value of each, found in one pass)."""
+
+    __slots__ = ("exchange", "headers", "key", "request_id", "route")
+
+    def __init__(self, exchange: ProxyExchange, route: ProxyRoute, key: str) -> None:
+        self.exchange = exchange
+        self.route = route
+        self.key = key  # the `{key}` segment: the source's id or uid ("" when none)
+        headers: dict[bytes, str] = {}
+        for name, value in exchange.headers:
+            lower = name.lower()
+            if lower in _READ_HEADERS and lower not in headers:  # the first, as header() does
+                headers[lower] = value.decode("latin-1")
+        self.headers = headers
+        self.request_id = choose_request_id(
+            headers.get(_X_REQUEST_ID), headers.get(_TRACEPARENT), headers.get(_ZAP_TRACE_SPAN)
+        )
 
 
 class ProxyPipeline:
@@ -62,7 +100,7 @@ class ProxyPipeline:
         """Serve `exchange` as `route` (`key`: its source id or uid segment); the status
         logged, which is also the status to report for it."""
         started = time.perf_counter()
-        request = _request(exchange, route, key)
+        request = ProxyRequest(exchange, route, key)
         # Each request runs in a task of its own: binding here reaches only its log lines.
         structlog.contextvars.bind_contextvars(request_id=request.request_id)
         principal: Principal | None = None
@@ -116,18 +154,6 @@ class ProxyPipeline:
             body_override=rewrite.body,
             extra_headers=rewrite.headers,
         )
-
-
-def _request(exchange: ProxyExchange, route: ProxyRoute, key: str) -> ProxyRequest:
-    headers: dict[bytes, str] = {}
-    for name, value in exchange.headers:
-        lower = name.lower()
-        if lower in _READ_HEADERS and lower not in headers:  # the first, as header() does
-            headers[lower] = value.decode("latin-1")
-    request_id = choose_request_id(
-        headers.get(_X_REQUEST_ID), headers.get(_TRACEPARENT), headers.get(_ZAP_TRACE_SPAN)
-    )
-    return ProxyRequest(exchange, route, key, headers, request_id)
 
 
 def _render(request: ProxyRequest, error: GatewayError) -> int:

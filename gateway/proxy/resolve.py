@@ -31,7 +31,7 @@ from gateway.security.org import ORG_HEADER, acting_org_id
 from gateway.upstream.credentials import InfluxQueryLanguage, influx_query_language
 
 if TYPE_CHECKING:
-    from gateway.proxy.routes import ProxyRequest
+    from gateway.proxy.pipeline import ProxyRequest
 
 SOURCE_HEADER = "X-Gateway-Source"
 # The request headers the resolvers read (lower-case, as the pipeline collects them).

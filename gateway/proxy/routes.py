@@ -13,10 +13,9 @@ segment names the source; a trailing `/{path}` is the remainder that goes upstre
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from gateway.errors import Dialect
-from gateway.proxy.forward import ClientExchange
 from gateway.proxy.resolve import (
     Resolution,
     by_id,
@@ -27,45 +26,15 @@ from gateway.proxy.resolve import (
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import Principal
 
+if TYPE_CHECKING:
+    from gateway.proxy.pipeline import ProxyRequest
+
 PROXY_PREFIX = "/api/datasources/proxy"
 REMAINDER = "/{path}"
 
 
-class ProxyExchange(ClientExchange, Protocol):
-    """The client's side of a proxied request as the pipeline sees it: what the Forwarder
-    needs, plus the request target as the client encoded it, whether the response has begun,
-    and a way to refuse keep-alive."""
-
-    @property
-    def path(self) -> str: ...
-    @property
-    def query_string(self) -> str: ...
-    @property
-    def response_started(self) -> bool: ...
-    def close_after_response(self) -> None: ...
-
-
-class ProxyRequest:
-    """One proxied request on its way through the pipeline: what a resolver reads."""
-
-    __slots__ = ("exchange", "headers", "key", "request_id", "route")
-
-    def __init__(
-        self,
-        exchange: ProxyExchange,
-        route: ProxyRoute,
-        key: str,
-        headers: dict[bytes, str],
-        request_id: str,
-    ) -> None:
-        self.exchange = exchange
-        self.route = route
-        self.key = key  # the `{key}` segment: the source's id or uid ("" when none)
-        self.headers = headers  # the request headers the pipeline reads, by lower-case name
-        self.request_id = request_id
-
-
-Resolve = Callable[[ProxyRequest, Principal, SourceCache], Awaitable[Resolution]]
+# How a route finds its source and upstream target (gateway/proxy/resolve.py).
+Resolve = Callable[["ProxyRequest", Principal, SourceCache], Awaitable[Resolution]]
 
 
 class ProxyRoute:
