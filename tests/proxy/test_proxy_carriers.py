@@ -9,16 +9,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
+import structlog
 from aiohttp import TCPConnector, web
 from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient
 
+from gateway.app import create_app
+from gateway.config import Settings
 from gateway.keys import STORE
 from gateway.proxy.front_carrier import front_router
 from gateway.proxy.pipeline import ProxyPipeline
 from gateway.proxy.routes import ROUTES, ProxyRoute
 from gateway.registry.models import DataSource, DataSourceSpec
-from tests.conftest import ADMIN_TOKEN, AIOHTTP, FRONT, FrontTestServer
+from tests.conftest import ADMIN_TOKEN, AIOHTTP, FRONT, FrontTestServer, GatewayClient
 from tests.proxy.conftest import StartRawServer
 from tests.proxy.servers import Peer, RawServer
 
@@ -98,6 +102,28 @@ async def test_sources_created_through_the_api_are_proxied_on_the_same_connectio
     assert "X-Request-Id" in missing.headers
 
     assert (server.front_served, server.aiohttp_served) == (0, 3)
+
+
+async def test_one_log_line_and_one_count_per_proxied_request_on_either_carrier(
+    gateway_client: GatewayClient, settings: Settings, upstream: RawServer
+) -> None:
+    """The pipeline logs and counts a proxied request; aiohttp's middlewares step aside."""
+    registry = CollectorRegistry()
+    client = await gateway_client(create_app(settings, metrics_registry=registry))
+    spec = DataSourceSpec(name="bare", type="acme-json", url=f"http://127.0.0.1:{upstream.port}")
+    source = await client.server.app[STORE].create_source(1, spec)
+    with structlog.testing.capture_logs() as logs:
+        ok = await client.get(proxy_path(source, "x"), headers={**AUTH, "X-Request-Id": "r-1"})
+        missing = await client.get("/api/datasources/proxy/uid/nope/x", headers=AUTH)
+    assert (ok.status, missing.status) == (200, 404)
+    assert ok.headers.getall("X-Request-Id") == ["r-1"]
+    assert len(missing.headers.getall("X-Request-Id")) == 1
+    lines = [(line["path"], line["status"]) for line in logs if line["event"] == "request"]
+    route = "/api/datasources/proxy/uid/{uid}/{path}"
+    assert lines == [(route, 200), (route, 404)]
+    for status in ("200", "404"):
+        labels = {"route": route, "method": "GET", "code": status}
+        assert registry.get_sample_value("gateway_api_requests_total", labels) == 1
 
 
 # --- both carriers pass the upstream's headers as they are -------------------------------------
