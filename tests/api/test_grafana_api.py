@@ -3,7 +3,6 @@ roles, two orgs. Real app, real SQLite, real upstreams (aiohttp test servers) fo
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
@@ -20,6 +19,7 @@ from gateway.health.probes import probe_source
 from gateway.keys import HTTP, MONITOR, SETTINGS, STORE
 from gateway.registry.models import DEFAULT_ORG_ID, DataSourceSpec
 from tests.conftest import Headers, MakeToken
+from tests.waiting import wait_for
 
 PROMETHEUS = {
     "name": "Prom",
@@ -1109,13 +1109,9 @@ class TestHealth:
         url = str(upstream.make_url("/"))
         created = await create(client, admin_headers, uid="watched", type=GENERIC_TYPE, url=url)
         monitor = client.server.app[MONITOR]
-        for _ in range(300):
-            state = monitor.state(created["id"])
-            if state is not None:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the monitor never picked the source up")
+        await wait_for(lambda: monitor.state(created["id"]), timeout=3, what="monitor picks it up")
+        state = monitor.state(created["id"])
+        assert state is not None
         # Enough failures to turn the state to fail whatever the scheduler did before.
         failure = {"name": "Prom", "status": "fail", "message": "from the monitor", "checks": []}
         for _ in range(state.policy.fall):

@@ -7,7 +7,6 @@ reference (format checks off: InfluxDB's own links are relative paths).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import json
@@ -26,6 +25,7 @@ from gateway.registry.models import DataSourceSpec, Org
 from gateway.registry.store import RegistryStore
 from tests.conftest import Headers, MakeToken
 from tests.services.influxdb import FakeInfluxDB2, InfluxDB1, closed_port_url
+from tests.waiting import wait_for
 
 JSON_CT = "application/json; charset=utf-8"
 SOURCES = "/api/v2/sources"
@@ -1448,11 +1448,13 @@ class TestHealth:
             ),
         )
         monitor = client.server.app[MONITOR]
-        for _ in range(200):  # the first scheduled probe runs within a second of the write
+
+        def probed() -> bool:  # the first scheduled probe runs within a second of the write
             state = monitor.state(made.id)
-            if state is not None and state.last_result is not None:
-                break
-            await asyncio.sleep(0.02)
+            return state is not None and state.last_result is not None
+
+        await wait_for(probed, timeout=4)
+        state = monitor.state(made.id)
         assert state is not None
         assert state.status == "pass"
         monitor.record(made, {"name": "watched", "status": "fail", "message": "seen down"})

@@ -7,8 +7,6 @@ instead of sleeping through it, and every time bound below is in schedule second
 from __future__ import annotations
 
 import dataclasses
-import functools
-import random
 
 import pytest
 import structlog
@@ -16,8 +14,8 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway.config import Settings
-from gateway.health.monitor import PASSIVE_MIN_GAP, HealthMonitor, ProbePolicy
-from gateway.keys import MONITOR, STORE
+from gateway.health.monitor import PASSIVE_MIN_GAP, ProbePolicy
+from gateway.keys import STORE
 from gateway.registry.models import DataSource, DataSourceSpec
 from tests.conftest import ADMIN_TOKEN as ADMIN
 from tests.health.fake_clock import FakeClock, Schedule
@@ -36,26 +34,10 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """The fake clock (and a seeded jitter source) that the app's monitor is built with."""
-    clock = FakeClock()
-    with_fake_clock = functools.partial(
-        HealthMonitor, clock=clock, random=random.Random(14), wait=clock.wait
-    )
-    monkeypatch.setattr("gateway.app.HealthMonitor", with_fake_clock)
-    return clock
-
-
-@pytest.fixture
 async def client(
     aiohttp_client: AiohttpClient, app: web.Application, clock: FakeClock
 ) -> AppClient:
     return await aiohttp_client(app)
-
-
-@pytest.fixture
-def schedule(client: AppClient, clock: FakeClock) -> Schedule:
-    return Schedule(client.app[MONITOR], clock)
 
 
 async def add_source(client: AppClient, url: str, **json_data: object) -> DataSource:
