@@ -7,7 +7,8 @@ parallel (pytest-xdist) without sharing files or ports.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,19 @@ def make_token(client: TestClient) -> MakeToken:
         return {"Authorization": f"{scheme} {token}"}
 
     return make
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """An empty provisioning folder."""
+    path = tmp_path / "provisioning"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A URL whose port refuses connections: bound (so nobody else gets it), never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"

@@ -44,13 +44,6 @@ ENVIRON = {"PROM_PASSWORD": SECRET}
 
 
 @pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    path = tmp_path / "provisioning"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[RegistryStore]:
     async with RegistryStore.open(tmp_path / "gateway.db", SecretBox(SECRET_KEY)) as opened:
         yield opened

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -95,14 +93,6 @@ async def upstream(aiohttp_server: AiohttpServer) -> TestServer:
     app.router.add_get("/", ok)
     app.router.add_get("/broken", broken)
     return await aiohttp_server(app)
-
-
-@pytest.fixture
-def dead_url() -> Iterator[str]:
-    """A URL whose port refuses connections: bound (so nobody else gets it), never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
 
 
 class TestCreate:

@@ -7,7 +7,6 @@ the event loop keeps serving the aiohttp test server it talks to.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -83,14 +82,6 @@ async def upstream_url(aiohttp_server: AiohttpServer) -> str:
     app.router.add_get("/", ok)
     server: TestServer = await aiohttp_server(app)
     return str(server.make_url("/"))
-
-
-@pytest.fixture
-def dead_url() -> Iterator[str]:
-    """A URL whose port refuses connections: bound (so nobody else gets it), never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
 
 
 async def test_version_comes_from_frontend_settings(grafana: GrafanaApi) -> None:
