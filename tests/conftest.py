@@ -26,6 +26,7 @@ from gateway.keys import STORE
 from gateway.loop import event_loop_factory
 from gateway.registry.models import Role
 from gateway.security.auth import hash_token
+from tests.types import AppClient
 
 pytest_plugins = ["tests.services.influxdb", "tests.services.prometheus", "tests.upstreams"]
 
@@ -127,11 +128,11 @@ def admin_headers() -> Headers:
 
 
 @pytest.fixture
-def make_token(client: TestClient) -> MakeToken:
+def make_token(client: AppClient) -> MakeToken:
     """`await make_token(role="viewer", org="Other")` → headers of a new token (org made if new)."""
 
     async def make(role: str = "admin", org: str = "Main Org.", scheme: str = "Bearer") -> Headers:
-        store = client.server.app[STORE]
+        store = client.app[STORE]
         try:
             org_record = await store.find_org(name=org)
         except Exception:

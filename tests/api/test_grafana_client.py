@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-from grafana_client import GrafanaApi
+from aiohttp.test_utils import TestServer
+from grafana_client.api import GrafanaApi
 from grafana_client.client import (
     GrafanaBadInputError,
     GrafanaClientError,
@@ -23,6 +23,7 @@ from grafana_client.model import DatasourceIdentifier, DatasourceModel
 from pytest_aiohttp import AiohttpServer
 
 from tests.conftest import Headers, MakeToken
+from tests.types import AppClient
 
 T = TypeVar("T")
 
@@ -47,7 +48,7 @@ def prometheus(name: str = "Prom", **fields: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def connect(client: TestClient) -> Iterator[Callable[..., GrafanaApi]]:
+def connect(client: AppClient) -> Iterator[Callable[..., GrafanaApi]]:
     """`connect(headers, **options)` → a GrafanaApi on the test server, closed afterwards."""
     made: list[GrafanaApi] = []
 
@@ -90,7 +91,7 @@ async def test_version_comes_from_frontend_settings(grafana: GrafanaApi) -> None
     assert build_info["version"] == "11.0.0"
 
 
-async def test_from_url_connects_the_same_way(client: TestClient, admin_headers: Headers) -> None:
+async def test_from_url_connects_the_same_way(client: AppClient, admin_headers: Headers) -> None:
     token = admin_headers["Authorization"].split(" ", 1)[1]
     api = GrafanaApi.from_url(str(client.make_url("/")), credential=token)
     try:
