@@ -7,7 +7,8 @@ parallel (pytest-xdist) without sharing files or ports.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from gateway.keys import STORE
 from gateway.loop import event_loop_factory
 from gateway.registry.models import Role
 from gateway.security.auth import hash_token
+from tests.types import AppClient
 
 pytest_plugins = ["tests.services.influxdb", "tests.services.prometheus", "tests.upstreams"]
 
@@ -126,11 +128,11 @@ def admin_headers() -> Headers:
 
 
 @pytest.fixture
-def make_token(client: TestClient) -> MakeToken:
+def make_token(client: AppClient) -> MakeToken:
     """`await make_token(role="viewer", org="Other")` → headers of a new token (org made if new)."""
 
     async def make(role: str = "admin", org: str = "Main Org.", scheme: str = "Bearer") -> Headers:
-        store = client.server.app[STORE]
+        store = client.app[STORE]
         try:
             org_record = await store.find_org(name=org)
         except Exception:
@@ -140,3 +142,19 @@ def make_token(client: TestClient) -> MakeToken:
         return {"Authorization": f"{scheme} {token}"}
 
     return make
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """An empty provisioning folder."""
+    path = tmp_path / "provisioning"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A URL whose port refuses connections: bound (so nobody else gets it), never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
