@@ -7,13 +7,14 @@ parallel (pytest-xdist) without sharing files or ports.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import TCPConnector, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
@@ -27,6 +28,7 @@ from gateway.proxy.aiohttp_carrier import proxy_handler
 from gateway.proxy.front_carrier import front_router
 from gateway.registry.models import Role
 from gateway.security.auth import hash_token
+from tests.types import AppClient
 
 pytest_plugins = ["tests.services.influxdb", "tests.services.prometheus", "tests.upstreams"]
 
@@ -158,7 +160,7 @@ def carrier() -> str:
     return SERVED
 
 
-GatewayClient = Callable[[web.Application], Awaitable[TestClient]]
+GatewayClient = Callable[[web.Application], Awaitable[AppClient]]
 
 
 @pytest.fixture
@@ -166,18 +168,20 @@ def gateway_client(aiohttp_client: AiohttpClient, carrier: str) -> GatewayClient
     """`await gateway_client(app)`: a client of `app` served behind the front protocol, with
     proxied requests on the `carrier` under test."""
 
-    async def start(app: web.Application) -> TestClient:
+    async def start(app: web.Application) -> AppClient:
         server = FrontTestServer(app, carrier=carrier)
         await server.start_server()
-        if carrier == FRONT:
-            return await aiohttp_client(server, connector=TCPConnector(force_close=True))
-        return await aiohttp_client(server)
+        # One connection per request on the front carrier: no API request before a proxied
+        # one can hand its connection to aiohttp.
+        connector = TCPConnector(force_close=True) if carrier == FRONT else None
+        # pytest-aiohttp types a client of a server, not of an app, as app-less: this one is.
+        return cast(AppClient, await aiohttp_client(server, connector=connector))
 
     return start
 
 
 @pytest.fixture
-async def client(gateway_client: GatewayClient, app: web.Application) -> TestClient:
+async def client(gateway_client: GatewayClient, app: web.Application) -> AppClient:
     return await gateway_client(app)
 
 
@@ -187,11 +191,11 @@ def admin_headers() -> Headers:
 
 
 @pytest.fixture
-def make_token(client: TestClient) -> MakeToken:
+def make_token(client: AppClient) -> MakeToken:
     """`await make_token(role="viewer", org="Other")` → headers of a new token (org made if new)."""
 
     async def make(role: str = "admin", org: str = "Main Org.", scheme: str = "Bearer") -> Headers:
-        store = client.server.app[STORE]
+        store = client.app[STORE]
         try:
             org_record = await store.find_org(name=org)
         except Exception:
@@ -201,3 +205,19 @@ def make_token(client: TestClient) -> MakeToken:
         return {"Authorization": f"{scheme} {token}"}
 
     return make
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """An empty provisioning folder."""
+    path = tmp_path / "provisioning"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A URL whose port refuses connections: bound (so nobody else gets it), never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"

@@ -68,7 +68,9 @@ class GatewayProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         listening = self.wait_for("gateway_listening", timeout=20)
-        self.port = int(listening["port"])
+        port = listening["port"]
+        assert isinstance(port, int), listening
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
 
     def _read(self) -> None:

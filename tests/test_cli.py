@@ -5,27 +5,20 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-import pytest
-
 from gateway.registry.secrets import KEY_FILE_NAME
 from tests.process import GatewayProcess, run_cli
 
 
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-def test_token_create_prints_the_token_once_and_list_never_shows_it(data: Path) -> None:
+def test_token_create_prints_the_token_once_and_list_never_shows_it(data_dir: Path) -> None:
     created = run_cli(
         "token", "create", "--org", "Main Org.", "--role", "editor", "--description", "ci",
-        data_dir=data,
+        data_dir=data_dir,
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert token.startswith("dsg_")
     assert "not shown again" in created.stderr
-    listed = run_cli("token", "list", data_dir=data)
+    listed = run_cli("token", "list", data_dir=data_dir)
     assert listed.returncode == 0
     assert token not in listed.stdout
     row = next(line for line in listed.stdout.splitlines() if line.rstrip().endswith("ci"))
@@ -33,40 +26,40 @@ def test_token_create_prints_the_token_once_and_list_never_shows_it(data: Path) 
     assert "Main Org." in row
 
 
-def test_token_create_for_an_unknown_org_fails_with_exit_1(data: Path) -> None:
-    result = run_cli("token", "create", "--org", "Nope", "--role", "viewer", data_dir=data)
+def test_token_create_for_an_unknown_org_fails_with_exit_1(data_dir: Path) -> None:
+    result = run_cli("token", "create", "--org", "Nope", "--role", "viewer", data_dir=data_dir)
     assert result.returncode == 1
     assert result.stderr.strip().endswith("gateway: no org named 'Nope' (see `gateway org list`)")
 
 
-def test_token_create_refuses_an_unknown_role(data: Path) -> None:
-    result = run_cli("token", "create", "--org", "Main Org.", "--role", "root", data_dir=data)
+def test_token_create_refuses_an_unknown_role(data_dir: Path) -> None:
+    result = run_cli("token", "create", "--org", "Main Org.", "--role", "root", data_dir=data_dir)
     assert result.returncode == 2
     assert "invalid choice: 'root'" in result.stderr
 
 
-def test_revoke_marks_the_token_and_refuses_unknown_ids(data: Path) -> None:
-    run_cli("token", "create", "--org", "Main Org.", "--role", "viewer", data_dir=data)
-    assert run_cli("token", "revoke", "1", data_dir=data).returncode == 0
-    listed = run_cli("token", "list", data_dir=data).stdout.splitlines()[1]
+def test_revoke_marks_the_token_and_refuses_unknown_ids(data_dir: Path) -> None:
+    run_cli("token", "create", "--org", "Main Org.", "--role", "viewer", data_dir=data_dir)
+    assert run_cli("token", "revoke", "1", data_dir=data_dir).returncode == 0
+    listed = run_cli("token", "list", data_dir=data_dir).stdout.splitlines()[1]
     assert listed.split()[0] == "1"
     assert listed.split()[4] != "-"  # the REVOKED column holds a time now
-    again = run_cli("token", "revoke", "1", data_dir=data)
+    again = run_cli("token", "revoke", "1", data_dir=data_dir)
     assert again.returncode == 1
     assert "no active token with id 1" in again.stderr
 
 
-def test_org_create_gives_an_influx_id_and_refuses_duplicates(data: Path) -> None:
-    created = run_cli("org", "create", "Team B", data_dir=data)
+def test_org_create_gives_an_influx_id_and_refuses_duplicates(data_dir: Path) -> None:
+    created = run_cli("org", "create", "Team B", data_dir=data_dir)
     assert created.returncode == 0, created.stderr
     org_id, influx_id, name = created.stdout.strip().split("\t")
     assert (org_id, name) == ("2", "Team B")
     assert len(influx_id) == 16
     int(influx_id, 16)
-    duplicate = run_cli("org", "create", "team b", data_dir=data)
+    duplicate = run_cli("org", "create", "team b", data_dir=data_dir)
     assert duplicate.returncode == 1
     assert "already exists" in duplicate.stderr
-    listed = run_cli("org", "list", data_dir=data).stdout.splitlines()
+    listed = run_cli("org", "list", data_dir=data_dir).stdout.splitlines()
     assert [line.split("\t")[2] for line in listed] == ["Main Org.", "Team B"]
 
 
@@ -83,17 +76,17 @@ def test_keys_rotate_with_a_key_file_replaces_the_file(tmp_path: Path) -> None:
     assert run_cli("org", "list", data_dir=data, env=env).returncode == 0  # new key opens it
 
 
-def test_keys_rotate_with_an_env_key_needs_the_new_key(data: Path) -> None:
-    result = run_cli("keys", "rotate", data_dir=data)
+def test_keys_rotate_with_an_env_key_needs_the_new_key(data_dir: Path) -> None:
+    result = run_cli("keys", "rotate", data_dir=data_dir)
     assert result.returncode == 1
     assert "set GATEWAY_NEW_SECRET_KEY" in result.stderr
-    rotated = run_cli("keys", "rotate", data_dir=data, env={"GATEWAY_NEW_SECRET_KEY": "next"})
+    rotated = run_cli("keys", "rotate", data_dir=data_dir, env={"GATEWAY_NEW_SECRET_KEY": "next"})
     assert rotated.returncode == 0, rotated.stderr
-    stale = run_cli("org", "list", data_dir=data)
+    stale = run_cli("org", "list", data_dir=data_dir)
     assert stale.returncode == 2
     assert "cannot decrypt" in stale.stderr
     assert "Traceback" not in stale.stderr
-    fresh = run_cli("org", "list", data_dir=data, env={"GATEWAY_SECRET_KEY": "next"})
+    fresh = run_cli("org", "list", data_dir=data_dir, env={"GATEWAY_SECRET_KEY": "next"})
     assert fresh.returncode == 0
 
 
@@ -112,8 +105,10 @@ def test_keys_rotate_refuses_while_a_gateway_serves_the_data(tmp_path: Path) -> 
     assert run_cli("keys", "rotate", data_dir=data, env=env).returncode == 0
 
 
-def test_the_data_directory_and_database_are_private(data: Path) -> None:
-    assert run_cli("org", "list", data_dir=data).returncode == 0
-    assert stat.S_IMODE(data.stat().st_mode) == 0o700
-    for name in ("gateway.db", "secret.key") if (data / "secret.key").exists() else ("gateway.db",):
-        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+def test_the_data_directory_and_database_are_private(data_dir: Path) -> None:
+    assert run_cli("org", "list", data_dir=data_dir).returncode == 0
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    for name in (
+        ("gateway.db", "secret.key") if (data_dir / "secret.key").exists() else ("gateway.db",)
+    ):
+        assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o600, name

@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
+
+from tests.types import AppClient
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "grafana-dashboards" / "gateway.json"
@@ -58,7 +59,7 @@ def test_the_dashboard_is_importable_with_a_prometheus_input() -> None:
         assert topic in titles, topic
 
 
-async def test_every_metric_in_the_queries_is_exported(client: TestClient) -> None:
+async def test_every_metric_in_the_queries_is_exported(client: AppClient) -> None:
     text = await (await client.get("/metrics")).text()
     exported = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE))
     used = {base_name(name) for query in queries(load()) for name in METRIC_NAME.findall(query)}

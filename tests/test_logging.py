@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
-from aiohttp.test_utils import TestClient
 
 from gateway.logging import configure_logging
 from tests.conftest import ADMIN_TOKEN
+from tests.types import AppClient
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ from tests.conftest import ADMIN_TOKEN
     ],
 )
 async def test_request_id_is_taken_from_the_client_and_echoed(
-    client: TestClient, headers: dict[str, str], expected: str
+    client: AppClient, headers: dict[str, str], expected: str
 ) -> None:
     response = await client.get("/ping", headers=headers)
     assert response.headers["X-Request-Id"] == expected
@@ -38,7 +38,7 @@ async def test_request_id_is_taken_from_the_client_and_echoed(
     [{}, {"X-Request-Id": "has spaces and <html>"}, {"X-Request-Id": "x" * 300}],
 )
 async def test_a_missing_or_unsafe_request_id_is_replaced(
-    client: TestClient, headers: dict[str, str]
+    client: AppClient, headers: dict[str, str]
 ) -> None:
     response = await client.get("/ping", headers=headers)
     generated = response.headers["X-Request-Id"]
@@ -46,7 +46,7 @@ async def test_a_missing_or_unsafe_request_id_is_replaced(
     int(generated, 16)
 
 
-async def test_one_canonical_line_per_request(client: TestClient) -> None:
+async def test_one_canonical_line_per_request(client: AppClient) -> None:
     with structlog.testing.capture_logs() as logs:
         await client.get(
             "/api/nothing",
@@ -64,7 +64,7 @@ async def test_one_canonical_line_per_request(client: TestClient) -> None:
 
 
 async def test_the_log_line_names_the_route_template_not_the_raw_path(
-    client: TestClient,
+    client: AppClient,
 ) -> None:
     with structlog.testing.capture_logs() as logs:
         await client.get("/ready?secret=1")

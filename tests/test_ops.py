@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import aiosqlite
-from aiohttp.test_utils import TestClient
 
 from gateway import __version__
 from gateway.config import Settings
 from gateway.keys import LIFECYCLE, STORE
+from tests.types import AppClient
 
 
-async def test_ping_is_204_with_influx_version_headers(client: TestClient) -> None:
+async def test_ping_is_204_with_influx_version_headers(client: AppClient) -> None:
     response = await client.get("/ping")
     assert response.status == 204
     assert response.headers["X-Influxdb-Version"] == __version__
     assert await response.read() == b""
 
 
-async def test_health_is_an_influx_healthcheck_with_the_store_check(client: TestClient) -> None:
+async def test_health_is_an_influx_healthcheck_with_the_store_check(client: AppClient) -> None:
     response = await client.get("/health")
     assert response.status == 200
     assert response.headers["Content-Type"] == "application/json; charset=utf-8"
@@ -33,9 +33,9 @@ async def test_health_is_an_influx_healthcheck_with_the_store_check(client: Test
 
 
 async def test_health_fails_with_503_when_the_database_is_gone(
-    client: TestClient, settings: Settings
+    client: AppClient, settings: Settings
 ) -> None:
-    store = client.server.app[STORE]
+    store = client.app[STORE]
     await store._conn.close()  # the database connection dies under us
     try:
         response = await client.get("/health")
@@ -47,17 +47,17 @@ async def test_health_fails_with_503_when_the_database_is_gone(
         store._conn = await aiosqlite.connect(settings.db_path, isolation_level=None)
 
 
-async def test_ready_is_200_after_start_up_and_503_while_draining(client: TestClient) -> None:
+async def test_ready_is_200_after_start_up_and_503_while_draining(client: AppClient) -> None:
     response = await client.get("/ready")
     assert response.status == 200
     assert (await response.json())["status"] == "ready"
-    client.server.app[LIFECYCLE].draining = True
+    client.app[LIFECYCLE].draining = True
     response = await client.get("/ready")
     assert response.status == 503
     assert await response.json() == {"status": "draining"}
 
 
-async def test_unknown_paths_answer_in_the_dialect_of_their_api(client: TestClient) -> None:
+async def test_unknown_paths_answer_in_the_dialect_of_their_api(client: AppClient) -> None:
     headers = {"Authorization": "Bearer dsg_test-admin-token"}
     grafana = await client.get("/api/nothing-here", headers=headers)
     assert grafana.status == 404

@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import functools
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from gateway.registry.models import DataSource, DataSourceSpec
 from gateway.registry.secrets import SecretBox
 from gateway.registry.sqlite import SqliteBackend
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.waiting import wait_for
 
 SECRET = "pw-5d1e7c-from-the-environment"
 REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "config/provisioning/datasources"
@@ -41,13 +42,6 @@ PROMETHEUS = """
         secureJsonData: {basicAuthPassword: $PROM_PASSWORD}
 """
 ENVIRON = {"PROM_PASSWORD": SECRET}
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    path = tmp_path / "provisioning"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -486,12 +480,6 @@ class FakeProvisioner:
             self.running -= 1
 
 
-async def settle(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 class TestReloader:
     async def test_one_apply_at_a_time_and_requests_during_one_fold_into_one(self) -> None:
         fake = FakeProvisioner([])
@@ -499,14 +487,14 @@ class TestReloader:
         reloader.start()
         try:
             reloader.request()
-            await settle(lambda: fake.applies == 1)
+            await wait_for(lambda: fake.applies == 1)
             for _ in range(5):
                 reloader.request()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # a while with requests pending: still no second apply
             assert fake.applies == 1
             fake.release.set()
-            await settle(functools.partial(fake.finished, 2))
-            await asyncio.sleep(0.05)
+            await wait_for(functools.partial(fake.finished, 2))
+            await asyncio.sleep(0.05)  # and no third one for the requests folded into it
             assert (fake.applies, fake.most_at_once) == (2, 1)
         finally:
             await reloader.stop()
@@ -521,7 +509,7 @@ class TestReloader:
             with structlog.testing.capture_logs() as logs:
                 for expected in (1, 2, 3):
                     reloader.request()
-                    await settle(functools.partial(fake.finished, expected))
+                    await wait_for(functools.partial(fake.finished, expected))
         finally:
             await reloader.stop()
         events = [(log["event"], log.get("problem")) for log in logs]
@@ -537,6 +525,6 @@ class TestReloader:
         reloader = Reloader(fake)
         reloader.start()
         reloader.request()
-        await settle(lambda: fake.running == 1)
+        await wait_for(lambda: fake.running == 1)
         await reloader.stop()
         assert fake.running == 0

@@ -20,13 +20,6 @@ SECRET = "s3cret-7f0c2a-never-printed"
 REPO_EXAMPLE = Path(__file__).resolve().parent.parent / "config/provisioning/datasources"
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    path = tmp_path / "provisioning"
-    path.mkdir()
-    return path
-
-
 def write(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text).lstrip("\n"))

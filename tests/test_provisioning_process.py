@@ -50,13 +50,6 @@ FIXED = """
 
 
 @pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    path = tmp_path / "provisioning"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def env(folder: Path) -> dict[str, str | None]:
     return {"GATEWAY_PROVISIONING_PATH": str(folder), "DSG_TEST_SECRET": SECRET}
 

@@ -3,18 +3,18 @@ from __future__ import annotations
 import asyncio
 
 import uvloop
-from aiohttp.test_utils import TestClient
 
 from gateway.loop import event_loop_factory
 from tests.conftest import Headers
+from tests.types import AppClient
 
 
-async def test_ping_answers_204_without_a_token(client: TestClient) -> None:
+async def test_ping_answers_204_without_a_token(client: AppClient) -> None:
     response = await client.get("/ping")
     assert response.status == 204
 
 
-async def test_api_needs_a_token(client: TestClient, admin_headers: Headers) -> None:
+async def test_api_needs_a_token(client: AppClient, admin_headers: Headers) -> None:
     assert (await client.get("/api/datasources")).status == 401
 
 

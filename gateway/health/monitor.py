@@ -13,6 +13,10 @@ Scheduling is one loop over a heap of due times, not a task per source, so 2,000
 - Passive health: `report_failure` (a proxied request that could not connect or timed out)
   makes the source due now; the state still changes only through the thresholds.
 - A deleted source is dropped from the schedule and the state.
+
+The scheduling clock, the jitter source and the wait between due times are parameters (real
+monotonic time, a fresh `random.Random` and `asyncio.wait_for` by default), so tests can drive
+the schedule with a fake clock instead of sleeping through it.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import asyncio
 import contextlib
 import heapq
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from random import Random
 from typing import Any
 
 import structlog
@@ -39,6 +43,10 @@ log = structlog.get_logger(__name__)
 Prober = Callable[[DataSource, float], Awaitable[HealthCheck]]
 TransitionHook = Callable[["SourceState", str], None]
 ProbeHook = Callable[[DataSource, HealthCheck, float], None]
+Clock = Callable[[], float]  # monotonic seconds
+# Returns once the event is set or the given seconds (None: no limit) of the clock have passed;
+# it may return earlier, so callers re-check what they wait for.
+WaitForEvent = Callable[[asyncio.Event, float | None], Awaitable[None]]
 
 NEW_SOURCE_DELAY = 1.0  # a new or changed source is probed within this many seconds
 JITTER = 0.15
@@ -115,6 +123,9 @@ class HealthMonitor:
         on_transition: TransitionHook | None = None,
         on_probe: ProbeHook | None = None,
         log_transitions: bool = True,
+        clock: Clock = time.monotonic,
+        random: Random | None = None,
+        wait: WaitForEvent | None = None,
     ) -> None:
         self._cache = cache
         self._prober = prober
@@ -124,6 +135,9 @@ class HealthMonitor:
         self._on_transition = on_transition
         self._on_probe = on_probe
         self._log_transitions = log_transitions
+        self._clock = clock
+        self._random = random if random is not None else Random()
+        self._wait = wait if wait is not None else wait_for_event
         self._states: dict[int, SourceState] = {}
         self._heap: list[tuple[float, int, int]] = []  # (due, source id, generation)
         self._wake = asyncio.Event()
@@ -152,7 +166,7 @@ class HealthMonitor:
             return
         # HAProxy's fastinter, not one probe per failed request: a dashboard hammering a dead
         # source must not become a probe storm against it.
-        now = time.monotonic()
+        now = self._clock()
         if state.last_started is not None and now - state.last_started < PASSIVE_MIN_GAP:
             return
         if state.next_due - now < PASSIVE_MIN_GAP:
@@ -215,15 +229,20 @@ class HealthMonitor:
                     except Exception:  # the store may fail for a moment; keep probing meanwhile
                         log.exception("monitor_sync_failed")
                         self._registry_changed = True
-                        await asyncio.sleep(SYNC_RETRY_SECONDS)
+                        await self._sleep(SYNC_RETRY_SECONDS)
                 delay = self._launch_due()
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                await self._wait(self._wake, delay)
         finally:
             for task in self._probes:
                 task.cancel()
             await asyncio.gather(*self._probes, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        """`seconds` of the clock, not cut short by a registry change or a passive failure."""
+        deadline = self._clock() + seconds
+        while (left := deadline - self._clock()) > 0:
+            await self._wait(asyncio.Event(), left)
 
     def _mark_registry_changed(self) -> None:
         self._registry_changed = True
@@ -242,20 +261,20 @@ class HealthMonitor:
             state = SourceState(source=source, policy=policy)
             self._states[source.id] = state
             if policy.enabled:
-                self._reschedule(state, delay=random.uniform(0, NEW_SOURCE_DELAY))
+                self._reschedule(state, delay=self._random.uniform(0, NEW_SOURCE_DELAY))
         for gone in set(self._states) - seen:
             del self._states[gone]
 
     def _reschedule(self, state: SourceState, delay: float) -> None:
         state.generation += 1
-        state.next_due = time.monotonic() + delay
+        state.next_due = self._clock() + delay
         heapq.heappush(self._heap, (state.next_due, state.source.id, state.generation))
         self._wake.set()
 
     def _launch_due(self) -> float | None:
         """Start every due probe; return seconds until the next one (None: nothing scheduled)."""
         heap = self._heap
-        now = time.monotonic()
+        now = self._clock()
         while heap and heap[0][0] <= now:
             _, source_id, generation = heapq.heappop(heap)
             state = self._states.get(source_id)
@@ -271,8 +290,8 @@ class HealthMonitor:
         source, policy = state.source, state.policy
         try:
             async with self._slots:
-                state.last_started = time.monotonic()
-                started = time.perf_counter()
+                state.last_started = self._clock()
+                started = time.perf_counter()  # the probe's real duration, for the metrics
                 try:
                     # The probe bounds itself; this is the backstop if it does not.
                     result = await asyncio.wait_for(
@@ -289,8 +308,14 @@ class HealthMonitor:
         finally:
             state.probing = False
             if self._states.get(source.id) is state:
-                factor = random.uniform(1 - JITTER, 1 + JITTER)
+                factor = self._random.uniform(1 - JITTER, 1 + JITTER)
                 self._reschedule(state, delay=policy.interval * factor)
+
+
+async def wait_for_event(event: asyncio.Event, seconds: float | None) -> None:
+    """The real WaitForEvent: until `event` is set or `seconds` (None: no limit) have passed."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=seconds)
 
 
 async def current_health(

@@ -3,16 +3,13 @@ roles, two orgs. Real app, real SQLite, real upstreams (aiohttp test servers) fo
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
 from gateway import __version__
@@ -20,6 +17,8 @@ from gateway.health.probes import probe_source
 from gateway.keys import HTTP, MONITOR, SETTINGS, STORE
 from gateway.registry.models import DEFAULT_ORG_ID, DataSourceSpec
 from tests.conftest import Headers, MakeToken
+from tests.types import AppClient
+from tests.waiting import wait_for
 
 PROMETHEUS = {
     "name": "Prom",
@@ -54,7 +53,7 @@ def permission_denied(action: str) -> dict[str, str]:
     }
 
 
-async def create(client: TestClient, headers: Headers, **fields: Any) -> dict[str, Any]:
+async def create(client: AppClient, headers: Headers, **fields: Any) -> dict[str, Any]:
     """POST a Prometheus source with `fields` overriding the defaults; the created DTO."""
     response = await client.post("/api/datasources", json={**PROMETHEUS, **fields}, headers=headers)
     assert response.status == 200, await response.text()
@@ -97,17 +96,9 @@ async def upstream(aiohttp_server: AiohttpServer) -> TestServer:
     return await aiohttp_server(app)
 
 
-@pytest.fixture
-def dead_url() -> Iterator[str]:
-    """A URL whose port refuses connections: bound (so nobody else gets it), never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-
-
 class TestCreate:
     async def test_answers_grafanas_created_body(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         response = await client.post("/api/datasources", json=PROMETHEUS, headers=admin_headers)
         status, body = await answer(response)
@@ -142,7 +133,7 @@ class TestCreate:
         }
 
     async def test_stores_every_field_it_is_given(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         source = await create(
             client,
@@ -179,7 +170,7 @@ class TestCreate:
         }
 
     async def test_first_source_of_an_org_becomes_default_and_default_is_exclusive(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         first = await create(client, admin_headers, name="first")
         second = await create(client, admin_headers, name="second")
@@ -190,7 +181,7 @@ class TestCreate:
         assert [s["name"] for s in listed if s["isDefault"]] == ["third"]
 
     async def test_empty_name_is_generated_from_the_type(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         names = [(await create(client, admin_headers, name=""))["name"] for _ in range(3)]
         assert names == ["prometheus", "prometheus-1", "prometheus-2"]
@@ -203,7 +194,7 @@ class TestCreate:
         )
 
     async def test_duplicate_name_is_409_case_insensitively(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         await create(client, admin_headers, name="Metrics")
         response = await client.post(
@@ -214,7 +205,7 @@ class TestCreate:
             {"message": "data source with the same name already exists"},
         )
 
-    async def test_duplicate_uid_is_409(self, client: TestClient, admin_headers: Headers) -> None:
+    async def test_duplicate_uid_is_409(self, client: AppClient, admin_headers: Headers) -> None:
         await create(client, admin_headers, name="a", uid="same")
         response = await client.post(
             "/api/datasources",
@@ -230,7 +221,7 @@ class TestCreate:
         "uid", ["*", "a*", "a/b", "a b", "a.b", "ä", "x" * 41, "$__all", "../x", "a\nb"]
     )
     async def test_uid_outside_the_safe_charset_is_rejected(
-        self, client: TestClient, admin_headers: Headers, uid: str
+        self, client: AppClient, admin_headers: Headers, uid: str
     ) -> None:
         response = await client.post(
             "/api/datasources", json={**PROMETHEUS, "uid": uid}, headers=admin_headers
@@ -239,13 +230,13 @@ class TestCreate:
         assert await (await client.get("/api/datasources", headers=admin_headers)).json() == []
 
     async def test_uid_of_40_safe_characters_is_accepted(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         uid = "Aa0_-" * 8
         assert (await create(client, admin_headers, uid=uid))["uid"] == uid
 
     async def test_name_over_190_characters_is_rejected(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         response = await client.post(
             "/api/datasources", json={**PROMETHEUS, "name": "n" * 191}, headers=admin_headers
@@ -254,7 +245,7 @@ class TestCreate:
         assert (await create(client, admin_headers, name="é" * 190))["name"] == "é" * 190
 
     async def test_url_over_255_characters_is_rejected(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         base = "http://prom.example/"
         response = await client.post(
@@ -287,7 +278,7 @@ class TestCreate:
         ],
     )
     async def test_url_that_is_not_absolute_http_is_rejected(
-        self, client: TestClient, admin_headers: Headers, url: str
+        self, client: AppClient, admin_headers: Headers, url: str
     ) -> None:
         response = await client.post(
             "/api/datasources", json={**PROMETHEUS, "url": url}, headers=admin_headers
@@ -298,18 +289,18 @@ class TestCreate:
         "url", ["https://prom.example", "HTTP://[::1]:9090/prom?x=1", "http://10.0.0.1/"]
     )
     async def test_http_and_https_urls_are_accepted(
-        self, client: TestClient, admin_headers: Headers, url: str
+        self, client: AppClient, admin_headers: Headers, url: str
     ) -> None:
         assert (await create(client, admin_headers, url=url))["url"] == url
 
     async def test_empty_url_is_allowed_on_create(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         source = await create(client, admin_headers, type="testdata", url="")
         assert source["url"] == ""
 
     async def test_read_only_in_the_body_is_ignored(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         source = await create(client, admin_headers, readOnly=True)
         assert source["readOnly"] is False
@@ -317,7 +308,7 @@ class TestCreate:
         assert response.status == 200
 
     async def test_legacy_top_level_passwords_are_ignored(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         response = await client.post(
             "/api/datasources",
@@ -328,11 +319,11 @@ class TestCreate:
         assert response.status == 200
         assert "legacy-" not in text
         source_id = json.loads(text)["id"]
-        stored = await client.server.app[STORE].get_source(DEFAULT_ORG_ID, id=source_id)
+        stored = await client.app[STORE].get_source(DEFAULT_ORG_ID, id=source_id)
         assert stored.secure_json_data == {}
 
     async def test_null_fields_take_their_zero_values(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         source = await create(
             client,
@@ -351,7 +342,7 @@ class TestCreate:
 
 class TestSecrets:
     async def test_secure_json_data_is_never_returned(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         secret = "s3cret-value-never-shown"
         created = await client.post(
@@ -411,7 +402,7 @@ class TestBodyValidation:
         ],
     )
     async def test_hostile_json_is_bad_request_data_on_every_write(
-        self, client: TestClient, admin_headers: Headers, body: Any
+        self, client: AppClient, admin_headers: Headers, body: Any
     ) -> None:
         target = await create(client, admin_headers, name="target", uid="target")
         for method, path in [
@@ -421,7 +412,7 @@ class TestBodyValidation:
         ]:
             response = await client.request(method, path, json=body, headers=admin_headers)
             assert await answer(response) == (400, BAD_REQUEST), (method, path)
-        stored = await client.server.app[STORE].get_source(DEFAULT_ORG_ID, uid="target")
+        stored = await client.app[STORE].get_source(DEFAULT_ORG_ID, uid="target")
         assert stored.version == 1
 
     @pytest.mark.parametrize(
@@ -445,7 +436,7 @@ class TestBodyValidation:
         ],
     )
     async def test_malformed_json_is_bad_request_data(
-        self, client: TestClient, admin_headers: Headers, raw: bytes
+        self, client: AppClient, admin_headers: Headers, raw: bytes
     ) -> None:
         headers = {**admin_headers, "Content-Type": "application/json"}
         response = await client.post("/api/datasources", data=raw, headers=headers)
@@ -455,7 +446,7 @@ class TestBodyValidation:
         "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"]
     )
     async def test_non_json_content_type_is_bad_request_data(
-        self, client: TestClient, admin_headers: Headers, content_type: str
+        self, client: AppClient, admin_headers: Headers, content_type: str
     ) -> None:
         headers = {**admin_headers, "Content-Type": content_type}
         response = await client.post(
@@ -464,7 +455,7 @@ class TestBodyValidation:
         assert await answer(response) == (400, BAD_REQUEST)
 
     async def test_json_content_type_with_a_charset_is_accepted(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         headers = {**admin_headers, "Content-Type": "application/json; charset=utf-8"}
         response = await client.post(
@@ -473,7 +464,7 @@ class TestBodyValidation:
         assert response.status == 200
 
     async def test_unknown_fields_are_ignored(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         source = await create(client, admin_headers, orgId=99, id=12345, foo={"bar": 1})
         assert source["orgId"] == DEFAULT_ORG_ID
@@ -482,7 +473,7 @@ class TestBodyValidation:
 
 class TestRead:
     async def test_get_by_id_uid_and_name_return_the_same_single_dto(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers, name="My Prom", uid="prom-1")
         for path in [
@@ -493,13 +484,13 @@ class TestRead:
         ]:
             assert await answer(await client.get(path, headers=admin_headers)) == (200, created)
 
-    async def test_id_by_name(self, client: TestClient, admin_headers: Headers) -> None:
+    async def test_id_by_name(self, client: AppClient, admin_headers: Headers) -> None:
         created = await create(client, admin_headers, name="Prom")
         response = await client.get("/api/datasources/id/Prom", headers=admin_headers)
         assert await answer(response) == (200, {"id": created["id"]})
 
     async def test_list_uses_the_list_dto_sorted_by_name_case_insensitively(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         for name in ["beta", "Delta", "alpha", "Charlie"]:
             await create(client, admin_headers, name=name, jsonData={"n": name})
@@ -527,7 +518,7 @@ class TestRead:
         }
 
     async def test_type_name_and_logo_for_known_aliased_and_unknown_types(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         await create(client, admin_headers, name="a", type="loki")
         await create(client, admin_headers, name="b", type="testdata", url="")
@@ -547,7 +538,7 @@ class TestRead:
         assert single["type"] == "grafana-testdata-datasource"
 
     async def test_access_control_metadata_only_when_asked(
-        self, client: TestClient, admin_headers: Headers, viewer: Headers
+        self, client: AppClient, admin_headers: Headers, viewer: Headers
     ) -> None:
         created = await create(client, admin_headers, uid="ac")
         plain = await (await client.get("/api/datasources/uid/ac", headers=viewer)).json()
@@ -571,7 +562,7 @@ class TestRead:
         by_name = await client.get("/api/datasources/name/Prom?accesscontrol=true", headers=viewer)
         assert "accessControl" not in await by_name.json()
 
-    async def test_an_empty_org_lists_nothing(self, client: TestClient, viewer: Headers) -> None:
+    async def test_an_empty_org_lists_nothing(self, client: AppClient, viewer: Headers) -> None:
         assert await answer(await client.get("/api/datasources", headers=viewer)) == (200, [])
 
 
@@ -594,7 +585,7 @@ class TestIdsAndNotFound:
         ],
     )
     async def test_non_integer_id_is_400_on_every_id_route(
-        self, client: TestClient, admin_headers: Headers, raw_id: str
+        self, client: AppClient, admin_headers: Headers, raw_id: str
     ) -> None:
         for method in ["GET", "PUT", "DELETE"]:
             response = await client.request(
@@ -604,9 +595,7 @@ class TestIdsAndNotFound:
         response = await client.get(f"/api/datasources/{raw_id}/health", headers=admin_headers)
         assert await answer(response) == (400, ID_INVALID)
 
-    async def test_ids_parse_like_go_int64(
-        self, client: TestClient, admin_headers: Headers
-    ) -> None:
+    async def test_ids_parse_like_go_int64(self, client: AppClient, admin_headers: Headers) -> None:
         created = await create(client, admin_headers)
         assert created["id"] == 1
         for raw_id in ["+1", "01", "0" * 5000 + "1"]:
@@ -615,7 +604,7 @@ class TestIdsAndNotFound:
         response = await client.get("/api/datasources/9223372036854775807", headers=admin_headers)
         assert await answer(response) == (404, NOT_FOUND)
 
-    async def test_zero_and_negative_ids(self, client: TestClient, admin_headers: Headers) -> None:
+    async def test_zero_and_negative_ids(self, client: AppClient, admin_headers: Headers) -> None:
         get_zero = await client.get("/api/datasources/0", headers=admin_headers)
         assert await answer(get_zero) == (400, {"message": "Datasource id is missing"})
         get_negative = await client.get("/api/datasources/-1", headers=admin_headers)
@@ -625,7 +614,7 @@ class TestIdsAndNotFound:
             assert await answer(response) == (400, {"message": "Missing valid datasource id"})
 
     async def test_unknown_source_is_404_everywhere(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         await create(client, admin_headers, name="exists", uid="exists")
         for method, path in [
@@ -648,14 +637,14 @@ class TestIdsAndNotFound:
             )
             assert await answer(response) == (404, NOT_FOUND), (method, path)
 
-    async def test_missing_token_is_401(self, client: TestClient) -> None:
+    async def test_missing_token_is_401(self, client: AppClient) -> None:
         response = await client.get("/api/datasources", headers={"Authorization": "Bearer nope"})
         assert await answer(response) == (401, {"message": "Unauthorized"})
 
 
 class TestUpdate:
     async def test_put_by_id_answers_grafanas_updated_body(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers, uid="u1")
         response = await client.put(
@@ -676,7 +665,7 @@ class TestUpdate:
         fetched = await client.get("/api/datasources/uid/u1", headers=admin_headers)
         assert await fetched.json() == body["datasource"]
 
-    async def test_put_by_uid(self, client: TestClient, admin_headers: Headers) -> None:
+    async def test_put_by_uid(self, client: AppClient, admin_headers: Headers) -> None:
         created = await create(client, admin_headers, uid="u1")
         response = await client.put(
             "/api/datasources/uid/u1",
@@ -692,7 +681,7 @@ class TestUpdate:
         )
 
     async def test_version_is_an_optimistic_lock(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         path = f"/api/datasources/{created['id']}"
@@ -712,7 +701,7 @@ class TestUpdate:
             assert forced.status == 200, version
 
     async def test_secure_json_data_merges_on_update(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(
             client,
@@ -729,7 +718,7 @@ class TestUpdate:
             "httpHeaderValue1": True,
             "token": True,
         }
-        stored = await client.server.app[STORE].get_source(DEFAULT_ORG_ID, id=created["id"])
+        stored = await client.app[STORE].get_source(DEFAULT_ORG_ID, id=created["id"])
         assert stored.secure_json_data == {
             "basicAuthPassword": "b",
             "httpHeaderValue1": "h",
@@ -737,7 +726,7 @@ class TestUpdate:
         }
 
     async def test_json_data_is_replaced_whole(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers, jsonData={"a": 1, "b": 2})
         path = f"/api/datasources/{created['id']}"
@@ -749,7 +738,7 @@ class TestUpdate:
         assert (await omitted.json())["datasource"]["jsonData"] == {}
 
     async def test_empty_url_and_basic_auth_user_keep_stored_values(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers, basicAuth=True, basicAuthUser="alice")
         response = await client.put(
@@ -761,7 +750,7 @@ class TestUpdate:
         assert (source["url"], source["basicAuthUser"]) == ("http://prom.example:9090", "alice")
 
     async def test_other_fields_are_written_even_when_empty_or_false(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(
             client, admin_headers, user="u", database="d", basicAuth=True, withCredentials=True
@@ -774,7 +763,7 @@ class TestUpdate:
         assert source["withCredentials"] is False
 
     async def test_name_type_and_access_are_required(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         for missing in ["name", "type", "access"]:
@@ -785,7 +774,7 @@ class TestUpdate:
             assert await answer(response) == (400, BAD_REQUEST), missing
 
     async def test_renaming_onto_another_sources_name_is_409(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         await create(client, admin_headers, name="Taken")
         other = await create(client, admin_headers, name="Other")
@@ -800,7 +789,7 @@ class TestUpdate:
         )
 
     async def test_uid_cannot_be_changed_or_made_unsafe(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers, uid="keep")
         path = f"/api/datasources/{created['id']}"
@@ -814,7 +803,7 @@ class TestUpdate:
         assert (await fetched.json())["version"] == 2
 
     async def test_put_by_uid_with_another_uid_in_the_body_is_400(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         await create(client, admin_headers, uid="path-uid")
         response = await client.put(
@@ -828,7 +817,7 @@ class TestUpdate:
         )
 
     async def test_invalid_url_name_and_length_on_update(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         path = f"/api/datasources/{created['id']}"
@@ -846,7 +835,7 @@ class TestUpdate:
             )
 
     async def test_is_default_is_exclusive_and_can_be_cleared(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         first = await create(client, admin_headers, name="first")
         second = await create(client, admin_headers, name="second")
@@ -870,7 +859,7 @@ class TestUpdate:
         assert first["isDefault"] is True
 
     async def test_read_only_in_the_body_does_not_make_a_source_read_only(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         response = await client.put(
@@ -883,8 +872,8 @@ class TestUpdate:
 
 class TestReadOnlySources:
     @pytest.fixture
-    async def provisioned(self, client: TestClient) -> dict[str, Any]:
-        store = client.server.app[STORE]
+    async def provisioned(self, client: AppClient) -> dict[str, Any]:
+        store = client.app[STORE]
         spec = DataSourceSpec(
             name="Provisioned", type="prometheus", url="http://p:9090", uid="prov", read_only=True
         )
@@ -892,7 +881,7 @@ class TestReadOnlySources:
         return {"id": source.id}
 
     async def test_updates_are_403(
-        self, client: TestClient, admin_headers: Headers, provisioned: dict[str, Any]
+        self, client: AppClient, admin_headers: Headers, provisioned: dict[str, Any]
     ) -> None:
         body = {**PROMETHEUS, "name": "Provisioned"}
         for path in [f"/api/datasources/{provisioned['id']}", "/api/datasources/uid/prov"]:
@@ -905,7 +894,7 @@ class TestReadOnlySources:
         assert (await fetched.json())["readOnly"] is True
 
     async def test_deletes_are_403(
-        self, client: TestClient, admin_headers: Headers, provisioned: dict[str, Any]
+        self, client: AppClient, admin_headers: Headers, provisioned: dict[str, Any]
     ) -> None:
         for path in [
             f"/api/datasources/{provisioned['id']}",
@@ -922,7 +911,7 @@ class TestReadOnlySources:
 
 class TestDelete:
     async def test_delete_by_id_has_no_id_in_the_answer(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         path = f"/api/datasources/{created['id']}"
@@ -931,7 +920,7 @@ class TestDelete:
         assert await answer(await client.get(path, headers=admin_headers)) == (404, NOT_FOUND)
 
     async def test_delete_by_uid_and_by_name_answer_the_id(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         by_uid = await create(client, admin_headers, name="a", uid="del-a")
         by_name = await create(client, admin_headers, name="Name With Space")
@@ -955,7 +944,7 @@ class TestDelete:
 
 class TestRoles:
     async def test_viewer_may_list_read_and_check_health(
-        self, client: TestClient, admin_headers: Headers, viewer: Headers, upstream: TestServer
+        self, client: AppClient, admin_headers: Headers, viewer: Headers, upstream: TestServer
     ) -> None:
         url = str(upstream.make_url("/"))
         created = await create(client, admin_headers, uid="v", type=GENERIC_TYPE, url=url)
@@ -971,7 +960,7 @@ class TestRoles:
             assert (await client.get(path, headers=viewer)).status == 200, path
 
     async def test_viewer_writes_are_403_with_grafanas_permission_message(
-        self, client: TestClient, admin_headers: Headers, viewer: Headers
+        self, client: AppClient, admin_headers: Headers, viewer: Headers
     ) -> None:
         created = await create(client, admin_headers, uid="v")
         for method, path, action in [
@@ -992,7 +981,7 @@ class TestRoles:
         assert [(s["name"], s["uid"]) for s in listed] == [("Prom", "v")]
 
     async def test_editor_may_create_update_and_delete(
-        self, client: TestClient, editor: Headers
+        self, client: AppClient, editor: Headers
     ) -> None:
         created = await create(client, editor, uid="e")
         updated = await client.put(
@@ -1005,7 +994,7 @@ class TestRoles:
 
 class TestOrgs:
     async def test_another_orgs_sources_are_not_found(
-        self, client: TestClient, admin_headers: Headers, other_org: Headers
+        self, client: AppClient, admin_headers: Headers, other_org: Headers
     ) -> None:
         mine = await create(client, admin_headers, name="Mine", uid="mine")
         assert await answer(await client.get("/api/datasources", headers=other_org)) == (200, [])
@@ -1030,7 +1019,7 @@ class TestOrgs:
         assert await fetched.json() == mine
 
     async def test_each_org_has_its_own_names_uids_and_default(
-        self, client: TestClient, admin_headers: Headers, other_org: Headers
+        self, client: AppClient, admin_headers: Headers, other_org: Headers
     ) -> None:
         mine = await create(client, admin_headers, name="Shared", uid="shared")
         theirs = await create(client, other_org, name="Shared", uid="shared")
@@ -1046,7 +1035,7 @@ class TestOrgs:
         "org_header", ["2", "999", "-1", "abc", "1.0", "\u0661", "1" * 5000, "9" * 20]
     )
     async def test_org_header_naming_another_org_is_403(
-        self, client: TestClient, admin_headers: Headers, org_header: str
+        self, client: AppClient, admin_headers: Headers, org_header: str
     ) -> None:
         headers = {**admin_headers, "X-Grafana-Org-Id": org_header}
         for method, path in [("GET", "/api/datasources"), ("POST", "/api/datasources")]:
@@ -1055,7 +1044,7 @@ class TestOrgs:
         assert await (await client.get("/api/datasources", headers=admin_headers)).json() == []
 
     async def test_org_header_naming_the_tokens_org_is_accepted(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         for org_header in [str(DEFAULT_ORG_ID), f" 0{DEFAULT_ORG_ID} ", ""]:
             headers = {**admin_headers, "X-Grafana-Org-Id": org_header}
@@ -1068,7 +1057,7 @@ class TestOrgs:
 
 class TestHealth:
     async def test_reachable_upstream_is_200_ok(
-        self, client: TestClient, admin_headers: Headers, upstream: TestServer
+        self, client: AppClient, admin_headers: Headers, upstream: TestServer
     ) -> None:
         created = await create(
             client, admin_headers, uid="up", type=GENERIC_TYPE, url=str(upstream.make_url("/"))
@@ -1082,7 +1071,7 @@ class TestHealth:
             assert body["message"]
 
     async def test_failing_upstream_is_400_error(
-        self, client: TestClient, admin_headers: Headers, upstream: TestServer
+        self, client: AppClient, admin_headers: Headers, upstream: TestServer
     ) -> None:
         url = str(upstream.make_url("/broken"))
         await create(client, admin_headers, uid="down", type=GENERIC_TYPE, url=url)
@@ -1092,30 +1081,26 @@ class TestHealth:
         assert "500" in body["message"]
 
     async def test_unreachable_upstream_is_400_error_with_the_probes_message(
-        self, client: TestClient, admin_headers: Headers, dead_url: str
+        self, client: AppClient, admin_headers: Headers, dead_url: str
     ) -> None:
         await create(client, admin_headers, uid="dead", type=GENERIC_TYPE, url=dead_url)
         response = await client.get("/api/datasources/uid/dead/health", headers=admin_headers)
         status, body = await answer(response)
-        app = client.server.app
+        app = client.app
         source = await app[STORE].get_source(DEFAULT_ORG_ID, uid="dead")
         probed = await probe_source(app[HTTP], source, app[SETTINGS].health_timeout)
         assert (status, body["status"]) == (400, "ERROR")
         assert without_timings(body["message"]) == without_timings(probed["message"])
 
     async def test_the_monitors_state_is_served_before_probing(
-        self, client: TestClient, admin_headers: Headers, upstream: TestServer
+        self, client: AppClient, admin_headers: Headers, upstream: TestServer
     ) -> None:
         url = str(upstream.make_url("/"))
         created = await create(client, admin_headers, uid="watched", type=GENERIC_TYPE, url=url)
-        monitor = client.server.app[MONITOR]
-        for _ in range(300):
-            state = monitor.state(created["id"])
-            if state is not None:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the monitor never picked the source up")
+        monitor = client.app[MONITOR]
+        await wait_for(lambda: monitor.state(created["id"]), timeout=3, what="monitor picks it up")
+        state = monitor.state(created["id"])
+        assert state is not None
         # Enough failures to turn the state to fail whatever the scheduler did before.
         failure = {"name": "Prom", "status": "fail", "message": "from the monitor", "checks": []}
         for _ in range(state.policy.fall):
@@ -1126,7 +1111,7 @@ class TestHealth:
         assert (status, body["status"]) == (400, "ERROR")
 
     async def test_source_without_url_is_an_error_not_a_crash(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         await create(client, admin_headers, uid="nourl", type="testdata", url="")
         response = await client.get("/api/datasources/uid/nourl/health", headers=admin_headers)
@@ -1134,7 +1119,7 @@ class TestHealth:
         assert (status, body["status"]) == (400, "ERROR")
 
     async def test_health_answers_any_method(
-        self, client: TestClient, admin_headers: Headers, upstream: TestServer
+        self, client: AppClient, admin_headers: Headers, upstream: TestServer
     ) -> None:
         url = str(upstream.make_url("/"))
         await create(client, admin_headers, uid="up", type=GENERIC_TYPE, url=url)
@@ -1142,7 +1127,7 @@ class TestHealth:
         assert (response.status, (await response.json())["status"]) == (200, "OK")
 
     async def test_uid_outside_the_charset_is_400_and_unknown_is_404(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         bad = await client.get("/api/datasources/uid/a.b/health", headers=admin_headers)
         assert await answer(bad) == (400, {"message": "UID is invalid"})
@@ -1154,7 +1139,7 @@ class TestHealth:
 
 class TestPublicRoutes:
     async def test_frontend_settings_need_no_token_and_carry_both_versions(
-        self, client: TestClient
+        self, client: AppClient
     ) -> None:
         status, body = await answer(await client.get("/api/frontend/settings"))
         assert status == 200
@@ -1162,7 +1147,7 @@ class TestPublicRoutes:
         assert body["datasourceGateway"]["version"] == __version__
         assert body["buildInfo"]["commit"] == body["datasourceGateway"]["commit"]
 
-    async def test_grafana_health_has_grafanas_shape(self, client: TestClient) -> None:
+    async def test_grafana_health_has_grafanas_shape(self, client: AppClient) -> None:
         status, body = await answer(await client.get("/api/health"))
         assert status == 200
         assert body.keys() == {"database", "version", "commit"}
@@ -1170,7 +1155,7 @@ class TestPublicRoutes:
 
 
 async def test_numbers_json_cannot_hold_are_refused_not_stored(
-    client: TestClient, admin_headers: Headers
+    client: AppClient, admin_headers: Headers
 ) -> None:
     for raw in (b'{"a": 1e999}', b'{"a": -1e400}'):
         body = b'{"name":"n","type":"prometheus","access":"proxy","jsonData":' + raw + b"}"
@@ -1183,7 +1168,7 @@ async def test_numbers_json_cannot_hold_are_refused_not_stored(
         assert await response.json() == {"message": "bad request data"}
 
 
-async def test_credentials_in_a_url_are_refused(client: TestClient, admin_headers: Headers) -> None:
+async def test_credentials_in_a_url_are_refused(client: AppClient, admin_headers: Headers) -> None:
     for url in ("http://admin:hunter2@prom:9090", "http://admin@prom:9090"):
         response = await client.post(
             "/api/datasources",

@@ -7,14 +7,13 @@ the event loop keeps serving the aiohttp test server it talks to.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-from grafana_client import GrafanaApi
+from aiohttp.test_utils import TestServer
+from grafana_client.api import GrafanaApi
 from grafana_client.client import (
     GrafanaBadInputError,
     GrafanaClientError,
@@ -24,6 +23,7 @@ from grafana_client.model import DatasourceIdentifier, DatasourceModel
 from pytest_aiohttp import AiohttpServer
 
 from tests.conftest import Headers, MakeToken
+from tests.types import AppClient
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ def prometheus(name: str = "Prom", **fields: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def connect(client: TestClient) -> Iterator[Callable[..., GrafanaApi]]:
+def connect(client: AppClient) -> Iterator[Callable[..., GrafanaApi]]:
     """`connect(headers, **options)` → a GrafanaApi on the test server, closed afterwards."""
     made: list[GrafanaApi] = []
 
@@ -85,21 +85,13 @@ async def upstream_url(aiohttp_server: AiohttpServer) -> str:
     return str(server.make_url("/"))
 
 
-@pytest.fixture
-def dead_url() -> Iterator[str]:
-    """A URL whose port refuses connections: bound (so nobody else gets it), never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-
-
 async def test_version_comes_from_frontend_settings(grafana: GrafanaApi) -> None:
     assert await call(lambda: grafana.version) == "11.0.0"
     build_info = await call(grafana.connect)
     assert build_info["version"] == "11.0.0"
 
 
-async def test_from_url_connects_the_same_way(client: TestClient, admin_headers: Headers) -> None:
+async def test_from_url_connects_the_same_way(client: AppClient, admin_headers: Headers) -> None:
     token = admin_headers["Authorization"].split(" ", 1)[1]
     api = GrafanaApi.from_url(str(client.make_url("/")), credential=token)
     try:

@@ -13,21 +13,19 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
-from influxdb_client import (
-    Bucket,
-    Buckets,
-    HealthCheck,
-    InfluxDBClient,
-    Source,
-    Sources,
-    SourcesService,
-)
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.domain.bucket import Bucket
+from influxdb_client.domain.buckets import Buckets
+from influxdb_client.domain.health_check import HealthCheck
+from influxdb_client.domain.source import Source
+from influxdb_client.domain.sources import Sources
 from influxdb_client.rest import ApiException
+from influxdb_client.service.sources_service import SourcesService
 
 from gateway.keys import STORE
 from tests.conftest import ADMIN_TOKEN, MakeToken
 from tests.services.influxdb import FakeInfluxDB2, InfluxDB1, closed_port_url
+from tests.types import AppClient
 
 
 class Sync:
@@ -47,7 +45,7 @@ class Sync:
 
 
 @contextlib.asynccontextmanager
-async def sources_service(client: TestClient, token: str) -> AsyncIterator[Sync]:
+async def sources_service(client: AppClient, token: str) -> AsyncIterator[Sync]:
     url = str(client.make_url("")).rstrip("/")
     influx = InfluxDBClient(url=url, token=token, timeout=10_000)
     try:
@@ -57,20 +55,20 @@ async def sources_service(client: TestClient, token: str) -> AsyncIterator[Sync]
 
 
 @pytest.fixture
-async def sources(client: TestClient) -> AsyncIterator[Sync]:
+async def sources(client: AppClient) -> AsyncIterator[Sync]:
     async with sources_service(client, ADMIN_TOKEN) as service:
         yield service
 
 
 def service_for(
-    client: TestClient, headers: dict[str, str]
+    client: AppClient, headers: dict[str, str]
 ) -> contextlib.AbstractAsyncContextManager[Sync]:
     _, token = headers["Authorization"].split(" ", 1)
     return sources_service(client, token)
 
 
 async def test_the_whole_lifecycle_of_a_v1_source(
-    client: TestClient, sources: Sync, influxdb: InfluxDB1
+    client: AppClient, sources: Sync, influxdb: InfluxDB1
 ) -> None:
     db = await influxdb.create_database(retention_policies={"week": "7d"})
     created, status, headers = await sources.call(
@@ -86,7 +84,7 @@ async def test_the_whole_lifecycle_of_a_v1_source(
     )
     assert status == 201
     assert headers["Content-Type"] == "application/json; charset=utf-8"
-    org = await client.server.app[STORE].find_org(name="Main Org.")
+    org = await client.app[STORE].find_org(name="Main Org.")
     assert isinstance(created, Source)
     assert (created.org_id, created.name, created.type, created.default_rp) == (
         org.influx_id,
@@ -160,7 +158,7 @@ async def test_a_source_sent_back_whole_round_trips(sources: Sync) -> None:
 
 
 async def test_errors_reach_the_client_as_influxdb_errors(
-    client: TestClient, sources: Sync, make_token: MakeToken
+    client: AppClient, sources: Sync, make_token: MakeToken
 ) -> None:
     error = await sources.fails("get_sources", org="nowhere")
     assert (error.status, error.message) == (404, 'organization name "nowhere" not found')
@@ -193,7 +191,7 @@ async def test_errors_reach_the_client_as_influxdb_errors(
 
 
 async def test_another_orgs_sources_are_invisible(
-    client: TestClient, sources: Sync, make_token: MakeToken
+    client: AppClient, sources: Sync, make_token: MakeToken
 ) -> None:
     ours = await sources.call("post_sources", Source(name="ours", url="http://i:8086"))
     async with service_for(client, await make_token(role="editor", org="Other")) as other:

@@ -7,7 +7,6 @@ reference (format checks off: InfluxDB's own links are relative paths).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import json
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpServer
 
 from gateway.config import Settings
@@ -26,6 +24,8 @@ from gateway.registry.interface import Registry
 from gateway.registry.models import DataSourceSpec, Org
 from tests.conftest import Headers, MakeToken
 from tests.services.influxdb import FakeInfluxDB2, InfluxDB1, closed_port_url
+from tests.types import AppClient
+from tests.waiting import wait_for
 
 JSON_CT = "application/json; charset=utf-8"
 SOURCES = "/api/v2/sources"
@@ -59,7 +59,9 @@ def schema_errors(value: Any, schema: dict[str, Any], at: str = "$") -> list[str
             errors += [error for branch in branches for error in branch]
         elif branches and all(branches):
             errors.append(f"{at}: matches no branch of {key}")
-    kinds = {"object": dict, "array": list, "string": str, "boolean": bool, "number": (int, float)}
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "object": dict, "array": list, "string": str, "boolean": bool, "number": (int, float)
+    }  # fmt: skip
     expected = schema.get("type")
     if expected == "integer":
         if not isinstance(value, int) or isinstance(value, bool):
@@ -110,12 +112,12 @@ def test_the_schema_check_can_fail() -> None:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-async def org_of(client: TestClient, name: str = "Main Org.") -> Org:
-    return await client.server.app[STORE].find_org(name=name)
+async def org_of(client: AppClient, name: str = "Main Org.") -> Org:
+    return await client.app[STORE].find_org(name=name)
 
 
-def store_of(client: TestClient) -> Registry:
-    return client.server.app[STORE]
+def store_of(client: AppClient) -> Registry:
+    return client.app[STORE]
 
 
 async def body_of(response: ClientResponse, status: int) -> Any:
@@ -136,7 +138,7 @@ async def assert_error(response: ClientResponse, status: int, code: str, message
 
 
 async def create(
-    client: TestClient, headers: Headers, status: int = 201, **fields: Any
+    client: AppClient, headers: Headers, status: int = 201, **fields: Any
 ) -> dict[str, Any]:
     body = {"name": "remote", "type": "v1", "url": "http://influx.example:8086", **fields}
     response = await client.post(SOURCES, json=body, headers=headers)
@@ -176,7 +178,7 @@ def grafana_spec(name: str, **fields: Any) -> DataSourceSpec:
 
 class TestCreate:
     async def test_a_v1_source_answers_201_with_links_and_no_secrets(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         response = await client.post(
             SOURCES,
@@ -221,13 +223,13 @@ class TestCreate:
         [("v1", ["influxql"]), ("v2", ["flux"]), ("self", ["flux", "influxql"])],
     )
     async def test_languages_follow_the_type(
-        self, client: TestClient, admin_headers: Headers, source_type: str, languages: list[str]
+        self, client: AppClient, admin_headers: Headers, source_type: str, languages: list[str]
     ) -> None:
         created = await create(client, admin_headers, type=source_type)
         assert (created["type"], created["languages"]) == (source_type, languages)
 
     async def test_type_defaults_to_v1_and_a_self_source_needs_no_url(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         body = {"name": "plain", "url": "http://influx.example:8086"}
         plain = await body_of(await client.post(SOURCES, json=body, headers=admin_headers), 201)
@@ -237,7 +239,7 @@ class TestCreate:
         assert (own["type"], own["url"]) == ("self", "")
 
     async def test_org_id_defaults_to_the_tokens_org(
-        self, client: TestClient, make_token: MakeToken
+        self, client: AppClient, make_token: MakeToken
     ) -> None:
         other = await make_token(role="editor", org="Other", scheme="Token")
         created = await create(client, other)
@@ -245,14 +247,14 @@ class TestCreate:
         assert created["orgID"] != (await org_of(client)).influx_id
 
     async def test_the_tokens_own_org_id_is_accepted_in_either_case(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         org = await org_of(client)
         created = await create(client, admin_headers, orgID=org.influx_id.upper())
         assert created["orgID"] == org.influx_id
 
     async def test_another_orgs_id_is_forbidden(
-        self, client: TestClient, admin_headers: Headers, make_token: MakeToken
+        self, client: AppClient, admin_headers: Headers, make_token: MakeToken
     ) -> None:
         await make_token(org="Other")
         other_id = (await org_of(client, "Other")).influx_id
@@ -267,7 +269,7 @@ class TestCreate:
         assert await store_of(client).list_sources() == []
 
     async def test_a_name_taken_in_the_org_is_a_conflict_whatever_its_case(
-        self, client: TestClient, admin_headers: Headers, make_token: MakeToken
+        self, client: AppClient, admin_headers: Headers, make_token: MakeToken
     ) -> None:
         await create(client, admin_headers, name="remote")
         body = {"name": "REMOTE", "url": "http://i:8086"}
@@ -281,14 +283,14 @@ class TestCreate:
         await create(client, await make_token(org="Other"), name="remote")  # other org: fine
 
     async def test_without_a_name_the_registry_picks_one(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         body = {"url": "http://i:8086"}
         first = await body_of(await client.post(SOURCES, json=body, headers=admin_headers), 201)
         second = await body_of(await client.post(SOURCES, json=body, headers=admin_headers), 201)
         assert (first["name"], second["name"]) == ("influxdb", "influxdb-1")
 
-    async def test_a_viewer_cannot_create(self, client: TestClient, make_token: MakeToken) -> None:
+    async def test_a_viewer_cannot_create(self, client: AppClient, make_token: MakeToken) -> None:
         viewer = await make_token(role="viewer")
         response = await client.post(SOURCES, json={"name": "x"}, headers=viewer)
         org = await org_of(client)
@@ -313,7 +315,7 @@ class TestCreate:
         ],
     )  # fmt: skip
     async def test_a_body_that_is_not_a_json_object_is_invalid(
-        self, client: TestClient, admin_headers: Headers, raw: bytes, message: str
+        self, client: AppClient, admin_headers: Headers, raw: bytes, message: str
     ) -> None:
         response = await client.post(SOURCES, data=raw, headers=admin_headers)
         await assert_error(response, 400, "invalid", message)
@@ -359,7 +361,7 @@ class TestCreate:
         ],
     )  # fmt: skip
     async def test_a_wrong_field_is_invalid_and_named(
-        self, client: TestClient, admin_headers: Headers, fields: dict[str, Any], message: str
+        self, client: AppClient, admin_headers: Headers, fields: dict[str, Any], message: str
     ) -> None:
         body = {"name": "remote", "url": "http://influx.example:8086", **fields}
         response = await client.post(SOURCES, json=body, headers=admin_headers)
@@ -367,7 +369,7 @@ class TestCreate:
         assert await store_of(client).list_sources() == []
 
     async def test_keys_match_case_insensitively_and_null_means_not_sent(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         body = {
             "Name": "cased",
@@ -383,7 +385,7 @@ class TestCreate:
         )
 
     async def test_read_only_and_unknown_keys_are_ignored(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(
             client,
@@ -398,7 +400,7 @@ class TestCreate:
         assert created["links"]["self"] == f"{SOURCES}/{created['id']}"
 
     async def test_json_is_written_like_influxdbs_go_encoder(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         response = await client.post(
             SOURCES, headers=admin_headers, json={"name": "a<b>&c", "url": "http://i:8086"}
@@ -413,7 +415,7 @@ class TestCreate:
 
 class TestRead:
     async def test_the_list_holds_the_orgs_influxdb_sources_only(
-        self, client: TestClient, admin_headers: Headers, make_token: MakeToken
+        self, client: AppClient, admin_headers: Headers, make_token: MakeToken
     ) -> None:
         first = await create(client, admin_headers, name="one")
         second = await create(client, admin_headers, name="two", type="v2")
@@ -425,13 +427,13 @@ class TestRead:
         assert_schema(listed, "Sources")
 
     async def test_an_empty_org_lists_nothing(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         listed = await body_of(await client.get(SOURCES, headers=admin_headers), 200)
         assert listed == {"sources": [], "links": {"self": SOURCES}}
 
     async def test_org_filter_by_name(
-        self, client: TestClient, admin_headers: Headers, make_token: MakeToken
+        self, client: AppClient, admin_headers: Headers, make_token: MakeToken
     ) -> None:
         created = await create(client, admin_headers)
         await make_token(org="Other")
@@ -444,7 +446,7 @@ class TestRead:
             await assert_error(response, 404, "not found", f'organization name "{name}" not found')
 
     async def test_get_answers_what_post_answered(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers, password=PASSWORD)
         response = await client.get(f"{SOURCES}/{created['id']}", headers=admin_headers)
@@ -453,14 +455,14 @@ class TestRead:
         assert PASSWORD not in raw
 
     async def test_an_id_in_upper_case_names_the_same_source(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         response = await client.get(f"{SOURCES}/{created['id'].upper()}", headers=admin_headers)
         assert await body_of(response, 200) == created
 
     async def test_viewers_can_read(
-        self, client: TestClient, admin_headers: Headers, make_token: MakeToken
+        self, client: AppClient, admin_headers: Headers, make_token: MakeToken
     ) -> None:
         created = await create(client, admin_headers)
         viewer = await make_token(role="viewer")
@@ -470,13 +472,13 @@ class TestRead:
             created
         ]
 
-    async def test_missing_or_bad_tokens_are_unauthorized(self, client: TestClient) -> None:
+    async def test_missing_or_bad_tokens_are_unauthorized(self, client: AppClient) -> None:
         for headers in ({}, {"Authorization": "Token nope"}, {"Authorization": "Basic eDp5"}):
             response = await client.get(SOURCES, headers=headers)
             await assert_error(response, 401, "unauthorized", "unauthorized access")
 
     async def test_zap_trace_span_is_the_request_id(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         response = await client.get(
             SOURCES, headers={**admin_headers, "Zap-Trace-Span": "span-1234"}
@@ -485,7 +487,7 @@ class TestRead:
         assert response.headers["X-Request-Id"] == "span-1234"
 
     async def test_an_unknown_method_is_not_allowed(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         response = await client.put(f"{SOURCES}/{UNKNOWN_ID}", headers=admin_headers)
         assert response.status == 405
@@ -517,7 +519,7 @@ class TestSourceIds:
     )
     async def test_a_malformed_id_is_invalid(
         self,
-        client: TestClient,
+        client: AppClient,
         admin_headers: Headers,
         method: str,
         suffix: str,
@@ -533,7 +535,7 @@ class TestSourceIds:
     @pytest.mark.parametrize("source_id", [UNKNOWN_ID, "ffffffffffffffff", "7fffffffffffffff"])
     async def test_an_unknown_id_is_not_found(
         self,
-        client: TestClient,
+        client: AppClient,
         admin_headers: Headers,
         method: str,
         suffix: str,
@@ -547,7 +549,7 @@ class TestSourceIds:
     @pytest.mark.parametrize(("method", "suffix"), PER_SOURCE_ROUTES)
     async def test_another_orgs_source_is_not_found_and_untouched(
         self,
-        client: TestClient,
+        client: AppClient,
         admin_headers: Headers,
         make_token: MakeToken,
         method: str,
@@ -563,7 +565,7 @@ class TestSourceIds:
 
     @pytest.mark.parametrize(("method", "suffix"), PER_SOURCE_ROUTES)
     async def test_a_source_of_another_type_is_not_found_and_untouched(
-        self, client: TestClient, admin_headers: Headers, method: str, suffix: str
+        self, client: AppClient, admin_headers: Headers, method: str, suffix: str
     ) -> None:
         prom = await store_of(client).create_source(
             1, DataSourceSpec(name="prom", type="prometheus", url="http://p:9090")
@@ -580,7 +582,7 @@ class TestSourceIds:
 
 class TestPatch:
     async def test_only_the_fields_sent_change_and_the_answer_is_shaped_like_get(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(
             client, admin_headers, username="u", defaultRP="rp", telegraf="t", password=PASSWORD
@@ -595,7 +597,7 @@ class TestPatch:
         assert stored.secure_json_data == {"password": PASSWORD}
 
     async def test_every_field_can_be_changed_and_cleared(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         path = f"{SOURCES}/{created['id']}"
@@ -610,7 +612,12 @@ class TestPatch:
         }
         patched = await body_of(await client.patch(path, json=changes, headers=admin_headers), 200)
         assert patched == {**created, **changes}
-        cleared = {"username": "", "defaultRP": "", "telegraf": "", "metaUrl": ""}
+        cleared: dict[str, object] = {
+            "username": "",
+            "defaultRP": "",
+            "telegraf": "",
+            "metaUrl": "",
+        }
         cleared |= {"insecureSkipVerify": False}
         patched = await body_of(await client.patch(path, json=cleared, headers=admin_headers), 200)
         assert patched == {**created, "url": changes["url"], "default": False}
@@ -619,7 +626,7 @@ class TestPatch:
         assert stored.user == ""
 
     async def test_secrets_are_set_kept_and_cleared_but_never_shown(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers, password=PASSWORD)
         path = f"{SOURCES}/{created['id']}"
@@ -640,7 +647,7 @@ class TestPatch:
         assert stored.secure_json_data == {"password": PASSWORD, "sharedSecret": SHARED}
 
     async def test_the_type_moves_between_v1_v2_and_self(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         path = f"{SOURCES}/{created['id']}"
@@ -657,7 +664,7 @@ class TestPatch:
             assert (await store.get_source(1, id=source_id)).json_data == json_data
 
     async def test_default_moves_to_the_patched_source(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         first = await create(client, admin_headers, name="first")
         second = await create(client, admin_headers, name="second")
@@ -668,7 +675,7 @@ class TestPatch:
         assert [s["default"] for s in listed["sources"]] == [False, True]
 
     async def test_a_whole_source_sent_back_is_accepted(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         path = f"{SOURCES}/{created['id']}"
@@ -676,7 +683,7 @@ class TestPatch:
         assert await body_of(response, 200) == {**created, "name": "x"}
 
     async def test_grafana_settings_it_does_not_know_are_kept(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         store = store_of(client)
         made = await store.create_source(
@@ -710,7 +717,7 @@ class TestPatch:
     )  # fmt: skip
     async def test_a_bad_patch_changes_nothing(
         self,
-        client: TestClient,
+        client: AppClient,
         admin_headers: Headers,
         fields: dict[str, Any],
         status: int,
@@ -725,7 +732,7 @@ class TestPatch:
         assert await body_of(await client.get(path, headers=admin_headers), 200) == created
 
     async def test_malformed_json_is_invalid(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         response = await client.patch(
@@ -739,7 +746,7 @@ class TestPatch:
         )
 
     async def test_moving_to_another_org_is_forbidden(
-        self, client: TestClient, admin_headers: Headers, make_token: MakeToken
+        self, client: AppClient, admin_headers: Headers, make_token: MakeToken
     ) -> None:
         created = await create(client, admin_headers)
         await make_token(org="Other")
@@ -755,7 +762,7 @@ class TestPatch:
         )
 
     async def test_a_viewer_cannot_patch(
-        self, client: TestClient, admin_headers: Headers, make_token: MakeToken
+        self, client: AppClient, admin_headers: Headers, make_token: MakeToken
     ) -> None:
         created = await create(client, admin_headers)
         viewer = await make_token(role="viewer")
@@ -771,7 +778,7 @@ class TestPatch:
         )
 
     async def test_an_editor_can_patch(
-        self, client: TestClient, admin_headers: Headers, make_token: MakeToken
+        self, client: AppClient, admin_headers: Headers, make_token: MakeToken
     ) -> None:
         created = await create(client, admin_headers)
         editor = await make_token(role="editor", scheme="Token")
@@ -781,7 +788,7 @@ class TestPatch:
         assert (await body_of(response, 200))["name"] == "x"
 
     async def test_a_provisioned_source_cannot_be_patched_or_deleted(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         made = await store_of(client).create_source(1, grafana_spec("prov", read_only=True))
         path = f"{SOURCES}/{made.id:016x}"
@@ -798,7 +805,7 @@ class TestPatch:
 
 class TestDelete:
     async def test_delete_answers_204_and_the_source_is_gone(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers)
         path = f"{SOURCES}/{created['id']}"
@@ -812,7 +819,7 @@ class TestDelete:
         assert await store_of(client).list_sources() == []
 
     async def test_a_viewer_cannot_delete(
-        self, client: TestClient, admin_headers: Headers, make_token: MakeToken
+        self, client: AppClient, admin_headers: Headers, make_token: MakeToken
     ) -> None:
         created = await create(client, admin_headers)
         response = await client.delete(
@@ -828,7 +835,7 @@ class TestDelete:
 
 class TestSharedRegistry:
     async def test_a_source_made_here_is_an_influxdb_record(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         v1 = await create(
             client,
@@ -883,7 +890,7 @@ class TestSharedRegistry:
     )
     async def test_a_grafana_record_is_shown_by_the_mapping(
         self,
-        client: TestClient,
+        client: AppClient,
         admin_headers: Headers,
         json_data: dict[str, Any],
         source_type: str,
@@ -912,7 +919,7 @@ class TestSharedRegistry:
 
     @pytest.mark.parametrize("version", ["SQL", 3, "Flight"])
     async def test_a_record_this_api_cannot_express_is_hidden(
-        self, client: TestClient, admin_headers: Headers, version: object
+        self, client: AppClient, admin_headers: Headers, version: object
     ) -> None:
         made = await store_of(client).create_source(
             1, grafana_spec("sql", json_data={"version": version})
@@ -923,7 +930,7 @@ class TestSharedRegistry:
         assert listed["sources"] == []
 
     async def test_both_ways_through_grafanas_http_api(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         if not any(r.canonical == "/api/datasources" for r in client.app.router.resources()):
             pytest.skip("Grafana's /api/datasources is not mounted in this build")
@@ -975,7 +982,7 @@ class TestSharedRegistry:
 
 class TestBucketsV1:
     async def test_one_bucket_per_database_and_retention_policy(
-        self, client: TestClient, admin_headers: Headers, influxdb: InfluxDB1
+        self, client: AppClient, admin_headers: Headers, influxdb: InfluxDB1
     ) -> None:
         db = await influxdb.create_database(
             'metrics "prod"', retention_policies={"week": "7d", "forever": "INF"}
@@ -1002,7 +1009,7 @@ class TestBucketsV1:
         assert_schema(body, "Buckets")
 
     async def test_the_sources_own_user_is_used(
-        self, client: TestClient, admin_headers: Headers, influxdb: InfluxDB1
+        self, client: AppClient, admin_headers: Headers, influxdb: InfluxDB1
     ) -> None:
         readable = await influxdb.create_database()
         await influxdb.create_database()  # not granted: must not be listed
@@ -1016,7 +1023,7 @@ class TestBucketsV1:
         assert names == [f"{readable}/autogen"]
 
     async def test_a_shared_secret_signs_a_jwt_for_the_user(
-        self, client: TestClient, admin_headers: Headers, influxdb: InfluxDB1
+        self, client: AppClient, admin_headers: Headers, influxdb: InfluxDB1
     ) -> None:
         db = await influxdb.create_database()
         created = await create(
@@ -1039,17 +1046,17 @@ class TestBucketsV1:
     )
     async def test_refused_credentials_are_invalid_not_unauthorized(
         self,
-        client: TestClient,
+        client: AppClient,
         admin_headers: Headers,
         influxdb: InfluxDB1,
         credentials: dict[str, str],
     ) -> None:
-        created = await create(client, admin_headers, url=influxdb.url, **credentials)
+        created = await create(client, admin_headers, 201, url=influxdb.url, **credentials)
         response = await client.get(f"{SOURCES}/{created['id']}/buckets", headers=admin_headers)
         await assert_error(response, 400, "invalid", "source rejected the credentials")
 
     async def test_an_unreachable_source_is_unavailable(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         created = await create(client, admin_headers, url=closed_port_url())
         response = await client.get(f"{SOURCES}/{created['id']}/buckets", headers=admin_headers)
@@ -1091,7 +1098,7 @@ class TestTargets:
         ],
     )
     async def test_a_denied_network_is_refused_on_create_and_patch(
-        self, client: TestClient, admin_headers: Headers, url: str, refusal: str
+        self, client: AppClient, admin_headers: Headers, url: str, refusal: str
     ) -> None:
         message = f'"url" is not allowed: {refusal}'
         body = {"name": "meta", "url": url}
@@ -1104,7 +1111,7 @@ class TestTargets:
         assert await body_of(await client.get(path, headers=admin_headers), 200) == created
 
     async def test_credentials_in_a_grafana_records_url_are_used_but_not_sent_in_it(
-        self, client: TestClient, admin_headers: Headers, aiohttp_server: AiohttpServer
+        self, client: AppClient, admin_headers: Headers, aiohttp_server: AiohttpServer
     ) -> None:
         seen: list[tuple[str, str | None]] = []
 
@@ -1122,7 +1129,7 @@ class TestTargets:
         assert seen == [(str(upstream.make_url("/query")), "Basic dTpw")]
 
     async def test_a_grafana_custom_authorization_header_is_sent(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         made = await store_of(client).create_source(
             1,
@@ -1147,7 +1154,7 @@ class TestBucketsV1Answers:
     )  # fmt: skip
     async def test_durations_and_vanished_databases(
         self,
-        client: TestClient,
+        client: AppClient,
         admin_headers: Headers,
         aiohttp_server: AiohttpServer,
         duration: str,
@@ -1200,7 +1207,7 @@ class TestBucketsV1Answers:
     )  # fmt: skip
     async def test_a_hostile_answer_is_an_error(
         self,
-        client: TestClient,
+        client: AppClient,
         admin_headers: Headers,
         aiohttp_server: AiohttpServer,
         databases: tuple[int, Any],
@@ -1221,7 +1228,7 @@ class TestBucketsV1Answers:
 
 class TestBucketsV2:
     async def test_buckets_come_from_the_upstream_with_the_sources_token(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         fake_influxdb2.add_bucket("telegraf", 2592000)
         created = await create(
@@ -1253,7 +1260,7 @@ class TestBucketsV2:
         assert fake_influxdb2.token not in raw
 
     async def test_every_page_is_read(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         for number in range(248):
             fake_influxdb2.add_bucket(f"b{number:03}")
@@ -1271,7 +1278,7 @@ class TestBucketsV2:
         ]
 
     async def test_a_grafana_flux_sources_organization_is_passed_on(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         made = await store_of(client).create_source(
             1,
@@ -1290,7 +1297,7 @@ class TestBucketsV2:
     @pytest.mark.parametrize("token", ["wrong-token", None])
     async def test_a_refused_token_is_invalid_not_unauthorized(
         self,
-        client: TestClient,
+        client: AppClient,
         admin_headers: Headers,
         fake_influxdb2: FakeInfluxDB2,
         token: str | None,
@@ -1319,7 +1326,7 @@ class TestBucketsV2:
     )  # fmt: skip
     async def test_an_unexpected_answer_is_a_bad_gateway(
         self,
-        client: TestClient,
+        client: AppClient,
         admin_headers: Headers,
         fake_influxdb2: FakeInfluxDB2,
         answer: tuple[int, bytes],
@@ -1334,7 +1341,7 @@ class TestBucketsV2:
         await assert_error(response, status, "unavailable", message)
 
     async def test_an_oversized_answer_is_a_bad_gateway(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         fake_influxdb2.buckets_answer = (200, b'{"buckets": []}' + b" " * (8 * 1024 * 1024))
         created = await create(
@@ -1346,7 +1353,7 @@ class TestBucketsV2:
         )
 
     async def test_garbage_in_optional_fields_is_dropped(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         fake_influxdb2.buckets_answer = (
             200,
@@ -1363,7 +1370,7 @@ class TestBucketsV2:
         assert_schema(body, "Buckets")
 
     async def test_an_unknown_org_filter_is_not_found(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         created = await create(
             client, admin_headers, type="v2", url=fake_influxdb2.url, token=fake_influxdb2.token
@@ -1382,7 +1389,7 @@ class TestSlowUpstream:
         return dataclasses.replace(settings, proxy_response_timeout=0.3)
 
     async def test_a_source_that_answers_too_slowly_is_unavailable(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         fake_influxdb2.buckets_delay = 5
         created = await create(
@@ -1394,7 +1401,7 @@ class TestSlowUpstream:
 
 class TestSelfSources:
     async def test_a_self_source_serves_the_default_sources_buckets_and_health(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         await create(
             client,
@@ -1415,7 +1422,7 @@ class TestSelfSources:
         assert (health["name"], health["status"]) == ("main", "pass")
 
     async def test_without_a_default_influx_source_a_self_source_is_unavailable(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         own = await create(client, admin_headers, name="autogen", type="self", url="")
         assert own["default"]  # the org's first source: the default, but not a v1/v2 one
@@ -1436,7 +1443,7 @@ class TestSelfSources:
 
 class TestHealth:
     async def test_the_health_monitors_state_is_served(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         made = await store_of(client).create_source(
             1,
@@ -1447,12 +1454,14 @@ class TestHealth:
                 secure_json_data={"token": fake_influxdb2.token},
             ),
         )
-        monitor = client.server.app[MONITOR]
-        for _ in range(200):  # the first scheduled probe runs within a second of the write
+        monitor = client.app[MONITOR]
+
+        def probed() -> bool:  # the first scheduled probe runs within a second of the write
             state = monitor.state(made.id)
-            if state is not None and state.last_result is not None:
-                break
-            await asyncio.sleep(0.02)
+            return state is not None and state.last_result is not None
+
+        await wait_for(probed, timeout=4)
+        state = monitor.state(made.id)
         assert state is not None
         assert state.status == "pass"
         monitor.record(made, {"name": "watched", "status": "fail", "message": "seen down"})
@@ -1464,7 +1473,7 @@ class TestHealth:
         }  # the upstream is fine: a probe now would pass, so this is the monitor's word
 
     async def test_a_healthy_source_answers_200_pass(
-        self, client: TestClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
+        self, client: AppClient, admin_headers: Headers, fake_influxdb2: FakeInfluxDB2
     ) -> None:
         created = await create(
             client, admin_headers, type="v2", url=fake_influxdb2.url, token=fake_influxdb2.token
@@ -1477,7 +1486,7 @@ class TestHealth:
         assert fake_influxdb2.token not in raw
 
     async def test_a_real_influxdb_1_is_healthy(
-        self, client: TestClient, admin_headers: Headers, influxdb: InfluxDB1
+        self, client: AppClient, admin_headers: Headers, influxdb: InfluxDB1
     ) -> None:
         created = await create(
             client,
@@ -1492,7 +1501,7 @@ class TestHealth:
         assert_schema(health, "HealthCheck")
 
     async def test_a_record_without_a_usable_url_fails_cleanly(
-        self, client: TestClient, admin_headers: Headers
+        self, client: AppClient, admin_headers: Headers
     ) -> None:
         made = await store_of(client).create_source(1, grafana_spec("no-url", url=""))
         response = await client.get(f"{SOURCES}/{made.id:016x}/health", headers=admin_headers)
@@ -1503,7 +1512,7 @@ class TestHealth:
         await assert_error(response, 400, "invalid", "the source has no usable http(s) url")
 
     async def test_an_unreachable_source_answers_503_with_a_health_check(
-        self, client: TestClient, make_token: MakeToken
+        self, client: AppClient, make_token: MakeToken
     ) -> None:
         viewer = await make_token(role="viewer", org="Other")
         editor = await make_token(role="editor", org="Other")
@@ -1515,7 +1524,7 @@ class TestHealth:
 
 
 async def test_a_number_with_thousands_of_digits_is_400_not_500(
-    client: TestClient, admin_headers: Headers
+    client: AppClient, admin_headers: Headers
 ) -> None:
     for body in (b'{"name":"x","zz":' + b"1" * 5000 + b"}", b'{"name":"x","zz":1e999}'):
         response = await client.post(

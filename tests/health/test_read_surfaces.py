@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient
 
@@ -15,8 +15,10 @@ from gateway.config import Settings
 from gateway.health.monitor import PASSIVE_MIN_GAP
 from gateway.keys import MONITOR, STORE
 from gateway.registry.models import DataSource, DataSourceSpec
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.conftest import ADMIN_TOKEN
+from tests.health.fake_clock import FakeClock, Schedule
 from tests.services.influxdb import InfluxDB1, closed_port_url
+from tests.types import AppClient
 from tests.upstreams import UpstreamProcess
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -29,32 +31,27 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 async def client(
-    aiohttp_client: AiohttpClient, data_dir: Path, registry: CollectorRegistry
-) -> TestClient:
-    settings = Settings(
-        data_dir=data_dir,
-        admin_token=ADMIN_TOKEN,
-        secret_key=SECRET_KEY,
-        health_interval=0.3,
-        health_timeout=1.0,
-    )
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    registry: CollectorRegistry,
+    clock: FakeClock,
+) -> AppClient:
+    settings = dataclasses.replace(settings, health_interval=0.3, health_timeout=1.0)
     return await aiohttp_client(create_app(settings, metrics_registry=registry))
 
 
-async def settled(client: TestClient, source: DataSource, status: str) -> None:
-    monitor = client.server.app[MONITOR]
-    for _ in range(200):
-        state = monitor.state(source.id)
-        if state is not None and state.status == status:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"{source.name} never reached {status}")
+async def settled(schedule: Schedule, source: DataSource, status: str) -> None:
+    def reached() -> bool:
+        state = schedule.monitor.state(source.id)
+        return state is not None and state.status == status
+
+    await schedule.run_until(reached, within=4)
 
 
 async def test_every_read_surface_agrees(
-    client: TestClient, influxdb: InfluxDB1, registry: CollectorRegistry
+    client: AppClient, schedule: Schedule, influxdb: InfluxDB1, registry: CollectorRegistry
 ) -> None:
-    store = client.server.app[STORE]
+    store = client.app[STORE]
     secure = {"password": influxdb.admin_password}
     up = await store.create_source(
         1,
@@ -66,8 +63,8 @@ async def test_every_read_surface_agrees(
     down = await store.create_source(
         1, DataSourceSpec(name="influx-down", type="influxdb", url=closed_port_url())
     )
-    await settled(client, up, "pass")
-    await settled(client, down, "fail")
+    await settled(schedule, up, "pass")
+    await settled(schedule, down, "fail")
 
     expected = [(up, ("pass", 200, "OK", 200, 1.0)), (down, ("fail", 503, "ERROR", 400, 0.0))]
     health = await (await client.get("/health", headers=AUTH)).json()
@@ -86,12 +83,12 @@ async def test_every_read_surface_agrees(
 
 
 async def test_a_proxied_connect_failure_triggers_a_probe_at_once(
-    client: TestClient, tmp_path: Path
+    client: AppClient, schedule: Schedule, tmp_path: Path
 ) -> None:
     upstream = UpstreamProcess(tmp_path)
     upstream.start()
     try:
-        store = client.server.app[STORE]
+        store = client.app[STORE]
         # A long interval: any probe after the first one comes from the passive trigger.
         source = await store.create_source(
             1,
@@ -102,18 +99,15 @@ async def test_a_proxied_connect_failure_triggers_a_probe_at_once(
                 json_data={"healthCheck": {"interval": 60}},
             ),
         )
-        await settled(client, source, "pass")
-        await asyncio.sleep(PASSIVE_MIN_GAP)  # passive probes are at most one a second
-        state = client.server.app[MONITOR].state(source.id)
+        await settled(schedule, source, "pass")
+        await schedule.let_pass(PASSIVE_MIN_GAP)  # passive probes are at most one a second
+        state = client.app[MONITOR].state(source.id)
         assert state is not None
         assert state.consecutive_failures == 0
         upstream.kill()
         response = await client.get(f"/api/datasources/proxy/uid/{source.uid}/", headers=AUTH)
         assert response.status == 502
-        for _ in range(100):
-            if state.consecutive_failures == 1:
-                break
-            await asyncio.sleep(0.02)
+        await schedule.run_until(lambda: state.consecutive_failures == 1, within=2)
         assert state.consecutive_failures == 1  # probed within 2 s, not in a minute
         assert state.status == "pass"  # one failure is below fall=3: nothing flips yet
     finally:
@@ -121,9 +115,12 @@ async def test_a_proxied_connect_failure_triggers_a_probe_at_once(
 
 
 async def test_a_burst_of_proxied_failures_triggers_one_probe_not_a_storm(
-    client: TestClient, registry: CollectorRegistry, upstream_process: UpstreamProcess
+    client: AppClient,
+    schedule: Schedule,
+    registry: CollectorRegistry,
+    upstream_process: UpstreamProcess,
 ) -> None:
-    store = client.server.app[STORE]
+    store = client.app[STORE]
     source = await store.create_source(
         1,
         DataSourceSpec(
@@ -133,8 +130,8 @@ async def test_a_burst_of_proxied_failures_triggers_one_probe_not_a_storm(
             json_data={"healthCheck": {"interval": 60}},
         ),
     )
-    await settled(client, source, "pass")
-    await asyncio.sleep(PASSIVE_MIN_GAP)
+    await settled(schedule, source, "pass")
+    await schedule.let_pass(PASSIVE_MIN_GAP)
     upstream_process.kill()
     labels = {"org": "1", "source_uid": source.uid, "source_type": "generic"}
 
@@ -148,5 +145,5 @@ async def test_a_burst_of_proxied_failures_triggers_one_probe_not_a_storm(
     url = f"/api/datasources/proxy/uid/{source.uid}/"
     statuses = await asyncio.gather(*(client.get(url, headers=AUTH) for _ in range(200)))
     assert {response.status for response in statuses} == {502}
-    await asyncio.sleep(0.3)
+    await schedule.let_pass(0.3)  # the schedule goes on: still only the one passive probe
     assert probes() - before == 1

@@ -11,7 +11,6 @@ from typing import Any, cast
 import pytest
 import structlog
 from aiohttp import TCPConnector, web
-from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient
 
@@ -25,6 +24,7 @@ from gateway.registry.models import DataSource, DataSourceSpec
 from tests.conftest import ADMIN_TOKEN, AIOHTTP, FRONT, FrontTestServer, GatewayClient
 from tests.proxy.conftest import StartRawServer
 from tests.proxy.servers import Peer, RawServer
+from tests.types import AppClient
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -50,9 +50,9 @@ async def upstream(raw_server: StartRawServer) -> RawServer:
 
 
 @pytest.fixture
-async def source(client: TestClient, upstream: RawServer) -> DataSource:
+async def source(client: AppClient, upstream: RawServer) -> DataSource:
     spec = DataSourceSpec(name="bare", type="acme-json", url=f"http://127.0.0.1:{upstream.port}")
-    return await client.server.app[STORE].create_source(1, spec)
+    return await client.app[STORE].create_source(1, spec)
 
 
 def proxy_path(source: DataSource, rest: str) -> str:
@@ -63,7 +63,7 @@ def proxy_path(source: DataSource, rest: str) -> str:
 
 
 async def test_the_carrier_under_test_is_the_one_named(
-    client: TestClient, carrier: str, source: DataSource
+    client: AppClient, carrier: str, source: DataSource
 ) -> None:
     for _ in range(2):
         response = await client.get(proxy_path(source, "x"), headers=AUTH)
@@ -79,9 +79,9 @@ async def test_sources_created_through_the_api_are_proxied_on_the_same_connectio
 ) -> None:
     """As `gateway serve` serves: an API request hands its kept-alive connection to aiohttp,
     which then serves the proxied requests that follow on it, through the same pipeline."""
-    server = FrontTestServer(app)
+    server = FrontTestServer(app)  # the real router, kept-alive connections: one of them
     await server.start_server()
-    client = await aiohttp_client(server, connector=TCPConnector(limit=1))
+    client = cast(AppClient, await aiohttp_client(server, connector=TCPConnector(limit=1)))
     url = f"http://127.0.0.1:{upstream.port}"
     body = {"name": "api-made", "type": "acme-json", "access": "proxy", "url": url}
     created = await client.post("/api/datasources", json=body, headers=AUTH)
@@ -111,7 +111,7 @@ async def test_one_log_line_and_one_count_per_proxied_request_on_either_carrier(
     registry = CollectorRegistry()
     client = await gateway_client(create_app(settings, metrics_registry=registry))
     spec = DataSourceSpec(name="bare", type="acme-json", url=f"http://127.0.0.1:{upstream.port}")
-    source = await client.server.app[STORE].create_source(1, spec)
+    source = await client.app[STORE].create_source(1, spec)
     with structlog.testing.capture_logs() as logs:
         ok = await client.get(proxy_path(source, "x"), headers={**AUTH, "X-Request-Id": "r-1"})
         missing = await client.get("/api/datasources/proxy/uid/nope/x", headers=AUTH)
@@ -130,7 +130,7 @@ async def test_one_log_line_and_one_count_per_proxied_request_on_either_carrier(
 
 
 async def test_a_response_without_content_type_gets_none(
-    client: TestClient, source: DataSource
+    client: AppClient, source: DataSource
 ) -> None:
     response = await client.get(proxy_path(source, "x"), headers=AUTH)
     assert response.status == 200
@@ -142,7 +142,7 @@ async def test_a_response_without_content_type_gets_none(
 
 
 async def test_no_server_field_is_added_and_the_upstreams_passes(
-    client: TestClient, source: DataSource
+    client: AppClient, source: DataSource
 ) -> None:
     plain = await client.get(proxy_path(source, "x"), headers=AUTH)
     assert "Server" not in plain.headers
@@ -153,7 +153,7 @@ async def test_no_server_field_is_added_and_the_upstreams_passes(
     assert "Server" not in error.headers
 
 
-async def test_a_304_keeps_its_content_length(client: TestClient, source: DataSource) -> None:
+async def test_a_304_keeps_its_content_length(client: AppClient, source: DataSource) -> None:
     response = await client.get(proxy_path(source, "not-modified"), headers=AUTH)
     assert response.status == 304
     assert response.headers["Content-Length"] == "42"
@@ -264,7 +264,7 @@ def test_every_route_is_declared_once_and_registered_with_aiohttp_under_its_name
 
 
 async def test_unclaimed_forms_are_answered_by_aiohttp_alike_on_both_carriers(
-    client: TestClient,
+    client: AppClient,
 ) -> None:
     not_allowed = await client.get("/api/v2/write", headers=AUTH)
     assert not_allowed.status == 405

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from gateway.app import create_app
@@ -20,6 +19,7 @@ from gateway.registry.models import Role
 from gateway.security.auth import hash_token, new_token, token_from_header
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY, MakeToken
 from tests.process import run_cli
+from tests.types import AppClient
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -64,7 +64,7 @@ class TestHeaderParsing:
 
 class TestAuthentication:
     @pytest.mark.parametrize("scheme", ["Bearer", "Token", "bearer", "token"])
-    async def test_both_schemes_are_accepted(self, client: TestClient, scheme: str) -> None:
+    async def test_both_schemes_are_accepted(self, client: AppClient, scheme: str) -> None:
         response = await client.get(
             "/api/test/whoami", headers={"Authorization": f"{scheme} {ADMIN_TOKEN}"}
         )
@@ -76,14 +76,14 @@ class TestAuthentication:
         [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {ADMIN_TOKEN}"}],
     )
     async def test_missing_or_unknown_token_is_401_in_grafanas_shape(
-        self, client: TestClient, headers: dict[str, str]
+        self, client: AppClient, headers: dict[str, str]
     ) -> None:
         response = await client.get("/api/test/whoami", headers=headers)
         assert response.status == 401
         assert await response.json() == {"message": "Unauthorized"}
 
     async def test_missing_token_is_401_in_influxs_shape_under_api_v2(
-        self, client: TestClient
+        self, client: AppClient
     ) -> None:
         response = await client.get("/api/v2/test/whoami")
         assert response.status == 401
@@ -93,22 +93,22 @@ class TestAuthentication:
 
     @pytest.mark.parametrize("role", ["admin", "editor", "viewer"])
     async def test_a_token_carries_its_org_and_role(
-        self, client: TestClient, make_token: MakeToken, role: str
+        self, client: AppClient, make_token: MakeToken, role: str
     ) -> None:
         headers = await make_token(role=role, org="Team B")
         response = await client.get("/api/test/whoami", headers=headers)
         assert await response.json() == {"org": "Team B", "role": role}
 
-    async def test_only_the_hash_is_stored(self, client: TestClient, data_dir: Path) -> None:
+    async def test_only_the_hash_is_stored(self, client: AppClient, data_dir: Path) -> None:
         token = new_token()
-        await client.server.app[STORE].create_token(1, Role.VIEWER, hash_token(token), "t")
+        await client.app[STORE].create_token(1, Role.VIEWER, hash_token(token), "t")
         raw = b"".join(p.read_bytes() for p in data_dir.glob("gateway.db*"))
         assert token.encode() not in raw
         assert ADMIN_TOKEN.encode() not in raw
         assert hash_token(token).encode() in raw
 
-    async def test_a_revoked_token_stops_working_at_once(self, client: TestClient) -> None:
-        store = client.server.app[STORE]
+    async def test_a_revoked_token_stops_working_at_once(self, client: AppClient) -> None:
+        store = client.app[STORE]
         token = new_token()
         token_id = await store.create_token(1, Role.EDITOR, hash_token(token), "t")
         headers = {"Authorization": f"Token {token}"}
@@ -118,9 +118,9 @@ class TestAuthentication:
         assert not await store.revoke_token(token_id)  # revoking twice reports nothing to do
 
     async def test_a_token_revoked_by_another_process_stops_working(
-        self, client: TestClient, data_dir: Path
+        self, client: AppClient, data_dir: Path
     ) -> None:
-        store = client.server.app[STORE]
+        store = client.app[STORE]
         token = new_token()
         token_id = await store.create_token(1, Role.EDITOR, hash_token(token), "t")
         headers = {"Authorization": f"Bearer {token}"}
@@ -138,7 +138,7 @@ class TestAuthentication:
 
 
 class TestAdminTokenBootstrap:
-    async def test_the_env_token_is_an_admin_of_the_default_org(self, client: TestClient) -> None:
+    async def test_the_env_token_is_an_admin_of_the_default_org(self, client: AppClient) -> None:
         response = await client.get(
             "/api/test/whoami", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
         )
@@ -158,7 +158,7 @@ class TestAdminTokenBootstrap:
         assert await response.json() == {"org": "Main Org.", "role": "admin"}
 
     async def test_no_file_is_written_when_a_token_exists(
-        self, client: TestClient, data_dir: Path
+        self, client: AppClient, data_dir: Path
     ) -> None:
         assert not (data_dir / ADMIN_TOKEN_FILE).exists()
 
@@ -166,30 +166,28 @@ class TestAdminTokenBootstrap:
 class TestInfluxV1Compatibility:
     """On /query and /write the gateway token may come as InfluxDB 1.x's password."""
 
-    async def test_p_parameter_and_basic_password_carry_the_token(self, client: TestClient) -> None:
+    async def test_p_parameter_and_basic_password_carry_the_token(self, client: AppClient) -> None:
         basic = base64.b64encode(f"anyone:{ADMIN_TOKEN}".encode()).decode()
-        for kwargs in (
-            {"params": {"u": "anyone", "p": ADMIN_TOKEN, "q": "SHOW DATABASES"}},
-            {"params": {"q": "SHOW DATABASES"}, "headers": {"Authorization": f"Basic {basic}"}},
+        for params, headers in (
+            ({"u": "anyone", "p": ADMIN_TOKEN, "q": "SHOW DATABASES"}, None),
+            ({"q": "SHOW DATABASES"}, {"Authorization": f"Basic {basic}"}),
         ):
-            response = await client.get("/query", **kwargs)
+            response = await client.get("/query", params=params, headers=headers)
             # Authenticated: the org has no InfluxDB source, so the passthrough says so.
             assert response.status == 404, await response.text()
             assert (await response.json())["code"] == "not found"
 
-    async def test_wrong_or_missing_v1_credentials_are_401(self, client: TestClient) -> None:
-        for kwargs in (
-            {"params": {"u": "x", "p": "wrong"}},
-            {"headers": {"Authorization": "Basic !!!not-base64"}},
-            {"headers": {"Authorization": "Basic " + base64.b64encode(b"nopassword").decode()}},
-            {},
+    async def test_wrong_or_missing_v1_credentials_are_401(self, client: AppClient) -> None:
+        for params, headers in (
+            ({"u": "x", "p": "wrong"}, None),
+            (None, {"Authorization": "Basic !!!not-base64"}),
+            (None, {"Authorization": "Basic " + base64.b64encode(b"nopassword").decode()}),
+            (None, None),
         ):
-            response = await client.get("/query", **kwargs)
+            response = await client.get("/query", params=params, headers=headers)
             assert response.status == 401
             assert (await response.json())["code"] == "unauthorized"
 
-    async def test_other_paths_do_not_take_the_token_as_a_password(
-        self, client: TestClient
-    ) -> None:
+    async def test_other_paths_do_not_take_the_token_as_a_password(self, client: AppClient) -> None:
         response = await client.get("/api/test/whoami", params={"p": ADMIN_TOKEN})
         assert response.status == 401
