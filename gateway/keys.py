@@ -49,5 +49,3 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
-# The status to log and count when it differs from the response's (e.g. 499: the client left).
-RESPONSE_STATUS = web.RequestKey("response_status", int)
