@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
-from gateway.api import grafana, influx, ops, proxy
+from gateway.api import grafana, influx, ops
 from gateway.bootstrap import ensure_admin_token, open_registry
 from gateway.config import Settings
 from gateway.health.monitor import HealthMonitor, Prober, SourceState
@@ -26,6 +26,7 @@ from gateway.keys import (
     LIFECYCLE,
     METRICS,
     MONITOR,
+    PIPELINE,
     PRINCIPALS,
     PROBER,
     SETTINGS,
@@ -42,8 +43,10 @@ from gateway.metrics import (
 )
 from gateway.middlewares import authenticate, errors, request_context
 from gateway.provisioning import provisioning_ctx
+from gateway.proxy.aiohttp_carrier import add_proxy_routes
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.http1 import Timeouts
+from gateway.proxy.pipeline import ProxyPipeline
 from gateway.proxy.ssrf import PolicyResolver, SsrfPolicy
 from gateway.proxy.upstream import UpstreamPool
 from gateway.registry.cache import SourceCache
@@ -93,7 +96,7 @@ def create_app(
     app.add_routes(ops.routes)
     app.add_routes(grafana.routes)
     app.add_routes(influx.routes)
-    app.add_routes(proxy.routes)
+    add_proxy_routes(app)
     return app
 
 
@@ -172,7 +175,8 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The keep-alive pool for proxied requests (not the shared session: see proxy/upstream.py).
+    """The keep-alive pool for proxied requests (not the shared session: see proxy/upstream.py),
+    and the pipeline both servers run them through (see proxy/pipeline.py).
 
     Its address filter re-applies the SSRF policy to the addresses it actually connects to.
     """
@@ -188,6 +192,7 @@ async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     app[FORWARDER] = Forwarder(
         pool, settings, app[METRICS], on_passive_failure=app[MONITOR].report_failure
     )
+    app[PIPELINE] = ProxyPipeline(app[PRINCIPALS], app[SOURCES], app[FORWARDER], app[METRICS])
     try:
         yield
     finally:

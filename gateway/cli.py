@@ -18,16 +18,16 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
-from gateway.api.fast_proxy import FastProxy
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.bootstrap import open_registry
 from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
 from gateway.front.site import FrontSite
-from gateway.keys import LIFECYCLE
+from gateway.keys import LIFECYCLE, PIPELINE
 from gateway.logging import configure_logging
 from gateway.loop import event_loop_factory
 from gateway.provisioning import check_files
+from gateway.proxy.front_carrier import front_router
 from gateway.registry.interface import OrgNameTaken, Registry
 from gateway.registry.models import Role
 from gateway.registry.secrets import (
@@ -160,7 +160,7 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         # Workers of one supervisor share the port; the kernel spreads connections among them.
         site = FrontSite(
             runner,
-            FastProxy(app).route,
+            front_router(app[PIPELINE]),
             host=settings.host,
             port=settings.port,
             reuse_port=worker is not None,

@@ -20,6 +20,7 @@ from gateway.security.auth import PrincipalCache
 
 if TYPE_CHECKING:
     from gateway.proxy.forward import Forwarder
+    from gateway.proxy.pipeline import ProxyPipeline
 
 
 @dataclass(slots=True)
@@ -40,6 +41,7 @@ MONITOR = web.AppKey("monitor", HealthMonitor)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 SSRF = web.AppKey("ssrf", SsrfPolicy)
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")  # typed only: forward.py imports us
+PIPELINE: web.AppKey[ProxyPipeline] = web.AppKey("pipeline")  # the proxied requests' pipeline
 # One probe of one source with the shared session: what the monitor and on-demand checks call.
 PROBER: web.AppKey[Prober] = web.AppKey("prober")
 HTTP = web.AppKey("http", aiohttp.ClientSession)
@@ -47,5 +49,3 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
-# The status to log and count when it differs from the response's (e.g. 499: the client left).
-RESPONSE_STATUS = web.RequestKey("response_status", int)

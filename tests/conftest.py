@@ -10,20 +10,22 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import TCPConnector, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
-from gateway.api.fast_proxy import FastProxy
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.config import Settings
+from gateway.front.protocol import FastHandler, Router
 from gateway.front.site import FrontSite
-from gateway.keys import STORE
+from gateway.keys import PIPELINE, STORE
 from gateway.loop import event_loop_factory
+from gateway.proxy.aiohttp_carrier import proxy_handler
+from gateway.proxy.front_carrier import front_router
 from gateway.registry.models import Role
 from gateway.security.auth import hash_token
 from tests.types import AppClient
@@ -74,52 +76,113 @@ def app(settings: Settings) -> web.Application:
     return create_app(settings)
 
 
+# Which server carries proxied requests (gateway/proxy/: one pipeline, two carriers):
+# - "front": the front server's fast path serves every proxied request (a new connection per
+#   request, so that no API request before it hands the connection to aiohttp);
+# - "aiohttp": aiohttp's handlers serve every proxied request (the front router claims nothing,
+#   so every connection is handed to aiohttp at its first request);
+# - "served" (the default outside proxying tests): as `gateway serve` serves, with kept-alive
+#   connections: proxied requests go to the front server until an API request on the same
+#   connection hands it to aiohttp.
+FRONT, AIOHTTP, SERVED = "front", "aiohttp", "served"
+CARRIERS = (FRONT, AIOHTTP)
+
+
+def _claims_nothing(method: str, path: str) -> FastHandler | None:
+    return None
+
+
 class FrontTestServer(TestServer):
     """The app served as `gateway serve` serves it: behind the front protocol (FrontSite), with
-    the options of SERVER_OPTIONS for the aiohttp server that API connections are handed to."""
+    the options of SERVER_OPTIONS for the aiohttp server that API connections are handed to.
+
+    `front_served` and `aiohttp_served` count the proxied requests each carrier served (the
+    latter those aiohttp answered), so that a test can tell which one it exercised."""
+
+    def __init__(self, app: web.Application, *, carrier: str = SERVED, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.carrier = carrier
+        self.front_served = 0
+        self.aiohttp_served = 0
 
     async def start_server(self, loop: object = None, **kwargs: Any) -> None:
         if self.runner:
             return
+        self.app.on_response_prepare.append(self._count_aiohttp)
         kwargs.setdefault("auto_decompress", SERVER_OPTIONS["auto_decompress"])
         self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
         await self.runner.setup()
-        site = FrontSite(self.runner, FastProxy(self.app).route, host=self.host, port=0)
+        router = _claims_nothing if self.carrier == AIOHTTP else self._counting(self.app)
+        site = FrontSite(self.runner, router, host=self.host, port=0)
         await site.start()
         self.port = site.port
         self.scheme = "http"
         self._root = URL(f"http://{self.host}:{self.port}")
 
+    def _counting(self, app: web.Application) -> Router:
+        route = front_router(app[PIPELINE])
 
-# Test modules that proxy requests run twice: with a new connection per request, so every
-# proxied request is served by the front protocol's fast path, and with connections kept alive,
-# so that proxied requests following an API request on the same connection are served by
-# aiohttp's handlers. Both must behave the same.
-_PROXYING_TESTS = ("proxy", "services", "test_ssrf_integration.py", "test_metrics.py")
+        def router(method: str, path: str) -> FastHandler | None:
+            handler = route(method, path)
+            if handler is not None:
+                self.front_served += 1
+            return handler
+
+        return router
+
+    async def _count_aiohttp(self, request: web.Request, response: web.StreamResponse) -> None:
+        if proxy_handler(request) is not None:
+            self.aiohttp_served += 1
+
+
+# Test modules that proxy requests run on both carriers, and must behave the same on both.
+# (test_auth.py: InfluxDB 1.x credentials are taken on the proxied /query and /write.)
+_PROXYING_TESTS = (
+    "proxy",
+    "services",
+    "test_ssrf_integration.py",
+    "test_metrics.py",
+    "test_auth.py",
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     path = metafunc.definition.path
-    if "client" in metafunc.fixturenames and any(
+    fixtures = metafunc.fixturenames
+    if ("client" in fixtures or "gateway_client" in fixtures) and any(
         part in _PROXYING_TESTS for part in (path.parent.name, path.name)
     ):
-        metafunc.parametrize("connections", ["fresh", "reused"], scope="function")
+        metafunc.parametrize("carrier", CARRIERS, scope="function")
 
 
 @pytest.fixture
-def connections() -> str:
-    return "reused"
+def carrier() -> str:
+    return SERVED
+
+
+GatewayClient = Callable[[web.Application], Awaitable[AppClient]]
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: AiohttpClient, app: web.Application, connections: str
-) -> TestClient:
-    server = FrontTestServer(app)
-    await server.start_server()
-    if connections == "fresh":
-        return await aiohttp_client(server, connector=TCPConnector(force_close=True))
-    return await aiohttp_client(server)
+def gateway_client(aiohttp_client: AiohttpClient, carrier: str) -> GatewayClient:
+    """`await gateway_client(app)`: a client of `app` served behind the front protocol, with
+    proxied requests on the `carrier` under test."""
+
+    async def start(app: web.Application) -> AppClient:
+        server = FrontTestServer(app, carrier=carrier)
+        await server.start_server()
+        # One connection per request on the front carrier: no API request before a proxied
+        # one can hand its connection to aiohttp.
+        connector = TCPConnector(force_close=True) if carrier == FRONT else None
+        # pytest-aiohttp types a client of a server, not of an app, as app-less: this one is.
+        return cast(AppClient, await aiohttp_client(server, connector=connector))
+
+    return start
+
+
+@pytest.fixture
+async def client(gateway_client: GatewayClient, app: web.Application) -> AppClient:
+    return await gateway_client(app)
 
 
 @pytest.fixture

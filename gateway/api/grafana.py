@@ -24,16 +24,16 @@ from gateway.api.grafana_dto import (
     create_spec,
     list_dto,
     parse_id,
-    parse_int64,
     read_body,
     single_dto,
     updated_spec,
 )
-from gateway.errors import BadRequest, Forbidden, NameConflict, PermissionDenied, ReadOnlySource
+from gateway.errors import BadRequest, NameConflict, ReadOnlySource
 from gateway.health.monitor import current_health
 from gateway.health.probes import HealthCheck
 from gateway.keys import MONITOR, PRINCIPAL, PROBER, SETTINGS, SSRF, STORE
-from gateway.registry.models import DataSource, DataSourceSpec, Principal
+from gateway.registry.models import DataSource, DataSourceSpec
+from gateway.security.org import ORG_HEADER, acting_org_id
 from gateway.version import commit
 
 log = structlog.get_logger(__name__)
@@ -43,8 +43,6 @@ routes = web.RouteTableDef()
 # The Grafana API level we answer like; grafana-client gates features on it (≥ 9 enables the
 # server-side health check, > 10.2.2 disables the Enterprise-only permission calls).
 GRAFANA_API_VERSION = "11.0.0"
-ORG_HEADER = "X-Grafana-Org-Id"
-ORG_MISMATCH = "API key does not belong to the requested organization"
 INVALID_UID = "UID is invalid"
 
 CREATE, WRITE, DELETE = "datasources:create", "datasources:write", "datasources:delete"
@@ -223,16 +221,6 @@ async def grafana_health(request: web.Request) -> web.Response:
 def request_org_id(request: web.Request, *, needs: str | None = None) -> int:
     """The org the request acts in: its token's. `needs` names the action a write requires."""
     return acting_org_id(request[PRINCIPAL], request.headers.get(ORG_HEADER), needs=needs)
-
-
-def acting_org_id(principal: Principal, org_header: str | None, *, needs: str | None = None) -> int:
-    """A token belongs to one org, so `X-Grafana-Org-Id` may only name that org."""
-    requested = (org_header or "").strip()
-    if requested and parse_int64(requested) != principal.org.id:
-        raise Forbidden(ORG_MISMATCH)
-    if needs is not None and not principal.role.can_write:
-        raise PermissionDenied(needs)
-    return principal.org.id
 
 
 def _access_control(request: web.Request) -> dict[str, bool] | None:

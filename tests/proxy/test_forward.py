@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from pytest_aiohttp import AiohttpClient, AiohttpServer
+from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
 from gateway.app import create_app
@@ -458,9 +458,8 @@ class TestSsrfAtConnectTime:
         )
 
     async def test_a_name_resolving_to_a_denied_address_is_403_and_never_connected(
-        self, aiohttp_client: AiohttpClient, settings: Settings, upstream: TestServer
+        self, client: TestClient, upstream: TestServer
     ) -> None:
-        client = await aiohttp_client(create_app(settings))
         source = await client.server.app[STORE].create_source(
             1,
             DataSourceSpec(name="n", type="prometheus", url=f"http://localhost:{upstream.port}"),

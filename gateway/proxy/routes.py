@@ -1,0 +1,94 @@
+"""The proxied routes, each declared once: the one table both servers are driven from.
+
+The front server's router is derived from it (gateway/proxy/front_carrier.py), and aiohttp's
+routes are registered from it (gateway/proxy/aiohttp_carrier.py), so a proxied request gets the
+same route name (the log line's `path`, the metrics' `route` label), the same error dialect and
+the same resolution whichever server carries it. Both run it through the one pipeline
+(gateway/proxy/pipeline.py).
+
+A route's name is its path as aiohttp's `resource.canonical` spells it. At most one `{key}`
+segment names the source; a trailing `/{path}` is the remainder that goes upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+from typing import TYPE_CHECKING
+
+from gateway.errors import Dialect
+from gateway.proxy.resolve import (
+    Resolution,
+    by_id,
+    by_uid,
+    influx_passthrough,
+    source_query,
+)
+from gateway.registry.cache import SourceCache
+from gateway.registry.models import Principal
+
+if TYPE_CHECKING:
+    from gateway.proxy.pipeline import ProxyRequest
+
+PROXY_PREFIX = "/api/datasources/proxy"
+REMAINDER = "/{path}"
+
+
+# How a route finds its source and upstream target (gateway/proxy/resolve.py).
+Resolve = Callable[["ProxyRequest", Principal, SourceCache], Awaitable[Resolution]]
+
+
+class ProxyRoute:
+    """One proxied route: its name, the methods it takes (None: any), the dialect of its
+    errors, and how it resolves the source and upstream target. The rest is derived from the
+    name once, for the routers."""
+
+    __slots__ = ("dialect", "key", "methods", "name", "prefix", "resolve", "segments", "tail")
+
+    def __init__(
+        self, name: str, methods: Collection[str] | None, dialect: Dialect, resolve: Resolve
+    ) -> None:
+        self.name = name
+        self.methods = frozenset(methods) if methods is not None else None
+        self.dialect = dialect
+        self.resolve = resolve
+        prefix, brace, rest = name.partition("{")
+        key, _, tail = rest.partition("}")
+        # The literal text before the key (the whole path when there is none), the key's name,
+        # and what follows the key: "", REMAINDER, or a literal such as "/query".
+        self.prefix = prefix
+        self.key = key if brace else None
+        self.tail = tail
+        # How many "/"-separated parts of the path come before the remainder sent upstream.
+        self.segments = prefix.count("/") + 1
+
+    @property
+    def aiohttp_path(self) -> str:
+        """The name as an aiohttp route pattern: the remainder may hold slashes."""
+        return self.name.removesuffix(REMAINDER) + "/{path:.*}" if self.has_remainder else self.name
+
+    @property
+    def has_remainder(self) -> bool:
+        return self.tail == REMAINDER
+
+    def __repr__(self) -> str:
+        return f"<ProxyRoute {self.name}>"
+
+
+_INFLUX = Dialect.INFLUX
+_GRAFANA = Dialect.GRAFANA
+_BY_UID = PROXY_PREFIX + "/uid/{uid}"
+_BY_ID = PROXY_PREFIX + "/{id}"
+
+# In matching order: aiohttp tries them in this order, and `…/proxy/uid/…` must come before
+# `…/proxy/{id}/…`.
+ROUTES: tuple[ProxyRoute, ...] = (
+    ProxyRoute(_BY_UID, None, _GRAFANA, by_uid),
+    ProxyRoute(_BY_UID + REMAINDER, None, _GRAFANA, by_uid),
+    ProxyRoute(_BY_ID, None, _GRAFANA, by_id),
+    ProxyRoute(_BY_ID + REMAINDER, None, _GRAFANA, by_id),
+    ProxyRoute("/api/v2/write", ("POST",), _INFLUX, influx_passthrough),
+    ProxyRoute("/api/v2/query", ("POST",), _INFLUX, influx_passthrough),
+    ProxyRoute("/query", ("GET", "POST"), _INFLUX, influx_passthrough),
+    ProxyRoute("/write", ("POST",), _INFLUX, influx_passthrough),
+    ProxyRoute("/api/v2/sources/{source_id}/query", ("POST",), _INFLUX, source_query),
+)

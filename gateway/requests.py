@@ -1,0 +1,120 @@
+"""What every request of the gateway gets, whichever server and handler take it: a request id,
+an authenticated principal, and one log line plus the API metrics when it is over.
+
+Used by aiohttp's middlewares (gateway/middlewares.py) for the APIs and by the proxy pipeline
+(gateway/proxy/pipeline.py) for the proxied routes.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import re
+import secrets
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from gateway.errors import Unauthorized
+from gateway.metrics import GatewayMetrics
+from gateway.registry.models import Principal
+from gateway.security.auth import PrincipalCache, token_from_header
+
+log = structlog.get_logger("gateway.request")
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(1)
+
+# InfluxDB 1.x clients authenticate with `u`/`p` or Basic auth; on these paths the password is
+# taken as the gateway token, as InfluxDB 2's v1-compatibility API does with its own tokens.
+V1_COMPAT_PATHS = frozenset({"/query", "/write"})
+
+
+def choose_request_id(
+    x_request_id: str | None, traceparent: str | None, zap_trace_span: str | None
+) -> str:
+    """X-Request-Id, else traceparent's trace id, else Zap-Trace-Span, when short and plain
+    (it ends up in logs and headers); else a new one."""
+    if x_request_id:
+        candidate = x_request_id.strip()
+        if _SAFE_ID.fullmatch(candidate):
+            return candidate
+    if traceparent:
+        match = _TRACEPARENT.fullmatch(traceparent.strip().lower())
+        if match:
+            return match.group(1)
+    if zap_trace_span:
+        candidate = zap_trace_span.strip()
+        if _SAFE_ID.fullmatch(candidate):
+            return candidate
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    # A random prefix per process and a counter: unique, and far cheaper than uuid4() per
+    # request on the proxied path. 32 hex digits, like the trace ids it stands beside.
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+def record_request(
+    metrics: GatewayMetrics,
+    logger: FilteringBoundLogger,
+    method: str,
+    route: str,
+    status: int,
+    elapsed: float,
+    principal: Principal | None,
+) -> None:
+    """The API metrics and the one canonical log line of a request, whichever server took it."""
+    metrics.record_api_request(route, method, status, elapsed)
+    logger.info(
+        "request",
+        method=method,
+        path=route,
+        status=status,
+        duration_ms=round(elapsed * 1000, 2),
+        org=principal.org.id if principal else None,
+    )
+
+
+def v1_password(authorization: str | None, p_param: str | None) -> str | None:
+    """The password of Basic auth, else the `p` query parameter."""
+    scheme, _, encoded = (authorization or "").strip().partition(" ")
+    if scheme.lower() == "basic" and encoded:
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return p_param or None
+
+
+async def principal_for(
+    principals: PrincipalCache,
+    path: str,
+    authorization: str | None,
+    p_param: Callable[[], str | None],
+) -> Principal:
+    """Who sends `Authorization` (Bearer/Token; on InfluxDB 1.x paths also the password of
+    Basic auth or of `p=`, read only then); Unauthorized if nobody."""
+    token = token_from_header(authorization)
+    if token is None and path in V1_COMPAT_PATHS:
+        token = v1_password(authorization, p_param())
+    principal = await principals.resolve(token) if token else None
+    if principal is None:
+        raise Unauthorized()
+    return principal
+
+
+def query_param(query_string: str, name: str) -> str | None:
+    """The first value of a query parameter, decoded as aiohttp's `request.query` does."""
+    if not query_string:
+        return None
+    for key, value in parse_qsl(query_string, keep_blank_values=True):
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,24 @@
+"""The org a request acts in: its token's, which `X-Grafana-Org-Id` may only repeat.
+
+Shared by Grafana's API (gateway/api/grafana.py) and the data source proxy (gateway/proxy/).
+"""
+
+from __future__ import annotations
+
+from gateway.errors import Forbidden, PermissionDenied
+from gateway.registry.models import Principal
+from gateway.registry.rules import parse_int64
+
+ORG_HEADER = "X-Grafana-Org-Id"
+ORG_MISMATCH = "API key does not belong to the requested organization"
+
+
+def acting_org_id(principal: Principal, org_header: str | None, *, needs: str | None = None) -> int:
+    """A token belongs to one org, so `X-Grafana-Org-Id` may only name that org. `needs` names
+    the action a write requires."""
+    requested = (org_header or "").strip()
+    if requested and parse_int64(requested) != principal.org.id:
+        raise Forbidden(ORG_MISMATCH)
+    if needs is not None and not principal.role.can_write:
+        raise PermissionDenied(needs)
+    return principal.org.id
