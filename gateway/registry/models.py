@@ -17,6 +17,8 @@ UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 MAX_NAME_LENGTH = 190
 MAX_URL_LENGTH = 255
 DEFAULT_ORG_ID = 1
+# jsonData key: more URLs of the same data source, beside `url` (see DataSource.target_urls).
+REPLICA_URLS = "replicaUrls"
 
 
 class Role(Enum):
@@ -154,6 +156,19 @@ class DataSource:
     def secure_json_fields(self) -> dict[str, bool]:
         """Which secret keys hold a value: all a client is ever told about secrets."""
         return {key: True for key, value in self.secure_json_data.items() if value}
+
+    @property
+    def target_urls(self) -> tuple[str, ...]:
+        """Every URL the source answers at: `url` (the primary) first, then the replicas of
+        `jsonData.replicaUrls` in order. Writers validate replicaUrls; reading stays tolerant:
+        an entry that is not a non-empty string, or repeats an earlier URL, is skipped."""
+        urls = [self.url] if self.url else []
+        replicas = self.json_data.get(REPLICA_URLS)
+        if isinstance(replicas, list):
+            for replica in replicas:
+                if isinstance(replica, str) and replica and replica not in urls:
+                    urls.append(replica)
+        return tuple(urls)
 
     def spec(self) -> DataSourceSpec:
         names = {f.name for f in dataclasses.fields(DataSourceSpec)}

@@ -4,6 +4,7 @@ and every writer reads the fields from that declaration."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 
 from gateway.provisioning.files import ENTRY_FIELDS
 from gateway.registry.models import SOURCE_FIELDS, DataSource, DataSourceSpec, FieldKind
@@ -38,3 +39,18 @@ def test_json_names_are_unique_and_kinds_match_the_defaults() -> None:
 def test_provisioning_files_take_the_declared_fields_in_grafanas_names() -> None:
     assert {"orgId", "version", "editable", "name", "jsonData", "secureJsonData"} <= ENTRY_FIELDS
     assert "readOnly" not in ENTRY_FIELDS  # `editable` stands for it in a file
+
+
+def test_target_urls_are_the_primary_then_the_replicas_in_order() -> None:
+    base = DataSourceSpec(name="p", type="prometheus", url="http://a:9090/")
+    assert _stored(base).target_urls == ("http://a:9090/",)
+    replicas = {"replicaUrls": ["http://b:9090/", 7, "", "http://a:9090/", "http://c:9090/x/"]}
+    spec = dataclasses.replace(base, json_data=replicas)
+    assert _stored(spec).target_urls == ("http://a:9090/", "http://b:9090/", "http://c:9090/x/")
+    assert _stored(dataclasses.replace(base, url="")).target_urls == ()
+
+
+def _stored(spec: DataSourceSpec) -> DataSource:
+    now = datetime.now(UTC)
+    fields = {f.attribute: getattr(spec, f.attribute) for f in SOURCE_FIELDS}
+    return DataSource(id=1, org_id=1, version=1, created=now, updated=now, **fields)
