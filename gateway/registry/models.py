@@ -175,6 +175,16 @@ class DataSource:
         return DataSourceSpec(**{name: getattr(self, name) for name in names})
 
 
+def target_label(url: str) -> str:
+    """How a target is named in checks, logs and metric labels: its URL without userinfo.
+
+    Writers refuse credentials in URLs; this is the guarantee for anything stored before."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}{host}{slash}{path}" if sep else url
+
+
 def influx_id(number: int) -> str:
     """InfluxDB's form of an integer id: 16 lowercase hex digits."""
     return f"{number:016x}"

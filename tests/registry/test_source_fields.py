@@ -7,7 +7,13 @@ import dataclasses
 from datetime import UTC, datetime
 
 from gateway.provisioning.files import ENTRY_FIELDS
-from gateway.registry.models import SOURCE_FIELDS, DataSource, DataSourceSpec, FieldKind
+from gateway.registry.models import (
+    SOURCE_FIELDS,
+    DataSource,
+    DataSourceSpec,
+    FieldKind,
+    target_label,
+)
 
 
 def test_the_declaration_names_every_field_of_the_spec_in_order() -> None:
@@ -54,3 +60,9 @@ def _stored(spec: DataSourceSpec) -> DataSource:
     now = datetime.now(UTC)
     fields = {f.attribute: getattr(spec, f.attribute) for f in SOURCE_FIELDS}
     return DataSource(id=1, org_id=1, version=1, created=now, updated=now, **fields)
+
+
+def test_a_target_label_never_carries_userinfo() -> None:
+    assert target_label("http://u:p@a:9090/x?y#z") == "http://a:9090/x?y#z"
+    assert target_label("https://a:9090") == "https://a:9090"
+    assert target_label("http://a/b@c") == "http://a/b@c"
