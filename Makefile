@@ -23,7 +23,7 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gateway
+	$(BIN)/mypy gateway tests
 
 test: lint
 	$(BIN)/pytest -n auto

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient
 
@@ -18,6 +17,7 @@ from gateway.config import Settings
 from gateway.keys import MONITOR, STORE
 from gateway.registry.models import DataSourceSpec
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.types import AppClient
 from tests.upstreams import UpstreamProcess
 
 
@@ -31,14 +31,14 @@ def app(settings: Settings, registry: CollectorRegistry) -> web.Application:
     return create_app(settings, metrics_registry=registry)
 
 
-async def scrape(client: TestClient) -> str:
+async def scrape(client: AppClient) -> str:
     response = await client.get("/metrics")
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     return await response.text()
 
 
-async def test_metrics_need_no_token_by_default(client: TestClient) -> None:
+async def test_metrics_need_no_token_by_default(client: AppClient) -> None:
     text = await scrape(client)
     assert "gateway_build_info{" in text
 
@@ -58,7 +58,7 @@ async def test_metrics_token_is_required_when_configured(
 
 
 async def test_api_requests_are_counted_by_route_template(
-    client: TestClient, registry: CollectorRegistry
+    client: AppClient, registry: CollectorRegistry
 ) -> None:
     for _ in range(3):
         await client.get("/ready?x=1")
@@ -73,9 +73,7 @@ async def test_api_requests_are_counted_by_route_template(
     assert count == 3
 
 
-async def test_build_info_names_the_version(
-    registry: CollectorRegistry, client: TestClient
-) -> None:
+async def test_build_info_names_the_version(registry: CollectorRegistry, client: AppClient) -> None:
     from gateway import __version__
 
     samples = [
@@ -111,9 +109,9 @@ async def wait_until(predicate: object, within: float = 5.0) -> None:
 
 
 async def test_health_gauges_follow_a_real_upstream_down_and_up(
-    client: TestClient, registry: CollectorRegistry, upstream_process: UpstreamProcess
+    client: AppClient, registry: CollectorRegistry, upstream_process: UpstreamProcess
 ) -> None:
-    source = await client.server.app[STORE].create_source(
+    source = await client.app[STORE].create_source(
         1, DataSourceSpec(name="files", type="generic-http", url=upstream_process.url)
     )
     up_labels = {"org": "1", "source_uid": source.uid, "source_name": "files",
@@ -141,7 +139,7 @@ async def test_health_gauges_follow_a_real_upstream_down_and_up(
     probe_count = registry.get_sample_value("gateway_health_probe_duration_seconds_count", series)
     assert probe_count is not None
     assert probe_count >= 4
-    state = client.server.app[MONITOR].state(source.id)
+    state = client.app[MONITOR].state(source.id)
     assert state is not None
     assert state.last_checked is not None
     last_probe = registry.get_sample_value("gateway_source_last_probe_timestamp_seconds", series)
@@ -150,9 +148,9 @@ async def test_health_gauges_follow_a_real_upstream_down_and_up(
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) missing")
 async def test_promtool_accepts_the_exposition(
-    client: TestClient, upstream_process: UpstreamProcess
+    client: AppClient, upstream_process: UpstreamProcess
 ) -> None:
-    await client.server.app[STORE].create_source(
+    await client.app[STORE].create_source(
         1, DataSourceSpec(name="files", type="generic-http", url=upstream_process.url)
     )
     await asyncio.sleep(1.2)  # a probe result, so every family has samples

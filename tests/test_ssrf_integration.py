@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway.app import create_app
@@ -15,13 +14,14 @@ from gateway.config import Settings
 from gateway.keys import STORE
 from gateway.registry.models import DataSourceSpec
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY, Headers
+from tests.types import AppClient
 
 METADATA_URL = "http://169.254.169.254/latest/meta-data/"
 DENIED = "169.254.169.254 is in the denied network 169.254.0.0/16"
 
 
 async def test_grafana_create_refuses_a_metadata_url(
-    client: TestClient, admin_headers: Headers
+    client: AppClient, admin_headers: Headers
 ) -> None:
     response = await client.post(
         "/api/datasources",
@@ -33,7 +33,7 @@ async def test_grafana_create_refuses_a_metadata_url(
 
 
 async def test_grafana_update_refuses_a_metadata_url(
-    client: TestClient, admin_headers: Headers
+    client: AppClient, admin_headers: Headers
 ) -> None:
     created = await client.post(
         "/api/datasources",
@@ -51,7 +51,7 @@ async def test_grafana_update_refuses_a_metadata_url(
 
 
 async def test_influx_create_refuses_a_metadata_url(
-    client: TestClient, admin_headers: Headers
+    client: AppClient, admin_headers: Headers
 ) -> None:
     response = await client.post(
         "/api/v2/sources",
@@ -89,7 +89,7 @@ class TestConnectTime:
         upstream = await aiohttp_server(upstream_app)
         client = await aiohttp_client(create_app(settings))
         # Saved directly: as if the name resolved elsewhere when it was saved (DNS rebinding).
-        source = await client.server.app[STORE].create_source(
+        source = await client.app[STORE].create_source(
             1,
             DataSourceSpec(
                 name="rebound", type="generic", url=f"http://localhost:{upstream.port}/"
@@ -118,7 +118,7 @@ class TestConnectTime:
         upstream_app.router.add_route("*", "/{tail:.*}", handler)
         upstream = await aiohttp_server(upstream_app)
         client = await aiohttp_client(create_app(settings))
-        store = client.server.app[STORE]
+        store = client.app[STORE]
         url = f"http://127.0.0.1:{upstream.port}"
         generic = await store.create_source(1, DataSourceSpec(name="g", type="t", url=url))
         influx = await store.create_source(1, DataSourceSpec(name="i", type="influxdb", url=url))

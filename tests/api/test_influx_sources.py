@@ -142,7 +142,8 @@ async def create(
 ) -> dict[str, Any]:
     body = {"name": "remote", "type": "v1", "url": "http://influx.example:8086", **fields}
     response = await client.post(SOURCES, json=body, headers=headers)
-    return await body_of(response, status)  # type: ignore[no-any-return]
+    created: dict[str, Any] = await body_of(response, status)
+    return created
 
 
 def expected_source(created: dict[str, Any], org: Org, **fields: Any) -> dict[str, Any]:

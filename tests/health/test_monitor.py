@@ -19,6 +19,7 @@ from gateway.keys import STORE
 from gateway.registry.models import DataSource, DataSourceSpec
 from tests.conftest import ADMIN_TOKEN as ADMIN
 from tests.health.fake_clock import FakeClock, Schedule
+from tests.health.sources import make_source
 from tests.types import AppClient
 from tests.upstreams import UpstreamProcess, free_port
 from tests.waiting import wait_for
@@ -183,11 +184,8 @@ class TestConfiguration:
         assert state.last_checked == checked
 
     def test_invalid_overrides_fall_back_to_the_defaults(self) -> None:
-        source = DataSource(
-            id=1, org_id=1, uid="u", name="n", type="t", access="proxy", url="", user="",
-            database="", basic_auth=False, basic_auth_user="", with_credentials=False,
-            is_default=False, secure_json_data={}, version=1, read_only=False, api_version="",
-            created=None, updated=None,  # type: ignore[arg-type]
+        source = make_source(
+            "", type="t", uid="u", name="n",
             json_data={"healthCheck": {"enabled": "no", "interval": -1, "rise": "x", "fall": "2"}},
         )  # fmt: skip
         policy = ProbePolicy.for_source(source, interval=15, timeout=5)

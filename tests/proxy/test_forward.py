@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpServer
 from yarl import URL
@@ -22,6 +22,7 @@ from gateway.config import Settings
 from gateway.keys import STORE
 from gateway.registry.models import DataSource, DataSourceSpec
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY, Headers, MakeToken
+from tests.types import AppClient
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -115,20 +116,20 @@ AddSource = Callable[..., Awaitable[DataSource]]
 
 
 @pytest.fixture
-def add_source(client: TestClient, upstream: TestServer) -> AddSource:
+def add_source(client: AppClient, upstream: TestServer) -> AddSource:
     async def add(org_id: int = 1, **fields: Any) -> DataSource:
         values: dict[str, Any] = {
-            "name": f"src-{len(await client.server.app[STORE].list_sources(org_id))}",
+            "name": f"src-{len(await client.app[STORE].list_sources(org_id))}",
             "type": "prometheus",
             "url": str(upstream.make_url("/base")),
         }
         values.update(fields)
-        return await client.server.app[STORE].create_source(org_id, DataSourceSpec(**values))
+        return await client.app[STORE].create_source(org_id, DataSourceSpec(**values))
 
     return add
 
 
-async def raw_status(client: TestClient, path: str) -> int:
+async def raw_status(client: AppClient, path: str) -> int:
     """Send `path` exactly as written: aiohttp's client would resolve `..` before sending."""
     reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
     writer.write(
@@ -141,7 +142,7 @@ async def raw_status(client: TestClient, path: str) -> int:
 
 
 async def proxied(
-    client: TestClient, source: DataSource, path: str, method: str = "GET", **kwargs: Any
+    client: AppClient, source: DataSource, path: str, method: str = "GET", **kwargs: Any
 ) -> aiohttp.ClientResponse:
     headers = {**AUTH, **kwargs.pop("headers", {})}
     url = URL(f"/api/datasources/proxy/uid/{source.uid}/{path}", encoded=True)
@@ -154,7 +155,7 @@ def header_values(echoed: dict[str, Any], name: str) -> list[str]:
 
 class TestRequestRules:
     async def test_the_gateway_token_and_client_identity_headers_never_reach_the_upstream(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source()
         response = await proxied(
@@ -186,7 +187,7 @@ class TestRequestRules:
         assert header_values(echoed, "X-Kept") == ["yes"]
 
     async def test_auth_query_parameters_are_stripped_and_the_rest_passes_verbatim(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source()
         response = await proxied(
@@ -195,7 +196,7 @@ class TestRequestRules:
         assert (await response.json())["path"] == "/base/api/v1/query?query=rate(x%5B5m%5D)&b=%2F"
 
     async def test_the_path_is_joined_under_the_source_base_path(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source()
         assert (await (await proxied(client, source, "")).json())["path"] == "/base"
@@ -203,7 +204,7 @@ class TestRequestRules:
         assert (await by_id.json())["path"] == "/base/a/b%20c"
 
     async def test_x_forwarded_for_gets_the_client_appended_and_the_request_id_passes(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source()
         response = await proxied(
@@ -218,7 +219,7 @@ class TestRequestRules:
         assert response.headers["X-Request-Id"] == "trace-me-1"
 
     async def test_cookies_pass_only_when_kept_and_never_the_session_cookie(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         plain = await add_source()
         keeping = await add_source(json_data={"keepCookies": ["foo", "grafana_session"]})
@@ -230,7 +231,7 @@ class TestRequestRules:
 
 
 class TestCredentials:
-    async def test_basic_auth_is_injected(self, client: TestClient, add_source: AddSource) -> None:
+    async def test_basic_auth_is_injected(self, client: AppClient, add_source: AddSource) -> None:
         source = await add_source(
             basic_auth=True,
             basic_auth_user="alice",
@@ -241,7 +242,7 @@ class TestCredentials:
         assert header_values(echoed, "Authorization") == [expected]
 
     async def test_influxql_user_and_password_and_flux_token(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         v1 = await add_source(type="influxdb", user="reader", secure_json_data={"password": "pw"})
         v2 = await add_source(
@@ -255,7 +256,7 @@ class TestCredentials:
         assert header_values(echoed, "Authorization") == ["Token t0k"]
 
     async def test_custom_headers_and_a_custom_authorization_wins(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source(
             basic_auth=True,
@@ -275,7 +276,7 @@ class TestCredentials:
         assert header_values(echoed, "X-DS-Authorization") == []
 
     async def test_x_ds_authorization_becomes_authorization(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source(
             basic_auth=True, basic_auth_user="u", secure_json_data={"basicAuthPassword": "p"}
@@ -301,7 +302,7 @@ class TestPolicy:
         ],
     )
     async def test_traversal_variants_are_refused(
-        self, client: TestClient, add_source: AddSource, path: str
+        self, client: AppClient, add_source: AddSource, path: str
     ) -> None:
         source = await add_source()
         for prefix in (f"uid/{source.uid}", str(source.id)):
@@ -311,7 +312,7 @@ class TestPolicy:
             assert (await response.json())["message"].startswith("invalid proxy path")
 
     async def test_prometheus_admin_posts_are_refused_before_reaching_the_upstream(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source()
         response = await proxied(client, source, "api/v1/admin/tsdb/delete_series", "POST")
@@ -323,14 +324,14 @@ class TestPolicy:
         assert allowed.status == 200
 
     async def test_elasticsearch_deletes_are_refused(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source(type="elasticsearch")
         response = await proxied(client, source, "logs", "DELETE")
         assert response.status == 403
 
     async def test_unknown_and_other_orgs_sources_are_not_found(
-        self, client: TestClient, add_source: AddSource, make_token: MakeToken
+        self, client: AppClient, add_source: AddSource, make_token: MakeToken
     ) -> None:
         source = await add_source()
         other_headers: Headers = await make_token(role="admin", org="Other")
@@ -346,7 +347,7 @@ class TestPolicy:
         assert (bad_uid.status, await bad_uid.json()) == (400, {"message": "UID is invalid"})
 
     async def test_viewers_may_query(
-        self, client: TestClient, add_source: AddSource, make_token: MakeToken
+        self, client: AppClient, add_source: AddSource, make_token: MakeToken
     ) -> None:
         source = await add_source()
         viewer = await make_token(role="viewer")
@@ -356,7 +357,7 @@ class TestPolicy:
 
 class TestResponses:
     async def test_set_cookie_and_hop_by_hop_are_dropped_and_csp_sandbox_added(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source()
         response = await proxied(client, source, "cookies")
@@ -367,7 +368,7 @@ class TestResponses:
         assert response.headers.getall("X-Multi") == ["one", "two"]
 
     async def test_redirects_are_returned_not_followed(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source()
         response = await proxied(client, source, "redirect", allow_redirects=False)
@@ -375,7 +376,7 @@ class TestResponses:
         assert response.headers["Location"] == "/somewhere-else"
 
     async def test_an_upstream_401_becomes_400(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source()
         response = await proxied(client, source, "unauthorized")
@@ -386,7 +387,7 @@ class TestResponses:
 
 class TestFailures:
     async def test_a_refused_connection_is_502_with_a_trace_id(
-        self, client: TestClient, add_source: AddSource, registry: CollectorRegistry
+        self, client: AppClient, add_source: AddSource, registry: CollectorRegistry
     ) -> None:
         source = await add_source(url="http://127.0.0.1:9/")
         response = await proxied(client, source, "x", headers={"X-Request-Id": "rid-502"})
@@ -407,7 +408,7 @@ class TestFailures:
         )
 
     async def test_waiting_longer_than_json_data_timeout_is_504(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source(json_data={"timeout": "0.3"})
         response = await proxied(client, source, "slow?delay=3")
@@ -415,7 +416,7 @@ class TestFailures:
         assert (await response.json())["message"] == "upstream headers timeout"
 
     async def test_a_reset_mid_body_aborts_the_client_connection(
-        self, client: TestClient, add_source: AddSource, registry: CollectorRegistry
+        self, client: AppClient, add_source: AddSource, registry: CollectorRegistry
     ) -> None:
         source = await add_source()
         response = await proxied(client, source, "reset")
@@ -433,7 +434,7 @@ class TestFailures:
         assert failed == 1  # a failure on the error-ratio panel, not a 200
 
     async def test_a_client_that_leaves_releases_the_upstream(
-        self, client: TestClient, add_source: AddSource, upstream: TestServer
+        self, client: AppClient, add_source: AddSource, upstream: TestServer
     ) -> None:
         source = await add_source()
         response = await proxied(client, source, "endless")
@@ -458,9 +459,9 @@ class TestSsrfAtConnectTime:
         )
 
     async def test_a_name_resolving_to_a_denied_address_is_403_and_never_connected(
-        self, client: TestClient, upstream: TestServer
+        self, client: AppClient, upstream: TestServer
     ) -> None:
-        source = await client.server.app[STORE].create_source(
+        source = await client.app[STORE].create_source(
             1,
             DataSourceSpec(name="n", type="prometheus", url=f"http://localhost:{upstream.port}"),
         )
@@ -471,7 +472,7 @@ class TestSsrfAtConnectTime:
 
 class TestSourceHeadersWin:
     async def test_a_client_cannot_override_a_header_the_source_sets(
-        self, client: TestClient, add_source: AddSource
+        self, client: AppClient, add_source: AddSource
     ) -> None:
         source = await add_source(
             type="loki",

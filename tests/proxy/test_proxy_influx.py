@@ -23,14 +23,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
-from influxdb_client import InfluxDBClient
+from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 from pytest_aiohttp import AiohttpServer
 
 from tests.conftest import ADMIN_TOKEN, Headers, MakeToken
 from tests.services.influxdb import InfluxDB1, quote_ident
+from tests.types import AppClient
 
 INFLUX_JSON = "application/json; charset=utf-8"
 AUTH_FAILED = "Authentication to data source failed"
@@ -69,7 +69,7 @@ async def influx_users(influxdb: InfluxDB1) -> InfluxUsers:
 
 
 async def add_source(
-    client: TestClient,
+    client: AppClient,
     headers: Headers,
     url: str,
     *,
@@ -100,7 +100,7 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-async def influx_source_id(client: TestClient, headers: Headers, name: str) -> str:
+async def influx_source_id(client: AppClient, headers: Headers, name: str) -> str:
     """The source's id in InfluxDB's form (16 hex digits), from /api/v2/sources."""
     response = await client.get("/api/v2/sources", headers=headers)
     assert response.status == 200
@@ -134,7 +134,7 @@ async def assert_influx_error(response: Any, status: int, code: str) -> str:
 
 
 async def test_write_then_query_back_through_the_gateway(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     token_headers: Headers,
     influx_users: InfluxUsers,
@@ -174,7 +174,7 @@ async def test_write_then_query_back_through_the_gateway(
 
 
 async def test_a_chunked_query_streams_influxd_answer_as_it_comes(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     token_headers: Headers,
     influx_users: InfluxUsers,
@@ -212,7 +212,7 @@ async def test_a_chunked_query_streams_influxd_answer_as_it_comes(
 
 
 async def test_a_gzip_write_reaches_influxd(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     token_headers: Headers,
     influx_users: InfluxUsers,
@@ -242,7 +242,7 @@ async def test_a_gzip_write_reaches_influxd(
 
 
 async def test_the_source_credentials_authenticate_never_the_client(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     token_headers: Headers,
     influx_users: InfluxUsers,
@@ -289,7 +289,7 @@ async def test_the_source_credentials_authenticate_never_the_client(
 
 
 async def test_a_1x_client_with_the_gateway_token_as_password_writes_and_reads(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     influx_users: InfluxUsers,
     influxdb: InfluxDB1,
@@ -327,7 +327,7 @@ async def test_a_1x_client_with_the_gateway_token_as_password_writes_and_reads(
 
 
 async def test_a_wrong_source_password_is_400_in_influx_shape(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     token_headers: Headers,
     influx_users: InfluxUsers,
@@ -356,7 +356,7 @@ async def test_a_wrong_source_password_is_400_in_influx_shape(
 
 
 async def test_source_is_chosen_by_parameter_header_or_default(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     token_headers: Headers,
     influx_users: InfluxUsers,
@@ -442,7 +442,7 @@ async def test_source_is_chosen_by_parameter_header_or_default(
 
 
 async def test_without_an_influxdb_source_every_route_is_404_in_influx_shape(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     make_token: MakeToken,
     influx_users: InfluxUsers,
@@ -484,7 +484,7 @@ async def test_without_an_influxdb_source_every_route_is_404_in_influx_shape(
 
 
 async def post_json(
-    client: TestClient, path: str, body: Any, headers: Headers, *, content_type: bool
+    client: AppClient, path: str, body: Any, headers: Headers, *, content_type: bool
 ) -> Any:
     """POST `body` as JSON, with `Content-Type: application/json` or with no Content-Type."""
     if content_type:
@@ -495,7 +495,7 @@ async def post_json(
 
 
 async def source_with_points(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     token_headers: Headers,
     users: InfluxUsers,
@@ -518,7 +518,7 @@ async def source_with_points(
 
 
 async def test_source_query_link_runs_influxql_on_the_real_influxd(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     token_headers: Headers,
     influx_users: InfluxUsers,
@@ -557,7 +557,7 @@ async def test_source_query_link_runs_influxql_on_the_real_influxd(
 
 
 async def test_source_query_link_with_a_json_content_type(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     token_headers: Headers,
     influx_users: InfluxUsers,
@@ -572,7 +572,7 @@ async def test_source_query_link_with_a_json_content_type(
 
 
 async def test_source_query_link_refuses_what_a_v1_source_cannot_run(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     token_headers: Headers,
     influx_users: InfluxUsers,
@@ -668,7 +668,7 @@ FLUX_CSV = (
 
 
 async def write_and_query_with_influxdb_client(
-    client: TestClient, admin_headers: Headers, upstream: Influx2Upstream, *, gzip_body: bool
+    client: AppClient, admin_headers: Headers, upstream: Influx2Upstream, *, gzip_body: bool
 ) -> list[float]:
     """Register a Flux source on `upstream`; write LINES and run a Flux query through the
     gateway with the real client; returns the values the client parsed."""
@@ -695,7 +695,7 @@ async def write_and_query_with_influxdb_client(
 
 
 async def test_influxdb_client_writes_and_queries_a_v2_source_through_the_gateway(
-    client: TestClient, admin_headers: Headers, influx2: Influx2Upstream
+    client: AppClient, admin_headers: Headers, influx2: Influx2Upstream
 ) -> None:
     values = await write_and_query_with_influxdb_client(
         client, admin_headers, influx2, gzip_body=False
@@ -714,7 +714,7 @@ async def test_influxdb_client_writes_and_queries_a_v2_source_through_the_gatewa
 
 
 async def test_influxdb_client_gzip_write_reaches_the_upstream_untouched(
-    client: TestClient, admin_headers: Headers, influx2: Influx2Upstream
+    client: AppClient, admin_headers: Headers, influx2: Influx2Upstream
 ) -> None:
     # influxdb-client's enable_gzip=True: what Telegraf-style writers commonly do.
     values = await write_and_query_with_influxdb_client(
@@ -727,7 +727,7 @@ async def test_influxdb_client_gzip_write_reaches_the_upstream_untouched(
 
 
 async def test_influxdb_client_v2_write_to_influxd_1_6_gets_influxd_own_404(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     influx_users: InfluxUsers,
     influxdb: InfluxDB1,

@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
-from grafana_client import GrafanaApi
+from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaBadInputError, GrafanaClientError
 from yarl import URL
 
 from tests.conftest import Headers, MakeToken
 from tests.services.prometheus import PROMETHEUS_PASSWORD, PROMETHEUS_USER
+from tests.types import AppClient
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-async def add_source(client: TestClient, headers: Headers, **fields: Any) -> dict[str, Any]:
+async def add_source(client: AppClient, headers: Headers, **fields: Any) -> dict[str, Any]:
     """Register a source through the Grafana API; returns its DTO (id, uid, ...)."""
     body = {"name": "Prom", "type": "prometheus", "access": "proxy", **fields}
     response = await client.post("/api/datasources", json=body, headers=headers)
@@ -52,7 +52,7 @@ async def add_source(client: TestClient, headers: Headers, **fields: Any) -> dic
 
 
 @pytest.fixture
-def connect(client: TestClient) -> Iterator[Callable[[Headers], GrafanaApi]]:
+def connect(client: AppClient) -> Iterator[Callable[[Headers], GrafanaApi]]:
     """`connect(headers)` → a GrafanaApi on the gateway's test server, closed afterwards."""
     made: list[GrafanaApi] = []
 
@@ -75,7 +75,7 @@ def grafana(connect: Callable[[Headers], GrafanaApi], admin_headers: Headers) ->
 
 
 @pytest.fixture
-async def prom(client: TestClient, admin_headers: Headers, prometheus_url: str) -> dict[str, Any]:
+async def prom(client: AppClient, admin_headers: Headers, prometheus_url: str) -> dict[str, Any]:
     return await add_source(client, admin_headers, url=prometheus_url, uid="prom-real")
 
 
@@ -175,7 +175,7 @@ async def test_viewer_queries_but_only_an_admin_reads_the_flags(
 
 
 async def test_basic_auth_source_reaches_a_protected_prometheus(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     grafana: GrafanaApi,
     prometheus_basic_auth_url: str,
@@ -198,7 +198,7 @@ async def test_basic_auth_source_reaches_a_protected_prometheus(
 
 
 async def test_wrong_basic_auth_is_400_authentication_failed(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     grafana: GrafanaApi,
     prometheus_basic_auth_url: str,
@@ -224,7 +224,7 @@ async def test_wrong_basic_auth_is_400_authentication_failed(
 
 
 async def test_the_gateway_token_never_authenticates_upstream_but_x_ds_authorization_does(
-    client: TestClient, admin_headers: Headers, prometheus_basic_auth_url: str
+    client: AppClient, admin_headers: Headers, prometheus_basic_auth_url: str
 ) -> None:
     # No credentials on the source: what Prometheus sees is only what the client may inject.
     source = await add_source(client, admin_headers, url=prometheus_basic_auth_url)
@@ -257,7 +257,7 @@ async def test_the_gateway_token_never_authenticates_upstream_but_x_ds_authoriza
 
 
 async def test_admin_api_is_refused_and_never_reaches_prometheus(
-    client: TestClient, admin_headers: Headers, prom: dict[str, Any], prometheus_url: str
+    client: AppClient, admin_headers: Headers, prom: dict[str, Any], prometheus_url: str
 ) -> None:
     before = await prometheus_handler_requests(prometheus_url, DELETE_SERIES_HANDLER)
     base = f"/api/datasources/proxy/{prom['id']}"
@@ -292,7 +292,7 @@ async def test_admin_api_is_refused_and_never_reaches_prometheus(
 
 
 async def test_get_ready_passes_through_with_the_sandbox_policy(
-    client: TestClient, admin_headers: Headers, prom: dict[str, Any]
+    client: AppClient, admin_headers: Headers, prom: dict[str, Any]
 ) -> None:
     for path in (f"proxy/{prom['id']}/-/ready", f"proxy/uid/{prom['uid']}/-/ready"):
         response = await client.get(f"/api/datasources/{path}", headers=admin_headers)
@@ -304,7 +304,7 @@ async def test_get_ready_passes_through_with_the_sandbox_policy(
 
 
 async def test_large_gzipped_answer_is_byte_identical_to_prometheus_own(
-    client: TestClient, admin_headers: Headers, prom: dict[str, Any], prometheus_url: str
+    client: AppClient, admin_headers: Headers, prom: dict[str, Any], prometheus_url: str
 ) -> None:
     # 11,000 points (Prometheus's cap per series): a few hundred KB of JSON, gzipped by
     # Prometheus because the client accepts it; the gateway must pass the gzip bytes as they are.
@@ -335,7 +335,7 @@ async def test_large_gzipped_answer_is_byte_identical_to_prometheus_own(
 
 
 async def test_the_query_string_reaches_prometheus_byte_for_byte(
-    client: TestClient, admin_headers: Headers, prom: dict[str, Any]
+    client: AppClient, admin_headers: Headers, prom: dict[str, Any]
 ) -> None:
     # `%2B` is a plus; were the query decoded and re-encoded loosely, `+` would become a space
     # and Prometheus would see `1 1`. The gateway's own `token` parameter is dropped.
@@ -348,7 +348,7 @@ async def test_the_query_string_reaches_prometheus_byte_for_byte(
 
 
 async def test_a_form_body_too_big_to_buffer_streams_to_prometheus(
-    client: TestClient, admin_headers: Headers, prom: dict[str, Any]
+    client: AppClient, admin_headers: Headers, prom: dict[str, Any]
 ) -> None:
     # ~240 KB of PromQL (mostly a comment): above the size the gateway reads whole, so it
     # streams, with its length.
@@ -365,7 +365,7 @@ async def test_a_form_body_too_big_to_buffer_streams_to_prometheus(
 
 
 async def test_expect_100_continue_is_honoured_end_to_end(
-    client: TestClient, admin_headers: Headers, prom: dict[str, Any]
+    client: AppClient, admin_headers: Headers, prom: dict[str, Any]
 ) -> None:
     response = await client.post(
         f"/api/datasources/proxy/{prom['id']}/api/v1/query",
@@ -378,7 +378,7 @@ async def test_expect_100_continue_is_honoured_end_to_end(
 
 
 async def test_head_and_a_redirect_from_prometheus_pass_as_they_are(
-    client: TestClient, admin_headers: Headers, prom: dict[str, Any], prometheus_url: str
+    client: AppClient, admin_headers: Headers, prom: dict[str, Any], prometheus_url: str
 ) -> None:
     head = await client.head(f"/api/datasources/proxy/{prom['id']}/-/ready", headers=admin_headers)
     assert head.status == 200

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpServer
 
@@ -39,6 +39,7 @@ from gateway.config import Settings
 from tests.conftest import ADMIN_TOKEN, Headers
 from tests.process import GatewayProcess
 from tests.proxy.test_upstream_streaming import PeakRss
+from tests.types import AppClient
 
 MiB = 1024 * 1024
 BIG = 512 * MiB
@@ -210,7 +211,7 @@ class Source:
         return f"/api/datasources/proxy/uid/{self.uid}/{rest}"
 
 
-async def add_source(client: TestClient, headers: Headers, url: str, name: str = "up") -> Source:
+async def add_source(client: AppClient, headers: Headers, url: str, name: str = "up") -> Source:
     """A generic (non-Prometheus: no allow-list) source on `url`."""
     body = {"name": name, "type": "acme-json-datasource", "access": "proxy", "url": url}
     response = await client.post("/api/datasources", json=body, headers=headers)
@@ -221,7 +222,7 @@ async def add_source(client: TestClient, headers: Headers, url: str, name: str =
 
 
 @pytest.fixture
-async def source(client: TestClient, admin_headers: Headers, upstream: Upstream) -> Source:
+async def source(client: AppClient, admin_headers: Headers, upstream: Upstream) -> Source:
     return await add_source(client, admin_headers, upstream.url)
 
 
@@ -233,7 +234,7 @@ def sample(registry: CollectorRegistry, name: str, labels: dict[str, str]) -> fl
 
 
 async def test_512_mib_download_streams_with_flat_memory(
-    client: TestClient, admin_headers: Headers, source: Source, registry: CollectorRegistry
+    client: AppClient, admin_headers: Headers, source: Source, registry: CollectorRegistry
 ) -> None:
     rss = PeakRss()
     digest = hashlib.sha256()
@@ -256,7 +257,7 @@ async def test_512_mib_download_streams_with_flat_memory(
 
 
 async def test_512_mib_upload_streams_with_flat_memory(
-    client: TestClient, admin_headers: Headers, source: Source, registry: CollectorRegistry
+    client: AppClient, admin_headers: Headers, source: Source, registry: CollectorRegistry
 ) -> None:
     rss = PeakRss()
     produced = 0
@@ -287,7 +288,7 @@ async def test_512_mib_upload_streams_with_flat_memory(
 
 
 async def test_chunked_bodies_both_ways_keep_their_content(
-    client: TestClient, admin_headers: Headers, source: Source
+    client: AppClient, admin_headers: Headers, source: Source
 ) -> None:
     size = 16 * MiB
     # Upload of unknown length: it goes on chunked.
@@ -312,7 +313,7 @@ async def test_chunked_bodies_both_ways_keep_their_content(
 
 
 async def test_a_gzip_response_arrives_byte_identical(
-    client: TestClient, admin_headers: Headers, source: Source, upstream: Upstream
+    client: AppClient, admin_headers: Headers, source: Source, upstream: Upstream
 ) -> None:
     response = await client.get(
         source.path("gzip"),
@@ -336,7 +337,7 @@ async def test_a_gzip_response_arrives_byte_identical(
 
 @pytest.mark.parametrize("size", [4 * 1024, 4 * MiB], ids=["small", "streamed"])
 async def test_a_gzip_request_body_arrives_byte_identical(
-    client: TestClient, admin_headers: Headers, source: Source, size: int
+    client: AppClient, admin_headers: Headers, source: Source, size: int
 ) -> None:
     # Random-ish content so the compressed body stays above SMALL_BODY (64 KiB) when streamed.
     raw = os.urandom(size // 2).hex().encode()
@@ -387,7 +388,7 @@ async def leave_while_upstream_is_silent(url: str, headers: Headers, upstream: U
 
 @pytest.mark.parametrize("phase", ["headers", "body"])
 async def test_a_client_leaving_a_silent_upstream_releases_it(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     source: Source,
     upstream: Upstream,
@@ -431,7 +432,7 @@ async def leave_mid_upload(url: str, headers: Headers, upstream: Upstream) -> No
 
 
 async def test_a_client_leaving_mid_upload_cuts_the_upstream_request(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     source: Source,
     upstream: Upstream,
@@ -503,7 +504,7 @@ async def test_the_real_gateway_process_releases_a_silent_upstream_when_the_clie
 
 
 async def test_proxy_metrics_move_with_real_requests(
-    client: TestClient,
+    client: AppClient,
     admin_headers: Headers,
     source: Source,
     upstream: Upstream,
@@ -562,7 +563,7 @@ class TestStalledUploads:
     def settings(self, settings: Settings) -> Settings:
         return dataclasses.replace(settings, proxy_idle_timeout=self.IDLE)
 
-    async def stall(self, client: TestClient, source: Source, declared: int, sent: int) -> bytes:
+    async def stall(self, client: AppClient, source: Source, declared: int, sent: int) -> bytes:
         """Announce `declared` body bytes, send `sent`, then wait; return the raw answer."""
         assert client.server.port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
@@ -578,7 +579,7 @@ class TestStalledUploads:
             writer.close()
 
     async def test_a_streamed_upload_that_stalls_is_408_and_cut_upstream(
-        self, client: TestClient, source: Source, upstream: Upstream, registry: CollectorRegistry
+        self, client: AppClient, source: Source, upstream: Upstream, registry: CollectorRegistry
     ) -> None:
         started = time.monotonic()
         answer = await self.stall(client, source, declared=4 * MiB, sent=256 * 1024)
@@ -591,7 +592,7 @@ class TestStalledUploads:
         assert sample(registry, "gateway_proxy_requests_total", code) == 1
 
     async def test_a_small_body_that_stalls_is_408_before_anything_goes_upstream(
-        self, client: TestClient, source: Source, upstream: Upstream
+        self, client: AppClient, source: Source, upstream: Upstream
     ) -> None:
         answer = await self.stall(client, source, declared=1000, sent=500)
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]

@@ -33,9 +33,23 @@ async def tls_upstream(aiohttp_server: AiohttpServer, ca: ThrowawayCA) -> TestSe
     return await aiohttp_server(app, ssl=ca.server_context())
 
 
-def origin_of(server: TestServer, host: str = "127.0.0.1", **tls: object) -> Origin:
+def origin_of(
+    server: TestServer,
+    host: str = "127.0.0.1",
+    *,
+    tls_skip_verify: bool = False,
+    tls_ca_file: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Origin:
     assert server.port is not None
-    return Origin("https", host, server.port, **tls)  # type: ignore[arg-type]
+    return Origin(
+        "https",
+        host,
+        server.port,
+        tls_skip_verify=tls_skip_verify,
+        tls_ca_file=tls_ca_file,
+        ssl_context=ssl_context,
+    )
 
 
 async def get_text(pool: UpstreamPool, origin: Origin) -> str:
