@@ -165,6 +165,8 @@ async def front() -> AsyncIterator[StartFront]:
         hits: list[str] = []
         runner = web.AppRunner(fallback_app(hits))
         await runner.setup()
+        aiohttp_server = runner.server
+        assert aiohttp_server is not None
         connections = FrontConnections()
         protocols: list[FrontProtocol] = []
         routed: list[tuple[str, str]] = []
@@ -175,7 +177,7 @@ async def front() -> AsyncIterator[StartFront]:
 
         def factory() -> FrontProtocol:
             protocol = FrontProtocol(
-                router, runner.server, connections, limits, date_header=date_header
+                router, aiohttp_server, connections, limits, date_header=date_header
             )
             protocols.append(protocol)
             return protocol
