@@ -88,7 +88,8 @@ ROUTES: tuple[ProxyRoute, ...] = (
     ProxyRoute(_BY_ID + REMAINDER, None, _GRAFANA, by_id),
     ProxyRoute("/api/v2/write", ("POST",), _INFLUX, influx_passthrough),
     ProxyRoute("/api/v2/query", ("POST",), _INFLUX, influx_passthrough),
-    ProxyRoute("/query", ("GET", "POST"), _INFLUX, influx_passthrough),
+    # HEAD as aiohttp's `add_get` takes it: clients probe `/query` with it.
+    ProxyRoute("/query", ("GET", "HEAD", "POST"), _INFLUX, influx_passthrough),
     ProxyRoute("/write", ("POST",), _INFLUX, influx_passthrough),
     ProxyRoute("/api/v2/sources/{source_id}/query", ("POST",), _INFLUX, source_query),
 )

@@ -193,6 +193,7 @@ CLAIMED = [
     ("POST", "/api/v2/write", "/api/v2/write", ""),
     ("POST", "/api/v2/query", "/api/v2/query", ""),
     ("GET", "/query", "/query", ""),
+    ("HEAD", "/query", "/query", ""),
     ("POST", "/query", "/query", ""),
     ("POST", "/write", "/write", ""),
     (
@@ -273,3 +274,18 @@ async def test_unclaimed_forms_are_answered_by_aiohttp_alike_on_both_carriers(
     bad_id = await client.get("/api/datasources/proxy/uid", headers=AUTH)
     assert bad_id.status == 400
     assert await bad_id.json() == {"message": "id is invalid"}
+
+
+async def test_head_query_is_passed_through_and_put_is_told_what_is_allowed(
+    client: AppClient, upstream: RawServer
+) -> None:
+    """InfluxDB 1.x clients probe `/query` with HEAD: it is the GET route's, as aiohttp's
+    `add_get` registers it."""
+    spec = DataSourceSpec(name="influx", type="influxdb", url=f"http://127.0.0.1:{upstream.port}")
+    await client.app[STORE].create_source(1, spec)
+    head = await client.head("/query?db=x", headers=AUTH)
+    assert head.status == 200
+    assert await head.read() == b""
+    put = await client.put("/query", headers=AUTH)
+    assert put.status == 405
+    assert await put.json() == {"code": "method not allowed", "message": "allow: GET,HEAD,POST"}
