@@ -8,25 +8,32 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pytest_aiohttp import AiohttpServer
 
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 from tests.process import GatewayProcess
+from tests.waiting import wait_for
 
 SOURCE_PASSWORD = "pw-5b0e1c7d-never-logged"
 UPSTREAM_DELAY = 1.5
 
 
-async def slow_upstream(request: web.Request) -> web.Response:
-    await asyncio.sleep(UPSTREAM_DELAY)
-    return web.Response(text="ok")
+def slow_upstream(arrived: list[str]) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        arrived.append(request.path)
+        await asyncio.sleep(UPSTREAM_DELAY)
+        return web.Response(text="ok")
+
+    return handle
 
 
 async def test_sigterm_drains_in_flight_requests_then_exits_0(
     aiohttp_server: AiohttpServer, tmp_path: Path
 ) -> None:
     upstream_app = web.Application()
-    upstream_app.router.add_get("/{tail:.*}", slow_upstream)
+    arrived: list[str] = []
+    upstream_app.router.add_get("/{tail:.*}", slow_upstream(arrived))
     upstream = await aiohttp_server(upstream_app)
     gateway = await asyncio.to_thread(
         GatewayProcess,
@@ -56,7 +63,8 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(
             # which drains its connections before aiohttp drains its own.
             proxy_session = aiohttp.ClientSession(gateway.url, headers=headers)
             proxied = asyncio.create_task(proxy_session.get(f"/api/datasources/proxy/uid/{uid}/x"))
-            await asyncio.sleep(0.3)  # both now wait on the slow upstream
+            # Both now wait on the slow upstream: the proxied request, and a probe.
+            await wait_for(lambda: "/x" in arrived and len(arrived) >= 2, what=str(arrived))
             gateway.proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(gateway.wait_for, "gateway_draining")
 

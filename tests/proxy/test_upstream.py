@@ -37,6 +37,7 @@ from gateway.proxy.upstream import (
 )
 from tests.proxy.conftest import StartRawServer
 from tests.proxy.servers import Peer, ReceivedRequest
+from tests.waiting import wait_for
 
 PEERS = web.AppKey("peers", set[Any])
 
@@ -162,8 +163,8 @@ class TestKeepAlive:
         server = await raw_server(one_request_then_close)
         assert await fetch(pool, server.origin) == b"ok"
         await server.wait_ended(1)
-        await asyncio.sleep(0.05)  # the FIN reaches the idle connection's protocol
-        assert pool.stats().idle == 0
+        # The FIN reaches the idle connection's protocol, which leaves the idle list.
+        await wait_for(lambda: pool.stats().idle == 0, what="the idle connection dropped")
         assert await fetch(pool, server.origin) == b"ok"
         assert server.connections == 2
         assert pool.stats().requests_retried == 0

@@ -345,8 +345,6 @@ class TestChangeNotification:
         ):
             changed = asyncio.Event()
             server.subscribe(changed.set)
-            await asyncio.sleep(0.2)  # let the server's watch see the state before the write
-            changed.clear()
             token_id = await cli.create_token(1, Role.VIEWER, "h", "")
             await asyncio.wait_for(changed.wait(), timeout=10)
             changed.clear()

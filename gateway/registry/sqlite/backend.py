@@ -50,8 +50,11 @@ class SqliteBackend:
             except sqlite3.DatabaseError as exc:
                 raise StoreUnusable(f"{self.path} is not a usable SQLite database: {exc}") from exc
             registry = SqliteRegistry(conn, box)
+            # The baseline is read before anyone holds the registry: a commit by another
+            # process from here on is heard, however soon it comes.
+            seen = await registry.data_version()
             watcher = asyncio.create_task(
-                registry.watch_external_changes(self.change_poll_seconds),
+                registry.watch_external_changes(self.change_poll_seconds, seen),
                 name="registry-change-watcher",
             )
             try:

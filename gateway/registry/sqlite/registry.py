@@ -68,19 +68,24 @@ class SqliteRegistry:
         for listener in self._listeners:
             listener()
 
-    async def watch_external_changes(self, interval: float) -> None:
-        """Run until cancelled: notify listeners when another process commits to the database."""
-        seen: int | None = None
+    async def data_version(self) -> int:
+        """SQLite's count of commits by other connections: it changes when another process
+        commits."""
+        row = await self._fetchone("PRAGMA data_version")
+        return int(row[0]) if row else 0
+
+    async def watch_external_changes(self, interval: float, seen: int | None = None) -> None:
+        """Run until cancelled: notify listeners when another process commits to the database
+        after `seen` (a `data_version` read earlier; None: from the first poll on)."""
         while True:
             try:
-                row = await self._fetchone("PRAGMA data_version")
+                version = await self.data_version()
             except (sqlite3.Error, ValueError) as exc:
                 # A transient database error must not end the watch: caches would go stale
                 # silently. Assume something changed and try again next round.
                 log.warning("change_watch_failed", error=str(exc))
                 self._notify()
             else:
-                version = int(row[0]) if row else 0
                 if seen is not None and version != seen:
                     self._notify()
                 seen = version
