@@ -96,6 +96,27 @@ class GatewayMetrics:
             [*_SOURCE, "kind"],
             registry=registry,
         )
+        # Replicas (jsonData.replicaUrls): where requests went, and what health did about it.
+        # `target` is a URL without userinfo (registry.models.target_label): one series per URL.
+        self.target_requests = Counter(
+            "gateway_target_requests_total",
+            "Proxied request tries by target (one URL of a source) and result: the upstream's "
+            "status class (2xx, 3xx, 4xx, 5xx) or the error kind (connect, timeout, reset, ...).",
+            ["org", "source_uid", "target", "result"],
+            registry=registry,
+        )
+        self.proxy_failovers = Counter(
+            "gateway_proxy_failovers_total",
+            "Proxied requests retried on another target of their source after a failed try.",
+            _SOURCE,
+            registry=registry,
+        )
+        self.target_ejections = Counter(
+            "gateway_target_ejections_total",
+            "Targets ejected from load balancing by outlier detection (passive health).",
+            ["org", "source_uid", "target"],
+            registry=registry,
+        )
         # The gateway's own API.
         self.api_requests = Counter(
             "gateway_api_requests_total",
@@ -131,6 +152,12 @@ class GatewayMetrics:
             "gateway_health_transitions_total",
             "Source health state changes, by the state entered (up, down).",
             [*_SOURCE, "to"],
+            registry=registry,
+        )
+        self.target_transitions = Counter(
+            "gateway_health_target_transitions_total",
+            "Target (one URL of a source) health state changes, by the state entered (up, down).",
+            ["org", "source_uid", "target", "to"],
             registry=registry,
         )
         build = Gauge(

@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 Prober = Callable[[DataSource, float], Awaitable[HealthCheck]]
 TransitionHook = Callable[["SourceState", str], None]
 ProbeHook = Callable[[DataSource, HealthCheck, float], None]
+# Called when one target (a URL of a source) changes health state: (source, url, healthy).
+TargetListener = Callable[[DataSource, str, bool], None]
 Clock = Callable[[], float]  # monotonic seconds
 # Returns once the event is set or the given seconds (None: no limit) of the clock have passed;
 # it may return earlier, so callers re-check what they wait for.
@@ -143,6 +145,7 @@ class HealthMonitor:
         self._wake = asyncio.Event()
         self._registry_changed = True
         self._probes: set[asyncio.Task[None]] = set()
+        self._target_listeners: list[TargetListener] = []
         cache.subscribe(self._mark_registry_changed)
 
     # --- reading ---------------------------------------------------------------------------
@@ -157,10 +160,20 @@ class HealthMonitor:
         state = self._states.get(source_id)
         return state.health_check() if state else None
 
+    def target_healthy(self, source_id: int, url: str) -> bool:
+        """Whether the target `url` of the source passes its health state; True while unknown
+        (not probed yet, probing disabled, or not a target of the source)."""
+        return True  # per-target state: issue 15 (health side)
+
+    def add_target_listener(self, listener: TargetListener) -> None:
+        """Call `listener(source, url, healthy)` whenever a target changes health state."""
+        self._target_listeners.append(listener)
+
     # --- feeding ---------------------------------------------------------------------------
 
-    def report_failure(self, source_id: int) -> None:
-        """Passive health: a proxied request failed to connect or timed out. Probe it now."""
+    def report_failure(self, source_id: int, url: str | None = None) -> None:
+        """Passive health: a proxied request to `url` (None: the source) failed to connect or
+        timed out. Probe it now."""
         state = self._states.get(source_id)
         if state is None or state.probing or not state.policy.enabled:
             return
