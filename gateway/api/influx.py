@@ -4,7 +4,8 @@ Each handler parses (ids and bodies through `influx_dto`), calls the registry, t
 (`upstream.influx`) or the health source, and renders. Errors are raised as GatewayErrors; the
 error middleware renders them as InfluxDB's `{"code", "message"}`.
 
-Only `influxdb` data sources appear (design.md §1); another type's id, or another org's, is 404.
+Only `influxdb` data sources appear (the registry holds every type; this dialect shows one);
+another type's id, or another org's, is 404.
 A `self` source's buckets and health are those of the org's default v1/v2 source.
 """
 

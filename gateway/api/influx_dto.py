@@ -1,4 +1,4 @@
-"""InfluxDB v2 `Source` ⇔ the canonical registry record (design.md §1). No I/O.
+"""InfluxDB v2 `Source` ⇔ the canonical registry record. No I/O.
 
 Decoding treats every byte as hostile: the body must be a JSON object, keys match
 case-insensitively (as Go's decoder does: `metaURL` is `metaUrl`), `null` means "not sent", and a
