@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 from aiohttp import TCPConnector, web
 from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
@@ -72,8 +73,14 @@ def settings(data_dir: Path) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings) -> web.Application:
-    return create_app(settings)
+def metrics_registry() -> CollectorRegistry:
+    """The test's own metrics registry: what the app's /metrics serves, readable directly."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def app(settings: Settings, metrics_registry: CollectorRegistry) -> web.Application:
+    return create_app(settings, metrics_registry=metrics_registry)
 
 
 # Which server carries proxied requests (gateway/proxy/: one pipeline, two carriers):

@@ -34,7 +34,6 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpServer
 
-from gateway.app import create_app
 from gateway.config import Settings
 from tests.conftest import ADMIN_TOKEN, Headers
 from tests.process import GatewayProcess
@@ -190,17 +189,6 @@ async def upstream(aiohttp_server: AiohttpServer) -> Upstream:
     return state
 
 
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def app(settings: Settings, registry: CollectorRegistry) -> web.Application:
-    """The gateway with its metrics in a registry of this test's own."""
-    return create_app(settings, metrics_registry=registry)
-
-
 @dataclass
 class Source:
     id: int
@@ -234,7 +222,7 @@ def sample(registry: CollectorRegistry, name: str, labels: dict[str, str]) -> fl
 
 
 async def test_512_mib_download_streams_with_flat_memory(
-    client: AppClient, admin_headers: Headers, source: Source, registry: CollectorRegistry
+    client: AppClient, admin_headers: Headers, source: Source, metrics_registry: CollectorRegistry
 ) -> None:
     rss = PeakRss()
     digest = hashlib.sha256()
@@ -253,11 +241,11 @@ async def test_512_mib_download_streams_with_flat_memory(
     assert received == BIG
     assert digest.hexdigest() == expected_digest(BIG)
     assert rss.growth < MAX_RSS_GROWTH, f"peak RSS grew {rss.growth / MiB:.1f} MiB"
-    assert sample(registry, "gateway_proxy_response_bytes_total", source.labels) == BIG
+    assert sample(metrics_registry, "gateway_proxy_response_bytes_total", source.labels) == BIG
 
 
 async def test_512_mib_upload_streams_with_flat_memory(
-    client: AppClient, admin_headers: Headers, source: Source, registry: CollectorRegistry
+    client: AppClient, admin_headers: Headers, source: Source, metrics_registry: CollectorRegistry
 ) -> None:
     rss = PeakRss()
     produced = 0
@@ -284,7 +272,7 @@ async def test_512_mib_upload_streams_with_flat_memory(
         "content_encoding": None,
     }
     assert rss.growth < MAX_RSS_GROWTH, f"peak RSS grew {rss.growth / MiB:.1f} MiB"
-    assert sample(registry, "gateway_proxy_request_bytes_total", source.labels) == BIG
+    assert sample(metrics_registry, "gateway_proxy_request_bytes_total", source.labels) == BIG
 
 
 async def test_chunked_bodies_both_ways_keep_their_content(
@@ -392,7 +380,7 @@ async def test_a_client_leaving_a_silent_upstream_releases_it(
     admin_headers: Headers,
     source: Source,
     upstream: Upstream,
-    registry: CollectorRegistry,
+    metrics_registry: CollectorRegistry,
     phase: str,
 ) -> None:
     url = str(client.make_url(source.path(f"silent?phase={phase}")))
@@ -402,8 +390,8 @@ async def test_a_client_leaving_a_silent_upstream_releases_it(
     assert time.monotonic() - started < RELEASE_SECONDS
     await asyncio.sleep(0.05)  # the handler's bookkeeping runs as it unwinds
     code = {**source.labels, "method": "GET", "code": "499"}
-    assert sample(registry, "gateway_proxy_requests_total", code) == 1
-    assert sample(registry, "gateway_proxy_requests_in_flight", source.labels) == 0
+    assert sample(metrics_registry, "gateway_proxy_requests_total", code) == 1
+    assert sample(metrics_registry, "gateway_proxy_requests_in_flight", source.labels) == 0
 
 
 async def leave_mid_upload(url: str, headers: Headers, upstream: Upstream) -> None:
@@ -436,7 +424,7 @@ async def test_a_client_leaving_mid_upload_cuts_the_upstream_request(
     admin_headers: Headers,
     source: Source,
     upstream: Upstream,
-    registry: CollectorRegistry,
+    metrics_registry: CollectorRegistry,
 ) -> None:
     await leave_mid_upload(str(client.make_url(source.path("sink"))), admin_headers, upstream)
     # The upstream sees its request cut short, never a complete-looking one.
@@ -446,8 +434,8 @@ async def test_a_client_leaving_mid_upload_cuts_the_upstream_request(
     assert outcome["cut_after"] <= 4 * MiB
     await asyncio.sleep(0.05)
     code = {**source.labels, "method": "POST", "code": "499"}
-    assert sample(registry, "gateway_proxy_requests_total", code) == 1
-    assert sample(registry, "gateway_proxy_requests_in_flight", source.labels) == 0
+    assert sample(metrics_registry, "gateway_proxy_requests_total", code) == 1
+    assert sample(metrics_registry, "gateway_proxy_requests_in_flight", source.labels) == 0
 
 
 # --- the same against the real `gateway serve` process ------------------------------------------
@@ -508,31 +496,33 @@ async def test_proxy_metrics_move_with_real_requests(
     admin_headers: Headers,
     source: Source,
     upstream: Upstream,
-    registry: CollectorRegistry,
+    metrics_registry: CollectorRegistry,
 ) -> None:
     labels = source.labels
 
     def requests(method: str, code: str) -> float:
         return sample(
-            registry, "gateway_proxy_requests_total", {**labels, "method": method, "code": code}
+            metrics_registry,
+            "gateway_proxy_requests_total",
+            {**labels, "method": method, "code": code},
         )
 
     # In flight while the upstream holds the answer, not after.
     task = asyncio.create_task(client.get(source.path("hold"), headers=admin_headers))
     await asyncio.wait_for(upstream.request_arrived.wait(), 5)
-    assert sample(registry, "gateway_proxy_requests_in_flight", labels) == 1
+    assert sample(metrics_registry, "gateway_proxy_requests_in_flight", labels) == 1
     upstream.release.set()
     held_response = await task
     assert await held_response.text() == "released"
-    assert sample(registry, "gateway_proxy_requests_in_flight", labels) == 0
+    assert sample(metrics_registry, "gateway_proxy_requests_in_flight", labels) == 0
     assert requests("GET", "200") == 1
-    assert sample(registry, "gateway_proxy_response_bytes_total", labels) == len("released")
+    assert sample(metrics_registry, "gateway_proxy_response_bytes_total", labels) == len("released")
     # Bytes each way.
     upload = await client.post(source.path("sink"), data=b"x" * 1000, headers=admin_headers)
     answer = await upload.read()
     assert requests("POST", "200") == 1
-    assert sample(registry, "gateway_proxy_request_bytes_total", labels) == 1000
-    assert sample(registry, "gateway_proxy_response_bytes_total", labels) == (
+    assert sample(metrics_registry, "gateway_proxy_request_bytes_total", labels) == 1000
+    assert sample(metrics_registry, "gateway_proxy_response_bytes_total", labels) == (
         len("released") + len(answer)
     )
     # A connect failure: 502, counted by kind, and the request is counted with its 502.
@@ -543,13 +533,16 @@ async def test_proxy_metrics_move_with_real_requests(
         failed = await client.get(dead.path("anything"), headers=admin_headers)
     assert failed.status == 502
     connect = {**dead.labels, "kind": "connect"}
-    assert sample(registry, "gateway_proxy_upstream_errors_total", connect) == 1
+    assert sample(metrics_registry, "gateway_proxy_upstream_errors_total", connect) == 1
     dead_502 = {**dead.labels, "method": "GET", "code": "502"}
-    assert sample(registry, "gateway_proxy_requests_total", dead_502) == 1
-    assert sample(registry, "gateway_proxy_requests_in_flight", dead.labels) == 0
+    assert sample(metrics_registry, "gateway_proxy_requests_total", dead_502) == 1
+    assert sample(metrics_registry, "gateway_proxy_requests_in_flight", dead.labels) == 0
     # Nothing was counted against the live source for the dead one's failure.
     assert (
-        sample(registry, "gateway_proxy_upstream_errors_total", {**labels, "kind": "connect"}) == 0
+        sample(
+            metrics_registry, "gateway_proxy_upstream_errors_total", {**labels, "kind": "connect"}
+        )
+        == 0
     )
 
 
@@ -579,7 +572,11 @@ class TestStalledUploads:
             writer.close()
 
     async def test_a_streamed_upload_that_stalls_is_408_and_cut_upstream(
-        self, client: AppClient, source: Source, upstream: Upstream, registry: CollectorRegistry
+        self,
+        client: AppClient,
+        source: Source,
+        upstream: Upstream,
+        metrics_registry: CollectorRegistry,
     ) -> None:
         started = time.monotonic()
         answer = await self.stall(client, source, declared=4 * MiB, sent=256 * 1024)
@@ -589,7 +586,7 @@ class TestStalledUploads:
         (outcome,) = upstream.seen
         assert "complete" not in outcome
         code = {**source.labels, "method": "POST", "code": "408"}
-        assert sample(registry, "gateway_proxy_requests_total", code) == 1
+        assert sample(metrics_registry, "gateway_proxy_requests_total", code) == 1
 
     async def test_a_small_body_that_stalls_is_408_before_anything_goes_upstream(
         self, client: AppClient, source: Source, upstream: Upstream
