@@ -162,22 +162,7 @@ def encode_request_head(
         raise ValueError(f"invalid request method {method!r}")
     if not (target.startswith("/") or target == "*") or " " in target:
         raise ValueError(f"request target must be an encoded path in origin form, not {target!r}")
-    if body is None:
-        framing = b"Content-Length: 0\r\n" if method in _METHODS_WITH_CONTENT else b""
-        has_content = False
-    elif isinstance(body, bytes):
-        if content_length is not None and content_length != len(body):
-            raise ValueError("content_length does not match the length of the bytes body")
-        framing = b"Content-Length: %d\r\n" % len(body)
-        has_content = bool(body)
-    elif content_length is None:
-        framing = b"Transfer-Encoding: chunked\r\n"
-        has_content = True
-    elif content_length < 0:
-        raise ValueError("content_length must not be negative")
-    else:
-        framing = b"Content-Length: %d\r\n" % content_length
-        has_content = content_length > 0
+    framing, has_content = _framing(method, body, content_length)
 
     parts = [method.encode("ascii"), b" ", target.encode("ascii"), b" HTTP/1.1\r\n"]
     lines = 1
@@ -211,6 +196,22 @@ def encode_request_head(
     if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:
         raise ValueError("request target or header contains CR, LF or NUL")
     return head, expect_continue
+
+
+def _framing(method: str, body: RequestBody, content_length: int | None) -> tuple[bytes, bool]:
+    """The framing header line for `body` (b"" when none is needed), and whether there is
+    content to send."""
+    if body is None:
+        return (b"Content-Length: 0\r\n" if method in _METHODS_WITH_CONTENT else b""), False
+    if isinstance(body, bytes):
+        if content_length is not None and content_length != len(body):
+            raise ValueError("content_length does not match the length of the bytes body")
+        return b"Content-Length: %d\r\n" % len(body), bool(body)
+    if content_length is None:
+        return b"Transfer-Encoding: chunked\r\n", True
+    if content_length < 0:
+        raise ValueError("content_length must not be negative")
+    return b"Content-Length: %d\r\n" % content_length, content_length > 0
 
 
 class ConnectionOwner(Protocol):
