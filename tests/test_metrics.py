@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -168,3 +169,10 @@ async def test_promtool_accepts_the_exposition(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "gateway_source_up{" in text
     assert "gateway_target_up{" in text
+
+
+async def test_the_readme_documents_every_gateway_metric(client: AppClient) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    exported = set(re.findall(r"^# TYPE (gateway_\S+) ", await scrape(client), re.MULTILINE))
+    assert "gateway_target_up" in exported
+    assert {name for name in exported if f"`{name}`" not in readme} == set()
