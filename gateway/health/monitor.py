@@ -13,9 +13,12 @@ Scheduling is one loop over a heap of due times, not a task per source, so 2,000
 - Targets: a source answers at `url` and at each `jsonData.replicaUrls` entry. Each target is
   probed on its own (concurrently, at the source's scheduled time, each probe taking a slot)
   and keeps its own state and thresholds (health/state.py). The source passes while one
-  target passes. `target_healthy` answers the proxy from that state (dict lookups only: it is
-  on the hot path); target listeners hear of every target state change, and of a probe that
-  passes after failed ones while the state stayed pass (the proxy ends an ejection early on it).
+  target passes. The prober is given each target as the source seen at that URL alone
+  (`target_views`), so whatever it checks of `source.url` (the app's SSRF refusal) applies to
+  every replica; `on_probe` hears of each target's probe. `target_healthy` answers the proxy
+  from that state (dict lookups only: it is on the hot path); target listeners hear of every
+  target state change, and of a probe that passes after failed ones while the state stayed
+  pass (the proxy ends an ejection early on it).
 - Passive health: `report_failure` (a proxied request that could not connect or timed out)
   makes the source due now, or probes just that target early when it names one of several;
   the state still changes only through the thresholds.
