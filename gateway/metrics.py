@@ -31,10 +31,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.registry.models import DataSource, target_label
 from gateway.version import commit
 
 if TYPE_CHECKING:
-    from gateway.health.monitor import SourceState
+    from gateway.health.state import SourceState
 
 # Data-source queries take from milliseconds to minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -183,6 +184,11 @@ class GatewayMetrics:
             )
         histogram.observe(elapsed)
 
+    def count_target_transition(self, source: DataSource, url: str, healthy: bool) -> None:
+        """One target health state change (the monitor's `on_target_transition` hook)."""
+        to = "up" if healthy else "down"
+        self.target_transitions.labels(str(source.org_id), source.uid, target_label(url), to).inc()
+
     def source_labels(self, org_id: int, uid: str, source_type: str) -> tuple[str, str, str]:
         return (str(org_id), uid, source_type)
 
@@ -255,7 +261,8 @@ def exposition_registry(metrics: GatewayMetrics, *collectors: Collector) -> Coll
 
 
 class SourceStateCollector(Collector):
-    """Source health (1 up / 0 down) and registered sources, read from the monitor at scrape."""
+    """Source and target health (1 up / 0 down) and registered sources, read from the monitor
+    at scrape."""
 
     def __init__(self, states: Callable[[], list[SourceState]]) -> None:
         self._states = states
@@ -280,6 +287,13 @@ class SourceStateCollector(Collector):
             "Unix time of the source's latest health probe result (alert on staleness).",
             labels=["org", "source_uid", "source_type"],
         )
+        target_up = GaugeMetricFamily(
+            "gateway_target_up",
+            "1 when the target's (one URL of a source: url or a jsonData.replicaUrls entry) "
+            "health state is pass, 0 when fail; absent before its first probe or when probing "
+            "is disabled. `target` is the URL without userinfo.",
+            labels=["org", "source_uid", "target"],
+        )
         registered = GaugeMetricFamily(
             "gateway_registry_sources",
             "Registered data sources by org and type.",
@@ -289,9 +303,10 @@ class SourceStateCollector(Collector):
         for state in self._states():
             source = state.source
             counts[(str(source.org_id), source.type)] += 1
+            org = str(source.org_id)
+            _add_targets(target_up, org, state)
             if state.status is None:
                 continue
-            org = str(source.org_id)
             up.add_metric([org, source.uid, source.name, source.type], state.status == "pass")
             if state.since is not None:
                 since.add_metric([org, source.uid, source.type], state.since.timestamp())
@@ -302,4 +317,16 @@ class SourceStateCollector(Collector):
         yield up
         yield since
         yield checked
+        yield target_up
         yield registered
+
+
+def _add_targets(family: GaugeMetricFamily, org: str, state: SourceState) -> None:
+    """One sample per target with a state; two URLs that differ only in userinfo (which writers
+    refuse) share a label, and the first one speaks for both."""
+    seen: set[str] = set()
+    for target in state.targets.values():
+        if target.status is None or target.label in seen:
+            continue
+        seen.add(target.label)
+        family.add_metric([org, state.source.uid, target.label], target.status == "pass")

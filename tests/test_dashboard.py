@@ -55,8 +55,26 @@ def test_the_dashboard_is_importable_with_a_prometheus_input() -> None:
             assert panel["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
     for topic in ("rate", "error", "latency", "throughput", "in flight", "health", "probe",
-                  "transitions"):  # fmt: skip
+                  "transitions", "target", "failover", "ejection"):  # fmt: skip
         assert topic in titles, topic
+
+
+def test_no_two_panels_overlap() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in load()["panels"]:
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, (panel["title"], cells.get((x, y)))
+                cells[(x, y)] = panel["title"]
+
+
+def test_targets_and_failovers_have_their_panels() -> None:
+    used = {name for query in queries(load()) for name in METRIC_NAME.findall(query)}
+    for metric in ("gateway_target_up", "gateway_target_requests_total",
+                   "gateway_proxy_failovers_total", "gateway_target_ejections_total",
+                   "gateway_health_target_transitions_total"):  # fmt: skip
+        assert metric in used, metric
 
 
 async def test_every_metric_in_the_queries_is_exported(client: AppClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -121,11 +122,17 @@ async def test_health_gauges_follow_a_real_upstream_down_and_up(
     def up_value() -> float | None:
         return registry.get_sample_value("gateway_source_up", up_labels)
 
+    def target_up() -> float | None:  # a source without replicas: one target, its url
+        labels = {"org": "1", "source_uid": source.uid, "target": upstream_process.url}
+        return registry.get_sample_value("gateway_target_up", labels)
+
     await wait_until(lambda: up_value() == 1)
+    assert target_up() == 1
     assert registry.get_sample_value("gateway_registry_sources", {"org": "1",
                                      "source_type": "generic-http"}) == 1  # fmt: skip
     upstream_process.kill()
     await wait_until(lambda: up_value() == 0)
+    assert target_up() == 0
     upstream_process.start()
     await wait_until(lambda: up_value() == 1)
 
@@ -161,3 +168,11 @@ async def test_promtool_accepts_the_exposition(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "gateway_source_up{" in text
+    assert "gateway_target_up{" in text
+
+
+async def test_the_readme_documents_every_gateway_metric(client: AppClient) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    exported = set(re.findall(r"^# TYPE (gateway_\S+) ", await scrape(client), re.MULTILINE))
+    assert "gateway_target_up" in exported
+    assert {name for name in exported if f"`{name}`" not in readme} == set()

@@ -10,8 +10,18 @@ Scheduling is one loop over a heap of due times, not a task per source, so 2,000
 - A new or changed source is probed within a second; its first result sets its state directly
   (Envoy: one pass at start-up). Later changes need `rise` consecutive passes or `fall`
   consecutive failures (HAProxy's defaults 2 and 3), so a single blip does not flip the state.
+- Targets: a source answers at `url` and at each `jsonData.replicaUrls` entry. Each target is
+  probed on its own (concurrently, at the source's scheduled time, each probe taking a slot)
+  and keeps its own state and thresholds (health/state.py). The source passes while one
+  target passes. The prober is given each target as the source seen at that URL alone
+  (`target_views`), so whatever it checks of `source.url` (the app's SSRF refusal) applies to
+  every replica; `on_probe` hears of each target's probe. `target_healthy` answers the proxy
+  from that state (dict lookups only: it is on the hot path); target listeners hear of every
+  target state change, and of a probe that passes after failed ones while the state stayed
+  pass (the proxy ends an ejection early on it).
 - Passive health: `report_failure` (a proxied request that could not connect or timed out)
-  makes the source due now; the state still changes only through the thresholds.
+  makes the source due now, or probes just that target early when it names one of several;
+  the state still changes only through the thresholds.
 - A deleted source is dropped from the schedule and the state.
 
 The scheduling clock, the jitter source and the wait between due times are parameters (real
@@ -24,10 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from random import Random
 from typing import Any
@@ -35,8 +43,18 @@ from typing import Any
 import structlog
 
 from gateway.health.probes import HealthCheck
+from gateway.health.state import (
+    DEFAULT_FALL,
+    DEFAULT_RISE,
+    Change,
+    ProbePolicy,
+    SourceState,
+    TargetState,
+    combined_check,
+    target_views,
+)
 from gateway.registry.cache import SourceCache
-from gateway.registry.models import DataSource
+from gateway.registry.models import DataSource, target_label
 
 log = structlog.get_logger(__name__)
 
@@ -53,64 +71,20 @@ WaitForEvent = Callable[[asyncio.Event, float | None], Awaitable[None]]
 NEW_SOURCE_DELAY = 1.0  # a new or changed source is probed within this many seconds
 JITTER = 0.15
 SYNC_RETRY_SECONDS = 1.0
-PASSIVE_MIN_GAP = 1.0  # at most one passive-triggered probe a second per source
-DEFAULT_RISE = 2
-DEFAULT_FALL = 3
+PASSIVE_MIN_GAP = 1.0  # at most one passive-triggered probe a second per source or target
 
-
-@dataclass(frozen=True, slots=True)
-class ProbePolicy:
-    enabled: bool
-    interval: float
-    timeout: float
-    rise: int
-    fall: int
-
-    @classmethod
-    def for_source(cls, source: DataSource, interval: float, timeout: float) -> ProbePolicy:
-        """The settings' policy, with the valid `jsonData.healthCheck` overrides applied."""
-        raw = source.json_data.get("healthCheck")
-        overrides: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-        return cls(
-            enabled=_bool(overrides.get("enabled"), True),
-            interval=_positive(overrides.get("interval"), interval, minimum=0.1),
-            timeout=_positive(overrides.get("timeout"), timeout, minimum=0.1),
-            rise=int(_positive(overrides.get("rise"), DEFAULT_RISE, minimum=1)),
-            fall=int(_positive(overrides.get("fall"), DEFAULT_FALL, minimum=1)),
-        )
-
-
-@dataclass(slots=True)
-class SourceState:
-    source: DataSource
-    policy: ProbePolicy
-    status: str | None = None  # "pass" / "fail" once the first result is in
-    since: datetime | None = None
-    last_result: HealthCheck | None = None
-    last_checked: datetime | None = None
-    consecutive_failures: int = 0
-    consecutive_passes: int = 0
-    generation: int = 0  # bumps on every reschedule; stale heap entries are skipped
-    probing: bool = False
-    next_due: float = 0.0  # monotonic time of the scheduled probe
-    last_started: float | None = None  # monotonic time the latest probe began
-
-    def health_check(self) -> HealthCheck | None:
-        """The HealthCheck to serve: the state's status, the latest probe's checks."""
-        if self.last_result is None or self.status is None:
-            return None
-        result = dict(self.last_result)
-        if result.get("status") != self.status:
-            pending = (
-                self.consecutive_failures if self.status == "pass" else self.consecutive_passes
-            )
-            needed = self.policy.fall if self.status == "pass" else self.policy.rise
-            result["message"] = (
-                f"still {self.status} ({pending} of {needed} probes needed to change): "
-                f"{result.get('message', '')}"
-            )
-            result["status"] = self.status
-        return result
+__all__ = [
+    "DEFAULT_FALL",
+    "DEFAULT_RISE",
+    "PASSIVE_MIN_GAP",
+    "HealthMonitor",
+    "ProbePolicy",
+    "Prober",
+    "SourceState",
+    "TargetListener",
+    "TargetState",
+    "current_health",
+]
 
 
 class HealthMonitor:
@@ -124,6 +98,7 @@ class HealthMonitor:
         max_in_flight: int = 64,
         on_transition: TransitionHook | None = None,
         on_probe: ProbeHook | None = None,
+        on_target_transition: TargetListener | None = None,
         log_transitions: bool = True,
         clock: Clock = time.monotonic,
         random: Random | None = None,
@@ -136,6 +111,7 @@ class HealthMonitor:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._on_transition = on_transition
         self._on_probe = on_probe
+        self._on_target_transition = on_target_transition
         self._log_transitions = log_transitions
         self._clock = clock
         self._random = random if random is not None else Random()
@@ -163,19 +139,31 @@ class HealthMonitor:
     def target_healthy(self, source_id: int, url: str) -> bool:
         """Whether the target `url` of the source passes its health state; True while unknown
         (not probed yet, probing disabled, or not a target of the source)."""
-        return True  # per-target state: issue 15 (health side)
+        state = self._states.get(source_id)
+        if state is None:
+            return True
+        target = state.targets.get(url)
+        return target is None or target.status != "fail"
 
     def add_target_listener(self, listener: TargetListener) -> None:
-        """Call `listener(source, url, healthy)` whenever a target changes health state."""
+        """Call `listener(source, url, healthy)` whenever a target changes health state, and
+        with healthy=True when a probe passes after failed ones while the state stayed pass
+        (the failures ended before `fall`: an ejection the proxy made may end now)."""
         self._target_listeners.append(listener)
 
     # --- feeding ---------------------------------------------------------------------------
 
     def report_failure(self, source_id: int, url: str | None = None) -> None:
         """Passive health: a proxied request to `url` (None: the source) failed to connect or
-        timed out. Probe it now."""
+        timed out. Probe it now: that target alone when it is one of several, else the source."""
         state = self._states.get(source_id)
-        if state is None or state.probing or not state.policy.enabled:
+        if state is None or not state.policy.enabled:
+            return
+        target = state.targets.get(url) if url is not None and state.single is None else None
+        if target is not None:
+            self._report_target_failure(state, target)
+            return
+        if state.probing:
             return
         # HAProxy's fastinter, not one probe per failed request: a dashboard hammering a dead
         # source must not become a probe storm against it.
@@ -186,34 +174,47 @@ class HealthMonitor:
             return  # a probe is due soon anyway
         self._reschedule(state, delay=0.0)
 
-    def record(self, source: DataSource, result: HealthCheck) -> None:
-        """Apply one probe result (from the schedule, or an on-demand probe) to the state."""
+    def _report_target_failure(self, state: SourceState, target: TargetState) -> None:
+        """As `report_failure` for the source, per target: at most one early probe a second of
+        each, none while it is being probed or when the source's probe is due soon anyway."""
+        if target.probing:
+            return
+        now = self._clock()
+        if target.last_started is not None and now - target.last_started < PASSIVE_MIN_GAP:
+            return
+        if state.next_due - now < PASSIVE_MIN_GAP:
+            return
+        target.probing = True
+        self._start(self._probe_target(state, target), f"probe-{state.source.id}-target")
+
+    def record(self, source: DataSource, result: HealthCheck, url: str | None = None) -> None:
+        """Apply one probe result of target `url` (None: the primary URL) — from the schedule
+        or an on-demand probe — to the state."""
         state = self._states.get(source.id)
         if state is None or state.source.version != source.version or not state.policy.enabled:
             # Deleted or changed meanwhile (the result describes something else), or not
             # monitored: a disabled source is probed on demand each time, never remembered.
             return
-        now = datetime.now(UTC)
-        state.last_result = result
-        state.last_checked = now
-        passed = result.get("status") == "pass"
-        if passed:
-            state.consecutive_passes += 1
-            state.consecutive_failures = 0
+        if url is None:
+            target: TargetState | None = next(iter(state.targets.values()))
         else:
-            state.consecutive_failures += 1
-            state.consecutive_passes = 0
-        if state.status is None:
-            state.status, state.since = ("pass" if passed else "fail"), now
-            if not passed:
-                self._transition(state, "source_unhealthy", result)
-            return
-        if state.status == "pass" and state.consecutive_failures >= state.policy.fall:
-            state.status, state.since = "fail", now
-            self._transition(state, "source_unhealthy", result)
-        elif state.status == "fail" and state.consecutive_passes >= state.policy.rise:
-            state.status, state.since = "pass", now
-            self._transition(state, "source_recovered", result)
+            target = state.targets.get(url)
+        if target is not None:
+            self._apply(state, target, result)
+
+    def _apply(self, state: SourceState, target: TargetState, result: HealthCheck) -> None:
+        """One result of one target: its state, then the source's, each change reported once."""
+        now = datetime.now(UTC)
+        change = target.apply(result, state.policy, now)
+        if change is Change.DOWN or change is Change.UP:
+            self._target_transition(state, target, change, result)
+        elif change is Change.PASS_AFTER_FAILURE:
+            self._notify(state.source, target, healthy=True)
+        event = state.settle(now)
+        if event is not None:
+            # With several targets the reason is the source's: which of them fail.
+            served = result if state.single is not None else state.health_check()
+            self._transition(state, event, served or result)
 
     def _transition(self, state: SourceState, event: str, result: HealthCheck) -> None:
         """Log each state change once, with the probe message that caused it."""
@@ -229,6 +230,32 @@ class HealthMonitor:
             )
         if self._on_transition is not None:
             self._on_transition(state, event)
+
+    def _target_transition(
+        self, state: SourceState, target: TargetState, change: Change, result: HealthCheck
+    ) -> None:
+        """Log and count each target state change once; tell the listeners. The target is
+        named by its label: a URL's userinfo never reaches a log line or a metric."""
+        source, healthy = state.source, change is Change.UP
+        if self._log_transitions:
+            emit = log.info if healthy else log.warning
+            emit(
+                change.value,
+                source_uid=source.uid,
+                org=source.org_id,
+                target=target.label,
+                reason=result.get("message", ""),
+            )
+        if self._on_target_transition is not None:
+            self._on_target_transition(source, target.url, healthy)
+        self._notify(source, target, healthy=healthy)
+
+    def _notify(self, source: DataSource, target: TargetState, *, healthy: bool) -> None:
+        for listener in self._target_listeners:
+            try:
+                listener(source, target.url, healthy)
+            except Exception:  # a listener's bug must not stop the monitor
+                log.exception("target_listener_failed", source_uid=source.uid, target=target.label)
 
     # --- running ---------------------------------------------------------------------------
 
@@ -271,7 +298,7 @@ class HealthMonitor:
             if current is not None and current.source.version == source.version:
                 continue
             policy = ProbePolicy.for_source(source, self._interval, self._timeout)
-            state = SourceState(source=source, policy=policy)
+            state = SourceState.new(source, policy)
             self._states[source.id] = state
             if policy.enabled:
                 self._reschedule(state, delay=self._random.uniform(0, NEW_SOURCE_DELAY))
@@ -291,38 +318,57 @@ class HealthMonitor:
         while heap and heap[0][0] <= now:
             _, source_id, generation = heapq.heappop(heap)
             state = self._states.get(source_id)
-            if state is None or state.generation != generation or state.probing:
+            if state is None or state.generation != generation or state.round_in_flight:
                 continue
-            state.probing = True
-            task = asyncio.create_task(self._probe(state), name=f"probe-{source_id}")
-            self._probes.add(task)
-            task.add_done_callback(self._probes.discard)
+            state.round_in_flight = True
+            self._start(self._probe_round(state), f"probe-{source_id}")
         return max(0.0, heap[0][0] - now) if heap else None
 
-    async def _probe(self, state: SourceState) -> None:
-        source, policy = state.source, state.policy
+    def _start(self, probe: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(probe, name=name)
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _probe_round(self, state: SourceState) -> None:
+        """The scheduled probe of a source: each of its targets (but one being probed early
+        already), concurrently, each taking a slot; then the next one is scheduled."""
+        try:
+            targets = [target for target in state.targets.values() if not target.probing]
+            for target in targets:
+                target.probing = True
+            await asyncio.gather(*(self._probe_target(state, target) for target in targets))
+        finally:
+            state.round_in_flight = False
+            if self._states.get(state.source.id) is state:
+                factor = self._random.uniform(1 - JITTER, 1 + JITTER)
+                self._reschedule(state, delay=state.policy.interval * factor)
+
+    async def _probe_target(self, state: SourceState, target: TargetState) -> None:
+        """Probe one target (the caller has marked it probing) and apply the result."""
+        source = state.source
         try:
             async with self._slots:
-                state.last_started = self._clock()
+                state.last_started = target.last_started = self._clock()
                 started = time.perf_counter()  # the probe's real duration, for the metrics
-                try:
-                    # The probe bounds itself; this is the backstop if it does not.
-                    result = await asyncio.wait_for(
-                        self._prober(source, policy.timeout), policy.timeout + 1.0
-                    )
-                except TimeoutError:
-                    result = _failed(source, f"probe did not finish in {policy.timeout:g} s")
-                except Exception as exc:  # a probe bug must not stop the monitor
-                    log.exception("probe_crashed", source_uid=source.uid)
-                    result = _failed(source, f"probe error: {type(exc).__name__}")
+                result = await _probe_once(self._prober, target.view, state.policy.timeout)
                 if self._on_probe is not None:
                     self._on_probe(source, result, time.perf_counter() - started)
-            self.record(source, result)
+            if self._states.get(source.id) is state:  # not deleted or changed meanwhile
+                self._apply(state, target, result)
         finally:
-            state.probing = False
-            if self._states.get(source.id) is state:
-                factor = self._random.uniform(1 - JITTER, 1 + JITTER)
-                self._reschedule(state, delay=policy.interval * factor)
+            target.probing = False
+
+
+async def _probe_once(prober: Prober, view: DataSource, seconds: float) -> HealthCheck:
+    """One probe of one target (`view`: the source at that URL); never raises for its sake."""
+    try:
+        # The probe bounds itself; this is the backstop if it does not.
+        return await asyncio.wait_for(prober(view, seconds), seconds + 1.0)
+    except TimeoutError:
+        return _failed(view, f"probe did not finish in {seconds:g} s")
+    except Exception as exc:  # a probe bug must not stop the monitor
+        log.exception("probe_crashed", source_uid=view.uid)
+        return _failed(view, f"probe error: {type(exc).__name__}")
 
 
 async def wait_for_event(event: asyncio.Event, seconds: float | None) -> None:
@@ -334,10 +380,10 @@ async def wait_for_event(event: asyncio.Event, seconds: float | None) -> None:
 async def current_health(
     monitor: HealthMonitor | None, source: DataSource, prober: Prober, default_timeout: float
 ) -> HealthCheck:
-    """What every health endpoint serves: the monitor's state, else one probe now. Never
-    raises for a probe's sake: a crashed probe is a failed HealthCheck.
+    """What every health endpoint serves: the monitor's state, else one probe of each target
+    now. Never raises for a probe's sake: a crashed probe is a failed HealthCheck.
 
-    An on-demand result is also given to the monitor, so it counts as the first result.
+    On-demand results are also given to the monitor, so they count as the first results.
     """
     if monitor is not None:
         latest = monitor.latest(source.id)
@@ -345,14 +391,16 @@ async def current_health(
             return latest
     state = monitor.state(source.id) if monitor is not None else None
     seconds = state.policy.timeout if state is not None else default_timeout
-    try:
-        result = await prober(source, seconds)
-    except Exception as exc:  # as in the scheduled loop: a probe bug is a failed probe
-        log.exception("probe_crashed", source_uid=source.uid)
-        result = _failed(source, f"probe error: {type(exc).__name__}")
+    views = target_views(source, source.target_urls or (source.url,))
+    results = await asyncio.gather(*(_probe_once(prober, v, seconds) for v in views.values()))
+    by_url = dict(zip(views, results, strict=True))
     if monitor is not None:
-        monitor.record(source, result)
-    return result
+        for url, result in by_url.items():
+            monitor.record(source, result, url)
+    if len(by_url) == 1:
+        return results[0]
+    labelled = [(target_label(url), result) for url, result in by_url.items()]
+    return combined_check(source.name, labelled, len(labelled))
 
 
 def _failed(source: DataSource, message: str) -> HealthCheck:
@@ -362,18 +410,3 @@ def _failed(source: DataSource, message: str) -> HealthCheck:
         "message": message,
         "checks": [{"name": "probe", "status": "fail", "message": message}],
     }
-
-
-def _bool(value: object, default: bool) -> bool:
-    return value if isinstance(value, bool) else default
-
-
-def _positive(value: object, default: float, *, minimum: float) -> float:
-    """A number (or numeric string, as Grafana's jsonData often holds) ≥ minimum, else default."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        return default
-    return number if math.isfinite(number) and number >= minimum else default

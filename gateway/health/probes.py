@@ -66,10 +66,11 @@ _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
 async def probe_source(
-    session: aiohttp.ClientSession, source: DataSource, seconds: float
+    session: aiohttp.ClientSession, source: DataSource, seconds: float, *, url: str | None = None
 ) -> HealthCheck:
-    """Probe `source` once; never raises for upstream failures, never puts a secret in a message."""
-    probe = _Probe(session, source, seconds)
+    """Probe `source` once at `url` (None: `source.url`), one of its targets, whose path is the
+    base path there; never raises for upstream failures, never puts a secret in a message."""
+    probe = _Probe(session, source, seconds, source.url if url is None else url)
     if probe.base_url is None:
         probe.add("reachable", False, "the source has no absolute http(s) URL to probe")
     else:
@@ -118,7 +119,9 @@ _Judge = Callable[[_Reply], _Verdict]
 class _Probe:
     """One probe run: where requests go, with which credentials, until when; and the results."""
 
-    def __init__(self, session: aiohttp.ClientSession, source: DataSource, seconds: float) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, source: DataSource, seconds: float, url: str
+    ) -> None:
         self._session = session
         self._seconds = seconds
         self._started = time.perf_counter()
@@ -129,7 +132,7 @@ class _Probe:
         self._headers.setdefault("Accept", "application/json, text/plain;q=0.9, */*;q=0.1")
         # False turns verification off in aiohttp; True means the default verifying context.
         self._ssl = not tls_skip_verify(source)
-        self.base_url = _base_url(source.url)
+        self.base_url = _base_url(url)
         self.checks: list[HealthCheck] = []
         self.version = ""
         self.commit = ""

@@ -364,6 +364,16 @@ class TestPrometheus:
         health = await probe_source(session, make_source(prometheus_url + "/prom"), SECONDS)
         assert health["message"].startswith("GET /prom/-/ready: HTTP 404 in ")
 
+    async def test_one_given_target_is_probed_with_its_own_base_path(
+        self, prometheus_url: str, closed_port_url: str, session: aiohttp.ClientSession
+    ) -> None:
+        # The source's primary URL is dead; its replica at `url` is what gets probed.
+        source = make_source(closed_port_url, json_data={"replicaUrls": [prometheus_url]})
+        health = await probe_source(session, source, SECONDS, url=prometheus_url)
+        assert check_names(health) == [("reachable", "pass"), ("auth", "pass"), ("query", "pass")]
+        health = await probe_source(session, source, SECONDS, url=prometheus_url + "/replica")
+        assert health["message"].startswith("GET /replica/-/ready: HTTP 404 in ")
+
     async def test_basic_auth_is_accepted(
         self, prometheus_basic_auth_url: str, session: aiohttp.ClientSession
     ) -> None:

@@ -1,0 +1,262 @@
+"""Health state of a source and of each of its targets (its `url` and `jsonData.replicaUrls`).
+
+Every target keeps its own state with today's thresholds: its first result sets the state
+directly (Envoy: one pass at start-up); later changes need `rise` consecutive passes or `fall`
+consecutive failures (HAProxy's defaults 2 and 3). A source passes while at least one of its
+targets passes, and fails once every target is known to fail.
+
+What a source serves (`SourceState.health_check`):
+- with one target, that target's latest probe result, exactly as a probe returns it (the state's
+  status, with a "still ..." message while the latest probe disagrees with the state);
+- with several, one entry per target — `{"name": target_label(url), "status", "message",
+  "checks": [that target's probe checks]}` — under a message naming the targets that fail.
+
+Pure state and threshold logic: no clock, no I/O; the monitor (monitor.py) feeds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from gateway.health.probes import HealthCheck
+from gateway.registry.models import REPLICA_URLS, DataSource, target_label
+
+DEFAULT_RISE = 2
+DEFAULT_FALL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePolicy:
+    enabled: bool
+    interval: float
+    timeout: float
+    rise: int
+    fall: int
+
+    @classmethod
+    def for_source(cls, source: DataSource, interval: float, timeout: float) -> ProbePolicy:
+        """The settings' policy, with the valid `jsonData.healthCheck` overrides applied."""
+        raw = source.json_data.get("healthCheck")
+        overrides: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        return cls(
+            enabled=_bool(overrides.get("enabled"), True),
+            interval=_positive(overrides.get("interval"), interval, minimum=0.1),
+            timeout=_positive(overrides.get("timeout"), timeout, minimum=0.1),
+            rise=int(_positive(overrides.get("rise"), DEFAULT_RISE, minimum=1)),
+            fall=int(_positive(overrides.get("fall"), DEFAULT_FALL, minimum=1)),
+        )
+
+
+class Change(Enum):
+    """What one probe result did to a target's state."""
+
+    DOWN = "target_unhealthy"  # first result a failure, or `fall` failures in a row
+    UP = "target_recovered"  # `rise` passes in a row after the state was fail
+    PASS_AFTER_FAILURE = "pass_after_failure"  # state stays pass; the failures in a row end
+
+
+@dataclass(slots=True)
+class TargetState:
+    url: str
+    label: str  # target_label(url): the URL without userinfo, for checks, logs and labels
+    view: DataSource  # the source as seen at this URL alone: what the prober is given
+    status: str | None = None  # "pass" / "fail" once the first result is in
+    since: datetime | None = None
+    last_result: HealthCheck | None = None
+    last_checked: datetime | None = None
+    consecutive_failures: int = 0
+    consecutive_passes: int = 0
+    probing: bool = False
+    last_started: float | None = None  # monitor clock time the latest probe of it began
+
+    def apply(self, result: HealthCheck, policy: ProbePolicy, now: datetime) -> Change | None:
+        """Count one probe result against the thresholds; the change it made, if any."""
+        self.last_result, self.last_checked = result, now
+        passed = result.get("status") == "pass"
+        failures_before = self.consecutive_failures
+        if passed:
+            self.consecutive_passes += 1
+            self.consecutive_failures = 0
+        else:
+            self.consecutive_failures += 1
+            self.consecutive_passes = 0
+        if self.status is None:
+            self.status, self.since = ("pass" if passed else "fail"), now
+            return None if passed else Change.DOWN
+        if self.status == "pass" and self.consecutive_failures >= policy.fall:
+            self.status, self.since = "fail", now
+            return Change.DOWN
+        if self.status == "fail" and self.consecutive_passes >= policy.rise:
+            self.status, self.since = "pass", now
+            return Change.UP
+        if passed and failures_before > 0 and self.status == "pass":
+            return Change.PASS_AFTER_FAILURE
+        return None
+
+    def health_check(self, policy: ProbePolicy) -> HealthCheck | None:
+        """The latest result under the state's status; says so while the two disagree."""
+        if self.last_result is None or self.status is None:
+            return None
+        result = dict(self.last_result)
+        if result.get("status") != self.status:
+            if self.status == "pass":
+                pending, needed = self.consecutive_failures, policy.fall
+            else:
+                pending, needed = self.consecutive_passes, policy.rise
+            result["message"] = (
+                f"still {self.status} ({pending} of {needed} probes needed to change): "
+                f"{result.get('message', '')}"
+            )
+            result["status"] = self.status
+        return result
+
+
+@dataclass(slots=True)
+class SourceState:
+    source: DataSource
+    policy: ProbePolicy
+    targets: dict[str, TargetState] = field(default_factory=dict)  # by URL, primary first
+    status: str | None = None  # "pass" / "fail" once known (see `settle`)
+    since: datetime | None = None
+    generation: int = 0  # bumps on every reschedule; stale heap entries are skipped
+    round_in_flight: bool = False  # a scheduled probe of the targets is running
+    next_due: float = 0.0  # monitor clock time of the scheduled probe
+    last_started: float | None = None  # monitor clock time the latest probe of a target began
+
+    @classmethod
+    def new(cls, source: DataSource, policy: ProbePolicy) -> SourceState:
+        urls = source.target_urls or (source.url,)  # no URL at all: probed, and failing, as one
+        views = target_views(source, urls)
+        targets = {url: TargetState(url, target_label(url), views[url]) for url in urls}
+        return cls(source=source, policy=policy, targets=targets)
+
+    @property
+    def probing(self) -> bool:
+        """A probe of this source (scheduled, or one target's early probe) is in flight."""
+        return self.round_in_flight or any(target.probing for target in self.targets.values())
+
+    @property
+    def single(self) -> TargetState | None:
+        """The one target of a source without replicas; None when it has several."""
+        if len(self.targets) != 1:
+            return None
+        return next(iter(self.targets.values()))
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed probes in a row: the target's, or with several the fewest of any target
+        (every target failed at least that many times in a row)."""
+        return min(target.consecutive_failures for target in self.targets.values())
+
+    @property
+    def consecutive_passes(self) -> int:
+        """Passed probes in a row: the target's, or with several the most of any target."""
+        return max(target.consecutive_passes for target in self.targets.values())
+
+    @property
+    def last_checked(self) -> datetime | None:
+        """When the latest probe result of any target came in."""
+        return max((t.last_checked for t in self.targets.values() if t.last_checked), default=None)
+
+    @property
+    def last_result(self) -> HealthCheck | None:
+        """The latest probe results as probed (no thresholds applied)."""
+        single = self.single
+        if single is not None:
+            return single.last_result
+        results = [(t.label, t.last_result) for t in self.targets.values() if t.last_result]
+        return combined_check(self.source.name, results, len(self.targets)) if results else None
+
+    def settle(self, now: datetime) -> str | None:
+        """Derive the source's status from its targets' ('pass' while one passes, 'fail' once
+        all are known to fail); the source event it makes, if the status changed."""
+        statuses = [target.status for target in self.targets.values()]
+        if "pass" in statuses:
+            status: str | None = "pass"
+        elif None in statuses:
+            status = self.status  # the first results are not all in yet
+        else:
+            status = "fail"
+        if status == self.status:
+            return None
+        before, self.status, self.since = self.status, status, now
+        if status == "fail":
+            return "source_unhealthy"
+        return None if before is None else "source_recovered"
+
+    def health_check(self) -> HealthCheck | None:
+        """The HealthCheck to serve: the state's status, the latest probes' checks."""
+        if self.status is None:
+            return None
+        single = self.single
+        if single is not None:
+            return single.health_check(self.policy)
+        entries = []
+        for target in self.targets.values():
+            judged = target.health_check(self.policy)
+            entries.append((target.label, judged if judged is not None else _NOT_PROBED))
+        return combined_check(self.source.name, entries, len(entries))
+
+
+# Seen only in the moment between one target's first result and another's: the monitor takes
+# a target it has not probed yet as healthy (it routes to it), and says so.
+_NOT_PROBED: HealthCheck = {"status": "pass", "message": "not probed yet; taken as healthy"}
+
+
+def combined_check(
+    name: str, targets: Iterable[tuple[str, HealthCheck]], total: int
+) -> HealthCheck:
+    """One HealthCheck for a source of several targets, from each (label, target's check):
+    passes when one target passes; the message names the targets that fail."""
+    checks = [
+        {
+            "name": label,
+            "status": "pass" if check.get("status") == "pass" else "fail",
+            "message": check.get("message", ""),
+            "checks": list(check.get("checks", [])),
+        }
+        for label, check in targets
+    ]
+    failing = [check["name"] for check in checks if check["status"] == "fail"]
+    if failing:
+        message = f"{len(failing)} of {total} targets failing: {', '.join(failing)}"
+    else:
+        message = f"all {total} targets pass"
+    health: HealthCheck = {
+        "name": name,
+        "status": "fail" if len(failing) == len(checks) else "pass",
+        "message": message,
+        "checks": checks,
+    }
+    return health
+
+
+def target_views(source: DataSource, urls: Iterable[str]) -> dict[str, DataSource]:
+    """`source` as seen at each of `urls` alone: its settings and credentials, that URL, no
+    replicas. A source without replicas is its own view (it is probed exactly as before)."""
+    urls = tuple(urls)
+    if urls == (source.url,):
+        return {source.url: source}
+    json_data = {key: value for key, value in source.json_data.items() if key != REPLICA_URLS}
+    return {url: dataclasses.replace(source, url=url, json_data=json_data) for url in urls}
+
+
+def _bool(value: object, default: bool) -> bool:
+    return value if isinstance(value, bool) else default
+
+
+def _positive(value: object, default: float, *, minimum: float) -> float:
+    """A number (or numeric string, as Grafana's jsonData often holds) ≥ minimum, else default."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        return default
+    return number if math.isfinite(number) and number >= minimum else default
