@@ -160,6 +160,7 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout=settings.health_timeout,
         on_probe=count_probe if reporting else None,
         on_transition=count_transition if reporting else None,
+        on_target_transition=metrics.count_target_transition if reporting else None,
         log_transitions=reporting,
     )
     app[MONITOR] = monitor

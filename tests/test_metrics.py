@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient
 
@@ -17,19 +16,10 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.keys import MONITOR, STORE
 from gateway.registry.models import DataSourceSpec
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.conftest import ADMIN_TOKEN
 from tests.types import AppClient
 from tests.upstreams import UpstreamProcess
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def app(settings: Settings, registry: CollectorRegistry) -> web.Application:
-    return create_app(settings, metrics_registry=registry)
+from tests.waiting import wait_for
 
 
 async def scrape(client: AppClient) -> str:
@@ -45,11 +35,9 @@ async def test_metrics_need_no_token_by_default(client: AppClient) -> None:
 
 
 async def test_metrics_token_is_required_when_configured(
-    aiohttp_client: AiohttpClient, data_dir: Path
+    aiohttp_client: AiohttpClient, settings: Settings
 ) -> None:
-    settings = Settings(
-        data_dir=data_dir, secret_key=SECRET_KEY, admin_token=ADMIN_TOKEN, metrics_token="scrape-me"
-    )
+    settings = dataclasses.replace(settings, metrics_token="scrape-me")
     client = await aiohttp_client(create_app(settings, metrics_registry=CollectorRegistry()))
     assert (await client.get("/metrics")).status == 401
     wrong = await client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
@@ -59,27 +47,29 @@ async def test_metrics_token_is_required_when_configured(
 
 
 async def test_api_requests_are_counted_by_route_template(
-    client: AppClient, registry: CollectorRegistry
+    client: AppClient, metrics_registry: CollectorRegistry
 ) -> None:
     for _ in range(3):
         await client.get("/ready?x=1")
     await client.get("/api/nothing", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     labels = {"route": "/ready", "method": "GET", "code": "200"}
-    assert registry.get_sample_value("gateway_api_requests_total", labels) == 3
+    assert metrics_registry.get_sample_value("gateway_api_requests_total", labels) == 3
     unmatched = {"route": "<unmatched>", "method": "GET", "code": "404"}
-    assert registry.get_sample_value("gateway_api_requests_total", unmatched) == 1
-    count = registry.get_sample_value(
+    assert metrics_registry.get_sample_value("gateway_api_requests_total", unmatched) == 1
+    count = metrics_registry.get_sample_value(
         "gateway_api_request_duration_seconds_count", {"route": "/ready", "method": "GET"}
     )
     assert count == 3
 
 
-async def test_build_info_names_the_version(registry: CollectorRegistry, client: AppClient) -> None:
+async def test_build_info_names_the_version(
+    metrics_registry: CollectorRegistry, client: AppClient
+) -> None:
     from gateway import __version__
 
     samples = [
         sample
-        for metric in registry.collect()
+        for metric in metrics_registry.collect()
         if metric.name == "gateway_build_info"
         for sample in metric.samples
     ]
@@ -89,28 +79,13 @@ async def test_build_info_names_the_version(registry: CollectorRegistry, client:
 
 
 @pytest.fixture
-def settings(data_dir: Path) -> Settings:
-    return Settings(
-        port=0,
-        data_dir=data_dir,
-        admin_token=ADMIN_TOKEN,
-        secret_key=SECRET_KEY,
-        health_interval=0.2,
-        health_timeout=0.5,
-    )
-
-
-async def wait_until(predicate: object, within: float = 5.0) -> None:
-    assert callable(predicate)
-    for _ in range(int(within / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail("condition not met in time")
+def settings(settings: Settings) -> Settings:
+    """Probes every 0.2 s, so the health gauges move within the test."""
+    return dataclasses.replace(settings, health_interval=0.2, health_timeout=0.5)
 
 
 async def test_health_gauges_follow_a_real_upstream_down_and_up(
-    client: AppClient, registry: CollectorRegistry, upstream_process: UpstreamProcess
+    client: AppClient, metrics_registry: CollectorRegistry, upstream_process: UpstreamProcess
 ) -> None:
     source = await client.app[STORE].create_source(
         1, DataSourceSpec(name="files", type="generic-http", url=upstream_process.url)
@@ -120,36 +95,46 @@ async def test_health_gauges_follow_a_real_upstream_down_and_up(
     series = {"org": "1", "source_uid": source.uid, "source_type": "generic-http"}
 
     def up_value() -> float | None:
-        return registry.get_sample_value("gateway_source_up", up_labels)
+        return metrics_registry.get_sample_value("gateway_source_up", up_labels)
 
     def target_up() -> float | None:  # a source without replicas: one target, its url
         labels = {"org": "1", "source_uid": source.uid, "target": upstream_process.url}
-        return registry.get_sample_value("gateway_target_up", labels)
+        return metrics_registry.get_sample_value("gateway_target_up", labels)
 
-    await wait_until(lambda: up_value() == 1)
+    await wait_for(lambda: up_value() == 1)
     assert target_up() == 1
-    assert registry.get_sample_value("gateway_registry_sources", {"org": "1",
-                                     "source_type": "generic-http"}) == 1  # fmt: skip
+    registered = {"org": "1", "source_type": "generic-http"}
+    assert metrics_registry.get_sample_value("gateway_registry_sources", registered) == 1
     upstream_process.kill()
-    await wait_until(lambda: up_value() == 0)
+    await wait_for(lambda: up_value() == 0)
     assert target_up() == 0
     upstream_process.start()
-    await wait_until(lambda: up_value() == 1)
+    await wait_for(lambda: up_value() == 1)
 
     transitions = {
-        to: registry.get_sample_value("gateway_health_transitions_total", {**series, "to": to})
+        to: metrics_registry.get_sample_value(
+            "gateway_health_transitions_total", {**series, "to": to}
+        )
         for to in ("down", "up")
     }
     assert transitions == {"down": 1, "up": 1}
-    assert registry.get_sample_value("gateway_health_probes_total", {**series, "result": "fail"})
-    assert registry.get_sample_value("gateway_health_probes_total", {**series, "result": "pass"})
-    probe_count = registry.get_sample_value("gateway_health_probe_duration_seconds_count", series)
+    assert metrics_registry.get_sample_value(
+        "gateway_health_probes_total", {**series, "result": "fail"}
+    )
+    assert metrics_registry.get_sample_value(
+        "gateway_health_probes_total", {**series, "result": "pass"}
+    )
+    probe_count = metrics_registry.get_sample_value(
+        "gateway_health_probe_duration_seconds_count", series
+    )
     assert probe_count is not None
     assert probe_count >= 4
     state = client.app[MONITOR].state(source.id)
     assert state is not None
     assert state.last_checked is not None
-    last_probe = registry.get_sample_value("gateway_source_last_probe_timestamp_seconds", series)
+    last_probe = metrics_registry.get_sample_value(
+        "gateway_source_last_probe_timestamp_seconds", series
+    )
     assert last_probe == pytest.approx(state.last_checked.timestamp())
 
 
@@ -160,7 +145,10 @@ async def test_promtool_accepts_the_exposition(
     await client.app[STORE].create_source(
         1, DataSourceSpec(name="files", type="generic-http", url=upstream_process.url)
     )
-    await asyncio.sleep(1.2)  # a probe result, so every family has samples
+    monitor = client.app[MONITOR]
+    await wait_for(  # a probe result, so every family has samples
+        lambda: any(state.last_checked is not None for state in monitor.states())
+    )
     await client.get("/ready")
     text = await scrape(client)
     result = subprocess.run(

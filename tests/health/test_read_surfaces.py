@@ -25,19 +25,14 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
 async def client(
     aiohttp_client: AiohttpClient,
     settings: Settings,
-    registry: CollectorRegistry,
+    metrics_registry: CollectorRegistry,
     clock: FakeClock,
 ) -> AppClient:
     settings = dataclasses.replace(settings, health_interval=0.3, health_timeout=1.0)
-    return await aiohttp_client(create_app(settings, metrics_registry=registry))
+    return await aiohttp_client(create_app(settings, metrics_registry=metrics_registry))
 
 
 async def settled(schedule: Schedule, source: DataSource, status: str) -> None:
@@ -49,7 +44,7 @@ async def settled(schedule: Schedule, source: DataSource, status: str) -> None:
 
 
 async def test_every_read_surface_agrees(
-    client: AppClient, schedule: Schedule, influxdb: InfluxDB1, registry: CollectorRegistry
+    client: AppClient, schedule: Schedule, influxdb: InfluxDB1, metrics_registry: CollectorRegistry
 ) -> None:
     store = client.app[STORE]
     secure = {"password": influxdb.admin_password}
@@ -79,7 +74,7 @@ async def test_every_read_surface_agrees(
         assert (await grafana.json())["status"] == grafana_status
         labels = {"org": "1", "source_uid": source.uid, "source_name": source.name,
                   "source_type": "influxdb"}  # fmt: skip
-        assert registry.get_sample_value("gateway_source_up", labels) == gauge
+        assert metrics_registry.get_sample_value("gateway_source_up", labels) == gauge
 
 
 async def test_a_proxied_connect_failure_triggers_a_probe_at_once(
@@ -117,7 +112,7 @@ async def test_a_proxied_connect_failure_triggers_a_probe_at_once(
 async def test_a_burst_of_proxied_failures_triggers_one_probe_not_a_storm(
     client: AppClient,
     schedule: Schedule,
-    registry: CollectorRegistry,
+    metrics_registry: CollectorRegistry,
     upstream_process: UpstreamProcess,
 ) -> None:
     store = client.app[STORE]
@@ -137,7 +132,10 @@ async def test_a_burst_of_proxied_failures_triggers_one_probe_not_a_storm(
 
     def probes() -> float:
         return sum(
-            registry.get_sample_value("gateway_health_probes_total", {**labels, "result": r}) or 0.0
+            metrics_registry.get_sample_value(
+                "gateway_health_probes_total", {**labels, "result": r}
+            )
+            or 0.0
             for r in ("pass", "fail")
         )
 

@@ -21,11 +21,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from gateway.app import create_app
 from gateway.config import Settings
 from gateway.health.monitor import PASSIVE_MIN_GAP, HealthMonitor, current_health
 from gateway.health.probes import HealthCheck, probe_source
-from gateway.keys import METRICS, STORE
+from gateway.keys import STORE
 from gateway.registry.models import DataSource, DataSourceSpec, target_label
 from tests.conftest import ADMIN_TOKEN
 from tests.health import fake_upstreams as fakes
@@ -85,24 +84,14 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def app(settings: Settings, registry: CollectorRegistry) -> web.Application:
-    return create_app(settings, metrics_registry=registry)
-
-
-@pytest.fixture
 async def client(
     aiohttp_client: AiohttpClient,
     app: web.Application,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AppClient:
-    # The monitor as gateway/app.py builds it on the fake clock, with target transitions
-    # counted through the hook the app wires (`on_target_transition`).
+    # The monitor as gateway/app.py builds it (target transitions counted through the hook the
+    # app wires), on the fake clock.
     monkeypatch.setattr(
         "gateway.app.HealthMonitor",
         functools.partial(
@@ -110,7 +99,6 @@ async def client(
             clock=clock,
             random=random.Random(14),
             wait=clock.wait,
-            on_target_transition=app[METRICS].count_target_transition,
         ),
     )
     return await aiohttp_client(app)
@@ -201,7 +189,7 @@ class TestSourceState:
         client: AppClient,
         schedule: Schedule,
         start_upstream: StartUpstream,
-        registry: CollectorRegistry,
+        metrics_registry: CollectorRegistry,
     ) -> None:
         # Writers refuse credentials in URLs; a source stored before that still must not leak.
         replica = await start_upstream()
@@ -219,7 +207,7 @@ class TestSourceState:
         assert check["status"] == "pass"
         assert SECRET not in json.dumps(check)
         assert SECRET not in json.dumps(logs, default=str)
-        assert SECRET not in generate_latest(registry).decode()
+        assert SECRET not in generate_latest(metrics_registry).decode()
 
 
 class TestThresholdsPerTarget:
@@ -379,8 +367,9 @@ class TestReadSurfaces:
         client: AppClient,
         schedule: Schedule,
         start_upstream: StartUpstream,
-        registry: CollectorRegistry,
+        metrics_registry: CollectorRegistry,
     ) -> None:
+        registry = metrics_registry
         primary, replica = await start_upstream(), await start_upstream()
         single = await add_source(client, (await start_upstream()).url)
         source = await add_source(client, primary.url, replica.url)
