@@ -55,6 +55,8 @@ from typing import Final, TypeAlias
 
 import httptools
 
+from gateway.bodies import BodyTooLarge, read_limited
+
 FastHandler: TypeAlias = Callable[["Exchange"], Awaitable[None]]
 Router: TypeAlias = Callable[[str, str], FastHandler | None]
 RawHeaders: TypeAlias = list[tuple[bytes, bytes]]
@@ -99,22 +101,6 @@ _UNTIL_CLOSE: Final = 4
 _HEAD: Final = 0
 _IDLE: Final = 1
 _LINGERING: Final = 2
-
-
-async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    """All of `chunks` joined; BodyTooLarge as soon as they pass `limit` bytes."""
-    parts = []
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-class BodyTooLarge(ValueError):
-    """The request body is longer than the limit given to `Exchange.read_body`."""
 
 
 @dataclass(frozen=True, slots=True)

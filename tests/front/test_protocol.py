@@ -18,8 +18,8 @@ import pytest
 import uvloop
 from aiohttp import web
 
+from gateway.bodies import BodyTooLarge
 from gateway.front.protocol import (
-    BodyTooLarge,
     Exchange,
     FastHandler,
     FrontConnections,
