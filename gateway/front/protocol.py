@@ -56,6 +56,7 @@ from typing import Final, TypeAlias
 import httptools
 
 from gateway.bodies import BodyTooLarge, read_limited
+from gateway.errors import http_refusal_parts
 
 FastHandler: TypeAlias = Callable[["Exchange"], Awaitable[None]]
 Router: TypeAlias = Callable[[str, str], FastHandler | None]
@@ -901,11 +902,18 @@ class FrontProtocol(asyncio.Protocol):
         if self._exchange is not None:
             self._stop()
             return
-        body = HTTPStatus(status).phrase.encode("ascii")
+        headers, body = http_refusal_parts(status)
+        fields = b"".join(b"%s: %s\r\n" % field for field in headers)
         self._transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\nDate: %s\r\n\r\n%s"
-            % (status, body, len(body), self._date(), body)
+            b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\nConnection: close\r\nDate: %s\r\n\r\n%s"
+            % (
+                status,
+                HTTPStatus(status).phrase.encode("ascii"),
+                fields,
+                len(body),
+                self._date(),
+                body,
+            )
         )
         self._close()
 
