@@ -78,7 +78,9 @@ async def _serve(layer: str, origin_url: str, path: str, port: int) -> None:
     from prometheus_client import CollectorRegistry
 
     from gateway.config import Settings
-    from gateway.front.protocol import Exchange, FrontConnections, FrontProtocol
+    from gateway.front.connections import FrontConnections
+    from gateway.front.exchange import Exchange
+    from gateway.front.protocol import FrontProtocol
     from gateway.metrics import GatewayMetrics
     from gateway.proxy.forward import Forwarder
     from gateway.proxy.upstream import Origin, UpstreamPool

@@ -20,14 +20,17 @@
 
 Each error carries a status and a message for each dialect. Grafana's API answers
 `{"message": ...}`; InfluxDB's answers `{"code", "message"}` with `X-Platform-Error-Code` and a
-status taken from the code (InfluxDB maps `conflict` to 422). `render_error` is the only function
-that builds an error body.
+status taken from the code (InfluxDB maps `conflict` to 422). The functions here are the only
+ones that build an error body: `render_error` for aiohttp, the `*_parts` ones for the front
+server, which writes raw bytes (including its own refusals of requests it cannot parse or accept,
+`http_refusal_parts`, and the 500 of a handler that never answered, `unanswered_parts`).
 """
 
 from __future__ import annotations
 
 import json
 from enum import Enum
+from http import HTTPStatus
 
 from aiohttp import web
 
@@ -266,6 +269,20 @@ def influx_error_parts(code: str, message: str) -> tuple[RawHeaders, bytes]:
         (b"Content-Type", INFLUX_CONTENT_TYPE.encode()),
     ]
     return headers, json.dumps({"code": code, "message": message}).encode()
+
+
+def http_refusal_parts(status: int) -> tuple[RawHeaders, bytes]:
+    """Headers and body of a request the HTTP layer itself refuses (malformed 400, head timeout
+    408, overlong target 414, oversized head 431, unsupported version 505, routing failure 500):
+    no route, and so no dialect, is known yet, so the body is the status's reason phrase as
+    plain text."""
+    return [(b"Content-Type", b"text/plain")], HTTPStatus(status).phrase.encode("ascii")
+
+
+def unanswered_parts() -> tuple[RawHeaders, bytes]:
+    """Headers and body of the 500 sent for a handler that returned (or failed) without starting
+    its response: empty, as what went wrong is for the log, not the client."""
+    return [], b""
 
 
 def render_error(error: GatewayError, dialect: Dialect) -> web.Response:

@@ -45,25 +45,35 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
-from typing import Final, TypeAlias
+from collections.abc import Callable
+from typing import Final
 
 import httptools
 
-FastHandler: TypeAlias = Callable[["Exchange"], Awaitable[None]]
-Router: TypeAlias = Callable[[str, str], FastHandler | None]
-RawHeaders: TypeAlias = list[tuple[bytes, bytes]]
+from gateway.errors import RawHeaders, http_refusal_parts
+from gateway.front.body import RequestBody
+from gateway.front.clock import HEAD, IDLE, LINGERING, ConnectionTimer, http_date
+from gateway.front.connections import FrontConnections
+from gateway.front.exchange import Exchange, FastHandler, Router
+from gateway.front.limits import (
+    DEFAULT_LIMITS,
+    HTTP11,
+    VERSIONS,
+    Interrupt,
+    Refused,
+    ServerLimits,
+    check_framing,
+    closing_error,
+    head_size,
+)
+from gateway.front.waiting import wake
+
+# Re-exported: the names a handler module or a test imports along with the protocol.
+__all__ = ["Exchange", "FastHandler", "FrontConnections", "FrontProtocol", "Router", "ServerLimits"]
 
 _logger = logging.getLogger(__name__)
 
-# The rest of a request body is read and dropped after the response when at most this much of it
-# is still to come; beyond, the connection closes instead (RFC 9112 §9.6 lets it do either).
-_DISCARD_MAX: Final = 64 * 1024
 # Pipelined requests queued behind the one being served; beyond, reading pauses (the requests of
 # the read in hand are all parsed: httptools cannot stop mid-read). Together with not starting
 # the next one while the client leaves our responses unread, this bounds what a client that
@@ -71,491 +81,39 @@ _DISCARD_MAX: Final = 64 * 1024
 _MAX_QUEUED: Final = 16
 # How long a closing connection keeps reading (and dropping) what the client still sends.
 _LINGER: Final = 2.0
-# A timer may run this much before its deadline without being re-armed for the rest.
-_TIMER_SLACK: Final = 0.001
-
-_HTTP11: Final = (1, 1)
-_VERSIONS: Final = {"1.1": _HTTP11, "1.0": (1, 0)}
 # llhttp reports the method as bytes; the known ones are decoded once.
 _METHODS: Final = {
     m.encode(): m
     for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 }
-# Response fields the protocol owns: it frames the body and manages the connection itself.
-_HOP_BY_HOP: Final = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection"}
-)
-# The lengths of every response field name start_response inspects: other names are not lowered.
-_WATCHED_LENGTHS: Final = frozenset({4, 10, 14, 16, 17})
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-# Response body framing (Exchange._mode).
-_CHUNKED: Final = 1
-_LENGTH: Final = 2
-_NO_BODY: Final = 3
-_UNTIL_CLOSE: Final = 4
 
-# What the connection's single timer is counting down (FrontProtocol._deadline_kind).
-_HEAD: Final = 0
-_IDLE: Final = 1
-_LINGERING: Final = 2
+class _HandOff(Interrupt):
+    """The request is aiohttp's: hand the connection over."""
 
 
-async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    """All of `chunks` joined; BodyTooLarge as soon as they pass `limit` bytes."""
-    parts = []
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-class BodyTooLarge(ValueError):
-    """The request body is longer than the limit given to `Exchange.read_body`."""
-
-
-@dataclass(frozen=True, slots=True)
-class ServerLimits:
-    """Per-connection limits; sizes in bytes, timeouts in seconds."""
-
-    keepalive_timeout: float = 75.0
-    head_timeout: float = 60.0
-    max_head_size: int = 64 * 1024
-    max_target_length: int = 8190
-    max_buffered_body: int = 256 * 1024
-
-
-DEFAULT_LIMITS: Final = ServerLimits()
-
-
-class _Interrupt(Exception):
-    """Raised from a parser callback to stop llhttp; it comes back as the error's __context__."""
-
-
-class _HandOff(_Interrupt):
-    pass
-
-
-class _Stop(_Interrupt):
-    pass
-
-
-class _Reject(_Interrupt):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
-class _HttpDate:
-    """`Date` field values, formatted once per second."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def __call__(self) -> bytes:
-        now = time.time()
-        if int(now) != self._second:
-            self._second = int(now)
-            self._value = formatdate(now, usegmt=True).encode("ascii")
-        return self._value
-
-
-_http_date: Final = _HttpDate()
-
-
-class FrontConnections:
-    """The live `FrontProtocol` connections of one listening socket."""
-
-    __slots__ = ("_closing", "_live", "_tasks", "_waiter")
-
-    def __init__(self) -> None:
-        self._live: set[FrontProtocol] = set()
-        # Handler tasks still running after their connection was lost (cleaning up, say).
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    async def shutdown(self, timeout: float) -> None:  # noqa: ASYNC109 - a grace period, not a cap
-        """Close every connection: idle ones now, busy ones after their exchange in progress.
-
-        After `timeout` seconds the rest are aborted and their handler tasks cancelled and awaited.
-        Connections made from now on are closed at once.
-        """
-        self._closing = True
-        for conn in list(self._live):
-            conn._begin_shutdown()
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                while self._live or self._tasks:
-                    self._waiter = loop.create_future()
-                    await self._waiter
-        except TimeoutError:
-            pass
-        finally:
-            self._waiter = None
-        for conn in list(self._live):
-            conn._kill()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.sleep(0)  # let the aborted transports report connection_lost
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _add(self, conn: FrontProtocol) -> bool:
-        if self._closing:
-            return False
-        self._live.add(conn)
-        return True
-
-    def _discard(self, conn: FrontProtocol, task: asyncio.Task[None] | None) -> None:
-        self._live.discard(conn)
-        if task is not None and not task.done():
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
-        if not self._live and not self._tasks:
-            _wake(self._waiter)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not self._live and not self._tasks:
-            _wake(self._waiter)
-
-
-class _Body:
-    """The async iterator `Exchange.body()` returns."""
-
-    __slots__ = ("_exchange",)
-
-    def __init__(self, exchange: Exchange) -> None:
-        self._exchange = exchange
-
-    def __aiter__(self) -> _Body:
-        return self
-
-    async def __anext__(self) -> bytes:
-        ex = self._exchange
-        conn = ex._conn
-        while not ex._chunks:
-            if ex._body_done:
-                raise StopAsyncIteration
-            if ex._body_error is not None:
-                raise ex._body_error
-            if ex._expect and not ex.response_started:
-                # RFC 9110 §10.1.1: the client waits for this before it sends the body.
-                ex._expect = False
-                if not conn._closed:
-                    conn._transport.write(_CONTINUE)
-            waiter = ex._waiter = conn._loop.create_future()
-            try:
-                await waiter
-            finally:
-                ex._waiter = None
-        chunk = ex._chunks.popleft()
-        conn._buffered -= len(chunk)
-        conn._resume_if_drained()
-        return chunk
-
-
-class Exchange:
-    """One request and its response on a `FrontProtocol` connection."""
-
-    # fmt: off
-    __slots__ = (
-        "_body_done", "_body_error", "_chunks", "_close", "_conn", "_discard", "_done", "_expect",
-        "_handler", "_head", "_iterated", "_mode", "_received", "_remaining", "_waiter",
-        "content_length", "has_body", "headers", "method", "path", "query_string", "remote",
-        "response_started", "target", "version",
-    )
-    # fmt: on
-
-    def __init__(
-        self,
-        conn: FrontProtocol,
-        handler: FastHandler,
-        method: str,
-        target: str,
-        path: str,
-        query_string: str,
-        headers: RawHeaders,
-        version: tuple[int, int],
-        content_length: int | None,
-        chunked: bool,
-        keep_alive: bool,
-        expect: bool,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.path = path
-        self.query_string = query_string
-        self.headers = headers
-        self.remote = conn._remote
-        self.version = version
-        self.content_length = content_length
-        self.has_body = chunked or bool(content_length)
-        self.response_started = False
-        self._conn = conn
-        self._handler = handler
-        self._close = not keep_alive  # the connection closes after this response
-        self._expect = expect and version == _HTTP11  # 100 Continue not sent yet
-        self._chunks: deque[bytes] = deque()
-        self._received = 0
-        self._body_done = False  # the whole body has arrived
-        self._body_error: ConnectionResetError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._iterated = False
-        self._discard = False  # the handler is gone: the rest of the body is dropped
-        self._head: bytes | None = None  # the response head, until it goes out
-        self._mode = 0
-        self._remaining = 0  # Content-Length framing: body bytes still owed
-        self._done = False  # finished or aborted
-
-    def __repr__(self) -> str:
-        return f"<Exchange {self.method} {self.target}>"
-
-    def header(self, lower_name: bytes) -> bytes | None:
-        """The first value of a request field, or None; `lower_name` is given lower-case."""
-        size = len(lower_name)
-        for name, value in self.headers:
-            if len(name) == size and name.lower() == lower_name:
-                return value
-        return None
-
-    # The request body.
-
-    def body(self) -> AsyncIterator[bytes]:
-        """The request body as chunks, as they arrive (iterate once)."""
-        if self._iterated:
-            raise RuntimeError("the request body can be iterated only once")
-        self._iterated = True
-        return _Body(self)
-
-    async def read_body(self, limit: int) -> bytes:
-        """The whole request body; BodyTooLarge when it is longer than `limit`."""
-        if self.content_length is not None and self.content_length > limit:
-            raise BodyTooLarge(f"request body of {self.content_length} bytes exceeds {limit}")
-        return await read_limited(self.body(), limit)
-
-    # The response.
-
-    def start_response(
-        self, status: int, reason: str, headers: Iterable[tuple[bytes, bytes]]
-    ) -> None:
-        """Prepare the response head; it goes out with the first `write` or with `finish`."""
-        self._prepare(status, reason, headers, -1)
-
-    async def write(self, data: bytes) -> None:
-        """Send body bytes; waits while the client does not read (ConnectionResetError if gone)."""
-        mode = self._mode
-        if mode == 0 or self._done:
-            raise RuntimeError("write() outside of a started, unfinished response")
-        conn = self._conn
-        transport = conn._transport
-        # A send that failed closes the transport at once but reports connection_lost only on a
-        # later loop iteration; a handler whose writes never wait must still see it now.
-        if conn._closed or transport.is_closing():
-            raise ConnectionResetError("the client connection is closed")
-        if mode == _LENGTH:
-            remaining = self._remaining - len(data)
-            if remaining < 0:
-                raise RuntimeError("write() past the response's Content-Length")
-            self._remaining = remaining
-        head = self._take_head() if self._head is not None else None
-        if mode == _CHUNKED:
-            if not data:  # an empty chunk would end the body
-                if head:
-                    transport.write(head)
-            elif head:
-                transport.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
-            else:
-                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        elif mode == _NO_BODY:
-            if head:
-                transport.write(head)
-        elif head:
-            transport.write(head + data)
-        elif data:
-            transport.write(data)
-        if conn._write_paused:
-            await conn._drain()
-
-    def finish(self) -> None:
-        """End the response; a Content-Length body that is short aborts the connection."""
-        if self._mode == 0:
-            raise RuntimeError("finish() before start_response()")
-        if self._done:
-            return
-        if self._mode == _LENGTH and self._remaining:
-            self.abort()  # never a short body that looks complete
-            return
-        self._done = True
-        conn = self._conn
-        if conn._closed:
-            return
-        data = self._take_head() if self._head is not None else b""
-        if self._mode == _CHUNKED:
-            data += b"0\r\n\r\n"
-        if data:
-            conn._transport.write(data)
-        if self._close:
-            conn._close()
-
-    def close_after_response(self) -> None:
-        """No keep-alive: the response says `Connection: close` and the connection then closes
-        (for a request whose body will never be read to its end, e.g. one that stalled)."""
-        if self._head is not None or not self.response_started:
-            self._close = True
-
-    def abort(self) -> None:
-        """Drop the connection at once: the client sees the response cut off."""
-        self._done = True
-        self._conn._abort()
-
-    def respond(
-        self, status: int, reason: str, headers: Iterable[tuple[bytes, bytes]], body: bytes
-    ) -> None:
-        """A whole response with a Content-Length, sent in one write."""
-        self._prepare(status, reason, headers, len(body))
-        self._done = True
-        conn = self._conn
-        if conn._closed:
-            return
-        head = self._take_head()
-        conn._transport.write(head if self._mode == _NO_BODY or not body else head + body)
-        if self._close:
-            conn._close()
-
-    def _prepare(
-        self, status: int, reason: str, headers: Iterable[tuple[bytes, bytes]], length: int
-    ) -> None:
-        # `length` is the size of respond()'s body, or -1 when the caller frames the body.
-        if self.response_started:
-            raise RuntimeError("the response has already started")
-        no_body = status < 200 or status == 204 or status == 304 or self.method == "HEAD"
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1"))]
-        lines = 1
-        declared: int | None = None
-        has_date = False
-        for name, value in headers:
-            if len(name) in _WATCHED_LENGTHS:
-                lowered = name.lower()
-                if lowered in _HOP_BY_HOP:
-                    continue
-                if lowered == b"content-length":
-                    if length >= 0 and not no_body:
-                        continue  # respond() writes the length of the body it was given
-                    declared = int(value)
-                elif lowered == b"date":
-                    has_date = True
-            parts += (name, b": ", value, b"\r\n")
-            lines += 1
-        if not has_date:
-            parts += (b"Date: ", self._conn._date(), b"\r\n")
-            lines += 1
-        if no_body:
-            mode = _NO_BODY
-            if length >= 0 and declared is None and status >= 200 and status not in (204, 304):
-                # respond() to HEAD: the length the same response to GET would have
-                parts.append(b"Content-Length: %d\r\n" % length)
-                lines += 1
-        elif length >= 0:
-            mode = _LENGTH
-            self._remaining = length
-            parts.append(b"Content-Length: %d\r\n" % length)
-            lines += 1
-        elif declared is not None:
-            if declared < 0:
-                raise ValueError("negative Content-Length")
-            mode = _LENGTH
-            self._remaining = declared
-        elif self.version == _HTTP11:
-            mode = _CHUNKED
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            lines += 1
-        else:
-            mode = _UNTIL_CLOSE  # an HTTP/1.0 client reads the body until the connection closes
-            self._close = True
-        head = b"".join(parts)
-        # One scan each instead of a check per field: every CR and LF must be a line end we wrote.
-        if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:
-            raise ValueError("response reason or header contains CR, LF or NUL")
-        self._head = head
-        self._mode = mode
-        self.response_started = True
-
-    def _take_head(self) -> bytes:
-        """The head to send now, ended by the connection's fate (decided as late as possible)."""
-        head = self._head
-        assert head is not None
-        self._head = None
-        conn = self._conn
-        close = (
-            self._close
-            or conn._closing
-            or (conn._stopped and not conn._queue)
-            or (not self._body_done and not self._can_discard())
-        )
-        if close:
-            self._close = True
-            return head + b"Connection: close\r\n\r\n"
-        if self.version != _HTTP11:
-            return head + b"Connection: keep-alive\r\n\r\n"
-        return head + b"\r\n"
-
-    def _can_discard(self) -> bool:
-        # The unread rest of the body can be dropped when its size is known and small, and the
-        # client is not holding it back for a 100 Continue that will not come.
-        length = self.content_length
-        return length is not None and not self._expect and length - self._received <= _DISCARD_MAX
-
-    def _unfinished(self) -> None:
-        """The handler returned without ending its response."""
-        self._done = True
-        conn = self._conn
-        if conn._closed:
-            return
-        if self.response_started:
-            conn._abort()
-            return
-        conn._transport.write(
-            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n"
-            b"Date: %s\r\n\r\n" % conn._date()
-        )
-        conn._close()
+class _Stop(Interrupt):
+    """Parse no more: close once the exchanges queued are done."""
 
 
 class FrontProtocol(asyncio.Protocol):
-    """One client connection: fast handlers for the router's requests, aiohttp for the rest."""
+    """One client connection: fast handlers for the router's requests, aiohttp for the rest.
 
-    # fmt: off
+    Its public attributes are read by its exchanges; only the protocol changes them.
+    """
+
     __slots__ = (
-        "_buffered", "_closed", "_closing", "_connections", "_context", "_date", "_deadline",
-        "_deadline_kind",
-        "_drain_waiter", "_exchange", "_fallback", "_feed", "_feed_completed", "_handoff",
-        "_handoff_size", "_head_fed", "_head_more", "_head_start", "_head_timeout", "_headers",
-        "_in_head", "_incoming", "_keepalive_timeout", "_loop", "_lost", "_max_buffered",
-        "_max_head", "_max_target", "_parser", "_pinned", "_queue", "_reading_paused", "_remote",
-        "_resume_at", "_router", "_stopped", "_task", "_timer", "_timer_period", "_transport",
-        "_url", "_waiting_to_write", "_write_paused",
-    )
-    # fmt: on
+        "_buffered", "_closing", "_connections", "_context", "_drain_waiter", "_exchange",
+        "_fallback", "_feed", "_feed_completed", "_handoff", "_handoff_size", "_head_fed",
+        "_head_more", "_head_start", "_head_timeout", "_headers", "_in_head", "_incoming",
+        "_keepalive_timeout", "_loop", "_lost", "_max_buffered", "_max_head", "_max_target",
+        "_no_body", "_parser", "_pinned", "_queue", "_reading_paused", "_resume_at", "_router",
+        "_stopped", "_task", "_timer", "_url", "_waiting_to_write",
+        "closed", "date_header", "remote", "transport", "write_paused",
+    )  # fmt: skip
 
-    _transport: asyncio.Transport  # set by connection_made, before any other callback
+    transport: asyncio.Transport  # set by connection_made, before any other callback
 
     def __init__(
         self,
@@ -569,15 +127,15 @@ class FrontProtocol(asyncio.Protocol):
         self._router = router
         self._fallback = fallback
         self._connections = connections
-        self._date = date_header or _http_date
+        self.date_header = date_header or http_date
         self._max_head = limits.max_head_size
         self._max_target = limits.max_target_length
         self._max_buffered = limits.max_buffered_body
         self._resume_at = limits.max_buffered_body // 4
         self._head_timeout = limits.head_timeout
         self._keepalive_timeout = limits.keepalive_timeout
-        self._loop = asyncio.get_running_loop()
-        self._remote: str | None = None
+        self._loop = loop = asyncio.get_running_loop()
+        self.remote: str | None = None
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         # The read being parsed, and whether a request ended in it: a request that begins after
         # that does not begin at the start of the read, so its raw bytes are not known.
@@ -596,70 +154,65 @@ class FrontProtocol(asyncio.Protocol):
         self._exchange: Exchange | None = None
         self._task: asyncio.Task[None] | None = None
         self._queue: deque[Exchange] = deque()
+        # Every request without a body shares this one, complete from the start: it is never
+        # fed, and no one ever waits on it, so a bodiless request costs no body of its own.
+        self._no_body = RequestBody(self, loop, None, False, complete=True)
         self._buffered = 0  # request body bytes held for all of them
         self._reading_paused = False
-        self._write_paused = False
+        self.write_paused = False
         self._waiting_to_write = False  # the next queued exchange waits for resume_writing
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closing = False  # shutting down: close after the exchange in progress
         self._stopped = False  # parsing stopped: close once the queued exchanges are done
-        self._closed = False  # close or abort requested, or the transport is gone
+        self.closed = False  # close or abort requested, or the transport is gone
         self._lost = False
         self._handoff: list[bytes] | None = None  # raw bytes to hand off after the queue
         self._handoff_size = 0
-        # One timer per connection, for whichever deadline applies; it is re-armed only when it
-        # fires early, so a request costs a clock read rather than a TimerHandle. It never waits
-        # longer than the shorter timeout, so it always fires before a new deadline is due.
-        self._deadline: float | None = None
-        self._deadline_kind = _IDLE
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_period = min(limits.head_timeout, limits.keepalive_timeout)
+        self._timer = ConnectionTimer(
+            loop, min(limits.head_timeout, limits.keepalive_timeout), self._deadline_passed
+        )
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]
         # The server's context (a worker's log fields, say), for the protocol a hand-off
         # starts: the hand-off itself may run inside a fast request's task and its context.
         self._context = contextvars.copy_context()
-        if not self._connections._add(self):
-            self._closed = True
+        if not self._connections.add(self):
+            self.closed = True
             transport.close()
             return
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
-            self._remote = str(peer[0])
-        self._arm(self._keepalive_timeout, _IDLE)
+            self.remote = str(peer[0])
+        self._timer.arm(self._keepalive_timeout, IDLE)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = self._lost = True
+        self.closed = self._lost = True
         self._parser = None
         self._handoff = None
-        self._deadline = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.stop()
         for ex in (self._exchange, self._incoming):
-            if ex is not None and not ex._body_done and ex._body_error is None:
-                ex._body_error = ConnectionResetError("the client closed the connection")
-                _wake(ex._waiter)
+            if ex is not None:
+                ex.request_body.fail(ConnectionResetError("the client closed the connection"))
         self._queue.clear()
-        _wake(self._drain_waiter)
+        wake(self._drain_waiter)
         task = self._task
         current = self._exchange
-        if task is not None and current is not None and not current._done:
+        if task is not None and current is not None and not current.finished:
             task.cancel()  # how the handler learns that the client went away
-        self._connections._discard(self, task)
+        self._connections.discard(self, task)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        _wake(self._drain_waiter)
+        self.write_paused = False
+        wake(self._drain_waiter)
         if self._waiting_to_write:
             self._waiting_to_write = False
-            if self._exchange is None and self._queue and not self._closed:
+            if self._exchange is None and self._queue and not self.closed:
                 self._start(self._queue.popleft())
                 self._resume_if_drained()
 
@@ -682,12 +235,12 @@ class FrontProtocol(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             self._interrupted(exc.__context__)
         except httptools.HttpParserError:
-            self._interrupted(_Reject(400))
+            self._interrupted(Refused(400))
         else:
             if self._in_head:
                 self._head_fed += len(data)
                 if self._head_fed > self._max_head:
-                    self._interrupted(_Reject(431))
+                    self._interrupted(Refused(431))
         self._feed = b""
 
     # httptools callbacks
@@ -706,56 +259,35 @@ class FrontProtocol(asyncio.Protocol):
             self._pinned = False
             self._head_start = self._feed
             self._head_fed = 0
-        self._arm(self._head_timeout, _HEAD)
+        self._timer.arm(self._head_timeout, HEAD)
 
     def on_url(self, url: bytes) -> None:
         # llhttp reports spans: a target split across two reads arrives in two calls.
         self._url += url
         if len(self._url) > self._max_target:
-            raise _Reject(414)
+            raise Refused(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._deadline = None
+        self._timer.deadline = None
         parser = self._parser
         assert parser is not None
         url = self._url
         headers = self._headers
+        max_head = self._max_head
         # Cheap bound first: the head is no larger than everything read since it began.
-        if max(self._head_fed, 0) + len(self._feed) > self._max_head:
-            size = len(url) + 16 + sum(len(name) + len(value) + 4 for name, value in headers)
-            if size > self._max_head:
-                raise _Reject(431)
-        version = _VERSIONS.get(parser.get_http_version())
+        if (
+            max(self._head_fed, 0) + len(self._feed) > max_head
+            and head_size(url, headers) > max_head
+        ):
+            raise Refused(431)
+        version = VERSIONS.get(parser.get_http_version())
         if version is None:
-            raise _Reject(505)
-        content_length: int | None = None
-        chunked = expect = False
-        hosts = 0
-        for name, value in headers:
-            size = len(name)
-            if size == 4:
-                if name.lower() == b"host":
-                    hosts += 1
-            elif size == 14:
-                if name.lower() == b"content-length":
-                    content_length = int(value)  # llhttp checked the digits and duplicates
-            elif size == 17:
-                if name.lower() == b"transfer-encoding":
-                    # llhttp reads a body for "gzip, chunked" and rejects a bare "gzip" only
-                    # after this callback: anything but plain chunked is refused here.
-                    if value.strip().lower() != b"chunked" or chunked:
-                        raise _Reject(400)
-                    chunked = True
-            elif size == 6 and name.lower() == b"expect":
-                expect = value.strip().lower() == b"100-continue"
-        if chunked and content_length is not None:
-            raise _Reject(400)  # llhttp refuses it before this point; kept explicit
-        if hosts > 1 or (hosts == 0 and version == _HTTP11):
-            raise _Reject(400)  # RFC 9112 §3.2 (and aiohttp would refuse it too)
+            raise Refused(505)
+        content_length, chunked, expect = check_framing(headers, version)
         if parser.should_upgrade():
             raise _HandOff
         raw_method = parser.get_method()
@@ -770,9 +302,16 @@ class FrontProtocol(asyncio.Protocol):
         self._head_start = None
         if self._head_more:
             self._head_more = []
+        has_body = chunked or bool(content_length)
+        body = (
+            RequestBody(self, self._loop, content_length, expect and version == HTTP11)
+            if has_body
+            else self._no_body
+        )
         ex = Exchange(
             self,
             handler,
+            body,
             method,
             target,
             path,
@@ -780,29 +319,19 @@ class FrontProtocol(asyncio.Protocol):
             headers,
             version,
             content_length,
-            chunked,
+            has_body,
             parser.should_keep_alive(),
-            expect,
         )
         self._incoming = ex
-        if self._exchange is None and not self._queue:
-            self._start(ex)
-        else:
-            self._queue.append(ex)
-            if len(self._queue) >= _MAX_QUEUED:
-                self._pause()
+        self._serve_or_queue(ex)
 
     def on_body(self, body: bytes) -> None:
         ex = self._incoming
         assert ex is not None
-        ex._received += len(body)
-        if ex._discard:
-            return
-        ex._chunks.append(body)
-        _wake(ex._waiter)
-        self._buffered += len(body)
-        if self._buffered > self._max_buffered:
-            self._pause()
+        if ex.request_body.receive(body):
+            self._buffered += len(body)
+            if self._buffered > self._max_buffered:
+                self._pause()
 
     def on_message_complete(self) -> None:
         self._feed_completed = True
@@ -810,12 +339,20 @@ class FrontProtocol(asyncio.Protocol):
         if ex is None:
             return
         self._incoming = None
-        ex._body_done = True
-        _wake(ex._waiter)
-        if ex._discard:
+        body = ex.request_body
+        body.end()
+        if body.discarding:
             self._advance()
 
     # Exchanges
+
+    def _serve_or_queue(self, ex: Exchange) -> None:
+        if self._exchange is None and not self._queue:
+            self._start(ex)
+        else:
+            self._queue.append(ex)
+            if len(self._queue) >= _MAX_QUEUED:
+                self._pause()
 
     def _start(self, ex: Exchange) -> None:
         self._exchange = ex
@@ -823,25 +360,22 @@ class FrontProtocol(asyncio.Protocol):
 
     async def _serve(self, ex: Exchange) -> None:
         try:
-            await ex._handler(ex)
+            await ex.handler(ex)
         except (asyncio.CancelledError, ConnectionError):
             pass  # the client went away, or the connection was shut down
         except Exception:
             _logger.exception("front handler failed for %s %s", ex.method, ex.path)
-        if not ex._done:
-            ex._unfinished()
+        ex.end_unanswered()
         self._task = None
-        if self._closed:
+        if self.closed:
             return
-        if ex._chunks:  # nobody will read them now
-            self._buffered -= sum(map(len, ex._chunks))
-            ex._chunks.clear()
-        if not ex._body_done:
+        body = ex.request_body
+        self._buffered -= body.discard_rest()  # nobody will read what is buffered now
+        if not body.complete:
             # The response went out keep-alive (the rest is known to be small): drop the rest as
             # it arrives, then go on. A client that stops sending meanwhile is idle.
-            ex._discard = True
             self._resume()
-            self._arm(self._keepalive_timeout, _IDLE)
+            self._timer.arm(self._keepalive_timeout, IDLE)
             return
         self._advance()
 
@@ -849,33 +383,85 @@ class FrontProtocol(asyncio.Protocol):
         """The exchange in progress is over: serve the next, hand off, close, or wait idle."""
         self._exchange = None
         if self._closing or (self._stopped and not self._queue):
-            self._close()
+            self.close()
             return
         if self._queue:
-            if self._write_paused:  # the client is not reading its responses: wait for it
+            if self.write_paused:  # the client is not reading its responses: wait for it
                 self._waiting_to_write = True
                 return
             self._start(self._queue.popleft())
         elif self._handoff is not None:
             self._hand_off(self._handoff)
         elif not self._in_head:
-            self._arm(self._keepalive_timeout, _IDLE)
+            self._timer.arm(self._keepalive_timeout, IDLE)
         self._resume_if_drained()
 
-    def _resume_if_drained(self) -> None:
+    # What the exchange and its body ask of the connection
+
+    def body_consumed(self, size: int) -> None:
+        self._buffered -= size
+        self._resume_if_drained()
+
+    def send_continue(self) -> None:
+        if not self.closed:
+            self.transport.write(_CONTINUE)
+
+    def will_close(self) -> bool:
+        return self._closing or (self._stopped and not self._queue)
+
+    async def drain(self) -> None:
+        waiter = self._drain_waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+        if self.closed:
+            raise ConnectionResetError("the client connection is closed")
+
+    def close(self) -> None:
+        """Close after what is written; lingering when request bytes may still be coming."""
+        if self.closed:
+            return
+        self.closed = True
+        self._handoff = None  # never handed off now: what lingers is dropped, not buffered
+        self._timer.deadline = None
+        transport = self.transport
         if (
-            self._reading_paused
-            and self._buffered <= self._resume_at
-            and len(self._queue) < _MAX_QUEUED
-        ):
+            self._parser is None or self._in_head or self._incoming is not None
+        ) and transport.can_write_eof():
+            self._parser = None  # from now on reads are dropped
             self._resume()
+            transport.write_eof()
+            self._timer.arm(_LINGER, LINGERING)
+        else:
+            transport.close()
+
+    def abort(self) -> None:
+        self._handoff = None
+        if not self._lost:
+            self.closed = True
+            self.transport.abort()
+
+    # What a shutdown asks of the connection
+
+    def begin_shutdown(self) -> None:
+        self._closing = True
+        if self._task is None:
+            self.close()
+
+    def kill(self) -> None:
+        task = self._task
+        self.abort()
+        if task is not None:
+            task.cancel()
+            self._connections.discard(self, task)
 
     # Interruptions: hand-off, rejection, stop
 
     def _interrupted(self, cause: BaseException | None) -> None:
         self._parser = None  # llhttp is in an error state now; it is never fed again
         self._in_head = False
-        self._deadline = None
+        self._timer.deadline = None
         if isinstance(cause, _HandOff):
             if self._pinned:
                 self._stop()
@@ -887,52 +473,44 @@ class FrontProtocol(asyncio.Protocol):
             else:  # after the responses ahead of it
                 self._handoff = raw
                 self._handoff_size = sum(map(len, raw))
-        elif isinstance(cause, _Reject):
-            self._reject(cause.status)
+        elif isinstance(cause, Refused):
+            self._refuse(cause.status)
         elif isinstance(cause, _Stop):
             self._stop()
         elif isinstance(cause, httptools.HttpParserError):  # raised by httptools itself
-            self._reject(400)
+            self._refuse(400)
         else:  # the router raised
             _logger.error("front request routing failed", exc_info=cause)
-            self._reject(500)
+            self._refuse(500)
 
     def _stop(self) -> None:
         if self._task is None:
-            self._close()
+            self.close()
         else:
             self._stopped = True
 
-    def _reject(self, status: int) -> None:
+    def _refuse(self, status: int) -> None:
         incoming = self._incoming
         if incoming is not None:  # the error is in a request body
             self._incoming = None
             if incoming is not self._exchange:
                 self._queue.pop()  # queued last: never served
             elif self._task is not None:
-                self._abort()  # its handler is reading the body that went wrong
+                self.abort()  # its handler is reading the body that went wrong
                 return
         if self._exchange is not None:
             self._stop()
             return
-        body = HTTPStatus(status).phrase.encode("ascii")
-        self._transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\nDate: %s\r\n\r\n%s"
-            % (status, body, len(body), self._date(), body)
-        )
-        self._close()
+        self.transport.write(closing_error(status, http_refusal_parts(status), self.date_header()))
+        self.close()
 
     def _hand_off(self, raw: list[bytes]) -> None:
         self._handoff = None
         self._parser = None
-        self._closed = True  # for us: the transport is no longer ours to use
-        self._deadline = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._connections._discard(self, None)
-        transport = self._transport
+        self.closed = True  # for us: the transport is no longer ours to use
+        self._timer.stop()
+        self._connections.discard(self, None)
+        transport = self.transport
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
@@ -942,101 +520,40 @@ class FrontProtocol(asyncio.Protocol):
         # fast request's task, whose request_id the tasks aiohttp starts would inherit.
         context = self._context
         context.run(protocol.connection_made, transport)
-        if self._write_paused:
+        if self.write_paused:
             context.run(protocol.pause_writing)
         context.run(protocol.data_received, b"".join(raw))
 
-    # Connection state
-
-    def _begin_shutdown(self) -> None:
-        self._closing = True
-        if self._task is None:
-            self._close()
-
-    def _kill(self) -> None:
-        task = self._task
-        self._abort()
-        if task is not None:
-            task.cancel()
-            self._connections._discard(self, task)
-
-    def _close(self) -> None:
-        """Close after what is written; lingering when request bytes may still be coming."""
-        if self._closed:
-            return
-        self._closed = True
-        self._handoff = None  # never handed off now: what lingers is dropped, not buffered
-        self._deadline = None
-        transport = self._transport
-        if (
-            self._parser is None or self._in_head or self._incoming is not None
-        ) and transport.can_write_eof():
-            self._parser = None  # from now on reads are dropped
-            self._resume()
-            transport.write_eof()
-            self._arm(_LINGER, _LINGERING)
-        else:
-            transport.close()
-
-    def _abort(self) -> None:
-        self._handoff = None
-        if not self._lost:
-            self._closed = True
-            self._transport.abort()
+    # Reading
 
     def _pause(self) -> None:
-        if not self._reading_paused and not self._closed:
+        if not self._reading_paused and not self.closed:
             self._reading_paused = True
-            self._transport.pause_reading()
+            self.transport.pause_reading()
 
     def _resume(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
             if not self._lost:
-                self._transport.resume_reading()
+                self.transport.resume_reading()
 
-    async def _drain(self) -> None:
-        waiter = self._drain_waiter = self._loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._drain_waiter = None
-        if self._closed:
-            raise ConnectionResetError("the client connection is closed")
+    def _resume_if_drained(self) -> None:
+        if (
+            self._reading_paused
+            and self._buffered <= self._resume_at
+            and len(self._queue) < _MAX_QUEUED
+        ):
+            self._resume()
 
-    # Timers
+    # Deadlines
 
-    def _arm(self, delay: float, kind: int) -> None:
-        now = self._loop.time()
-        self._deadline = deadline = now + delay
-        self._deadline_kind = kind
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(
-                min(deadline, now + self._timer_period), self._on_timer
-            )
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None:
-            return  # the deadline passed out of use; the next one arms a new timer
-        now = self._loop.time()
-        if now < deadline - _TIMER_SLACK:
-            self._timer = self._loop.call_at(
-                min(deadline, now + self._timer_period), self._on_timer
-            )
-            return
-        self._deadline = None
-        kind = self._deadline_kind
-        if kind == _HEAD:
+    def _deadline_passed(self, kind: int) -> None:
+        if kind == HEAD:
             if self._reading_paused:  # we stopped reading the head, not the client sending it
-                self._arm(self._head_timeout, _HEAD)
+                self._timer.arm(self._head_timeout, HEAD)
             else:  # 408, or a plain close after the exchange in progress if there is one
-                self._interrupted(_Reject(408))
-        elif kind == _IDLE:
-            self._close()
+                self._interrupted(Refused(408))
+        elif kind == IDLE:
+            self.close()
         else:
-            self._transport.close()
+            self.transport.close()

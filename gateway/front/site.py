@@ -14,7 +14,10 @@ import socket
 
 from aiohttp import web
 
-from gateway.front.protocol import FrontConnections, FrontProtocol, Router, ServerLimits
+from gateway.front.connections import FrontConnections
+from gateway.front.exchange import Router
+from gateway.front.limits import ServerLimits
+from gateway.front.protocol import FrontProtocol
 
 
 class FrontSite(web.BaseSite):
@@ -37,6 +40,8 @@ class FrontSite(web.BaseSite):
         backlog: int = 1024,
     ) -> None:
         super().__init__(runner, backlog=backlog)
+        self._front_runner = runner
+        self._listen_backlog = backlog
         self._router = router
         self._host = host
         self._port = port
@@ -44,6 +49,7 @@ class FrontSite(web.BaseSite):
         self._reuse_port = reuse_port
         self._limits = limits or ServerLimits()
         self._drain_timeout = drain_timeout
+        self._listener: asyncio.Server | None = None
         self.connections = FrontConnections()
 
     @property
@@ -53,15 +59,14 @@ class FrontSite(web.BaseSite):
     @property
     def port(self) -> int:
         """The port listened on: the kernel's pick once started, when 0 was asked for."""
-        server = self._server
-        sockets = getattr(server, "sockets", None) or ()
-        for sock in sockets:
-            return int(sock.getsockname()[1])
+        if self._listener is not None:
+            for sock in self._listener.sockets:
+                return int(sock.getsockname()[1])
         return self._port
 
     async def start(self) -> None:
         await super().start()
-        aiohttp_server = self._runner.server
+        aiohttp_server = self._front_runner.server
         assert aiohttp_server is not None, "runner.setup() first"
         router, connections, limits = self._router, self.connections, self._limits
 
@@ -70,18 +75,23 @@ class FrontSite(web.BaseSite):
 
         loop = asyncio.get_running_loop()
         if self._sock is not None:
-            self._server = await loop.create_server(
-                connection, sock=self._sock, backlog=self._backlog
+            listener = await loop.create_server(
+                connection, sock=self._sock, backlog=self._listen_backlog
             )
         else:
-            self._server = await loop.create_server(
+            listener = await loop.create_server(
                 connection,
                 self._host,
                 self._port,
-                backlog=self._backlog,
+                backlog=self._listen_backlog,
                 reuse_address=True,
                 reuse_port=self._reuse_port or None,
             )
+        self._listener = listener
+        # The one private attribute of aiohttp's BaseSite we touch, and we must: BaseSite.stop()
+        # closes the server it holds, and BaseRunner.addresses lists its sockets. aiohttp offers
+        # no public way to give a site its server (its own sites assign it just so).
+        self._server = listener
 
     async def stop(self) -> None:
         await super().stop()  # no new connections from here on

@@ -21,7 +21,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from gateway.front.protocol import read_limited
+from gateway.bodies import read_limited
 from gateway.keys import PIPELINE
 from gateway.proxy.forward import CLIENT_CLOSED_REQUEST
 from gateway.proxy.routes import ROUTES, ProxyRoute

@@ -87,7 +87,7 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 class ClientExchange(Protocol):
     """The client's side of one proxied request, whichever server carries it: the front
-    server's `Exchange` (gateway/front/protocol.py), or `AiohttpExchange` on a connection that
+    server's `Exchange` (gateway/front/exchange.py), or `AiohttpExchange` on a connection that
     aiohttp serves. Response headers are raw; the server owns framing (Content-Length or
     chunked) and hop-by-hop headers."""
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from gateway.front.protocol import Exchange, FastHandler, Router
+from gateway.front.exchange import Exchange, FastHandler, Router
 from gateway.proxy.pipeline import ProxyPipeline
 from gateway.proxy.routes import REMAINDER, ROUTES, ProxyRoute
 

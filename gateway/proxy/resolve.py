@@ -15,8 +15,8 @@ import re
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlencode
 
+from gateway.bodies import BodyTooLarge
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge
-from gateway.front.protocol import BodyTooLarge
 from gateway.proxy.policy import (
     AUTH_QUERY_PARAMS,
     ProxyPath,

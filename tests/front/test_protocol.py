@@ -18,14 +18,11 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from gateway.front.protocol import (
-    BodyTooLarge,
-    Exchange,
-    FastHandler,
-    FrontConnections,
-    FrontProtocol,
-    ServerLimits,
-)
+from gateway.bodies import BodyTooLarge
+from gateway.front.connections import FrontConnections
+from gateway.front.exchange import Exchange, FastHandler
+from gateway.front.limits import ServerLimits
+from gateway.front.protocol import FrontProtocol
 
 T = 5.0  # patience for anything that should happen at once
 MiB = 1024 * 1024
@@ -403,7 +400,7 @@ async def test_queued_request_bodies_are_bounded(front: StartFront) -> None:
     body = bytes(range(256)) * (8 * MiB // 256)
     writer.write(get("/first") + post("/echo", body))
     protocol = srv.protocols[0]
-    transport = protocol._transport
+    transport = protocol.transport
     await eventually(lambda: not transport.is_reading())
     await asyncio.sleep(0.05)
     assert protocol._buffered <= limit + 256 * 1024  # the bound plus one socket read
@@ -436,7 +433,7 @@ async def test_content_length_body_is_streamed_with_back_pressure(front: StartFr
     writer.write(b"\0" * size)
     await eventually(lambda: bool(srv.protocols))
     protocol = srv.protocols[0]
-    await eventually(lambda: not protocol._transport.is_reading())
+    await eventually(lambda: not protocol.transport.is_reading())
     with pytest.raises(TimeoutError):  # the client cannot get rid of its body
         await asyncio.wait_for(writer.drain(), 0.2)
     assert protocol._buffered <= limit + 256 * 1024
@@ -1338,7 +1335,7 @@ async def test_pipelined_fallback_in_a_later_read_is_handed_off_after_the_respon
     protocol = srv.protocols[0]
     await eventually(lambda: protocol._handoff is not None)
     writer.write(body)  # held for aiohttp meanwhile, and bounded like any other body
-    await eventually(lambda: not protocol._transport.is_reading())
+    await eventually(lambda: not protocol.transport.is_reading())
     release.set()
     response = await read_response(reader)
     assert (response.body, response.header("connection")) == (b"slow", None)
@@ -1500,12 +1497,12 @@ async def test_pipelining_without_reading_responses_stays_bounded(front: StartFr
     count = 400
     writer.write(get("/big") * count)  # ~15 KB of requests, ~100 MiB of answers
     protocol = srv.protocols[0]
-    await eventually(lambda: not protocol._transport.is_reading())
+    await eventually(lambda: not protocol.transport.is_reading())
     await asyncio.sleep(0.2)
     # A few answers fill the socket buffers; then no other is made until the client reads.
     # (The requests of one read are all parsed: the queue is bounded by the read size.)
     assert served < 40
-    assert protocol._transport.get_write_buffer_size() <= 2 * MiB
+    assert protocol.transport.get_write_buffer_size() <= 2 * MiB
     for _ in range(count):  # and nothing was lost: every answer arrives, in order
         assert len((await read_response(reader)).body) == 256 * 1024
     assert served == count
@@ -1547,7 +1544,7 @@ async def test_a_pending_hand_off_is_dropped_when_the_connection_closes(
     protocol = srv.protocols[0]
     await eventually(lambda: protocol._handoff is not None)
     release.set()
-    await eventually(lambda: protocol._closed)
+    await eventually(lambda: protocol.closed)
     for _ in range(64):  # keeps sending while the server lingers
         writer.write(b"q" * 65536)
         with contextlib.suppress(ConnectionError):
