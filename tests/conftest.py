@@ -47,7 +47,9 @@ def pytest_asyncio_loop_factories(
     hand-made HTTP/1.1 layers (the front server and the upstream pool) on asyncio's as well."""
     factory = event_loop_factory()
     factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {}
-    if factory is None or "front" in item.path.parts or item.path.name == "test_upstream.py":
+    # Relative to the project: a checkout under a directory named "front" is not the front server.
+    parts = item.path.relative_to(config.rootpath).parts
+    if factory is None or parts[:2] == ("tests", "front") or item.path.name == "test_upstream.py":
         factories["asyncio"] = asyncio.new_event_loop
     if factory is not None:
         factories["uvloop"] = factory
