@@ -176,8 +176,9 @@ class SpoolStore:
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     conn = schema.connect(str(path), busy_timeout)
-    # The directory entry of a new file (and of the WAL beside it) is only durable once the
-    # directory itself is fsynced; SQLite does not do it for the WAL.
+    # A newly created file's directory entry is durable only once the directory is fsynced.
+    # SQLite does that for the journal and WAL files it creates, not for the database file; once
+    # per open is cheap insurance that a power cut right after the first append keeps the file.
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
