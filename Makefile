@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway tests
+	$(BIN)/hadolint --no-color --failure-threshold info Dockerfile
 
 test: lint
 	$(BIN)/pytest -n auto
