@@ -25,7 +25,8 @@ ENV PATH=/opt/gateway/bin:$PATH \
     GATEWAY_CONFIG=/app/config/gateway.toml \
     GATEWAY_LOG_FORMAT=json \
     GATEWAY_BUILD_COMMIT=${GATEWAY_BUILD_COMMIT}
-USER gateway
+# Numeric, so a runtime can tell it is not root without reading the image's /etc/passwd (DL3066).
+USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8480
 # slim has no curl; the interpreter is there anyway. /health is 503 when the gateway itself fails.

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean docker-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway tests
+	$(BIN)/hadolint --no-color --failure-threshold info Dockerfile
 
 test: lint
 	$(BIN)/pytest -n auto
+
+# Builds the image (with podman or Docker, no registry needed) and checks it: scripts/docker-smoke.
+docker-smoke:
+	scripts/docker-smoke
 
 format: install
 	$(BIN)/ruff check --fix .
