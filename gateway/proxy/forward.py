@@ -237,6 +237,10 @@ class Forwarder:
             raise BadRequest("Invalid data source URL", influx_message="invalid source URL")
         return targets
 
+    def prepared(self, source_id: int) -> PreparedSource | None:
+        """What is prepared for the source now, if anything (its targets' state included)."""
+        return self._prepared.get(source_id)
+
     def forget(self, sources: Mapping[int, DataSource]) -> None:
         """Drop what was prepared for sources that are gone from `sources` (by id) or changed,
         their targets' outlier state with it."""

@@ -31,6 +31,7 @@ from tests.conftest import ADMIN_TOKEN, SECRET_KEY, GatewayClient
 from tests.proxy.conftest import StartRawServer
 from tests.proxy.servers import Peer
 from tests.types import AppClient
+from tests.waiting import wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -245,6 +246,32 @@ async def test_the_last_healthy_target_is_never_ejected(
     ]
     assert ejected == [1, 0]
     assert len(b.seen) == 12  # still served every request
+
+
+async def test_a_changed_or_deleted_source_forgets_its_outlier_state(
+    client: AppClient,
+    start_replica: StartReplica,
+    closed_ports: Callable[[], str],
+    registry: CollectorRegistry,
+) -> None:
+    primary, b = closed_ports(), await start_replica("b")
+    source = await add_source(client, primary, [b.url])
+    assert await served_by(client, source) == "b"
+    forwarder = client.app[FORWARDER]
+    prepared = forwarder.prepared(source["id"])
+    assert prepared is not None
+    assert prepared.targets.targets[0].ejected_until is not None
+
+    changed = {"name": source["name"], "type": "prometheus", "access": "proxy", "url": primary,
+               "jsonData": {"replicaUrls": [b.url], "loadBalancing": "failover"}}  # fmt: skip
+    response = await client.put(f"/api/datasources/{source['id']}", json=changed, headers=AUTH)
+    assert response.status == 200
+    assert await served_by(client, source) == "b"  # the primary is tried afresh
+    labels = {"org": "1", "source_uid": source["uid"], "target": primary, "result": "connect"}
+    assert sample(registry, "gateway_target_requests_total", **labels) == 2
+
+    await client.delete(f"/api/datasources/uid/{source['uid']}", headers=AUTH)
+    await wait_for(lambda: forwarder.prepared(source["id"]) is None, what="forgotten")
 
 
 # --- retries and their safety ---------------------------------------------------------------------
