@@ -83,6 +83,7 @@ async def _serve(layer: str, origin_url: str, path: str, port: int) -> None:
     from gateway.front.protocol import FrontProtocol
     from gateway.metrics import GatewayMetrics
     from gateway.proxy.forward import Forwarder
+    from gateway.proxy.policy import ProxyPath, UpstreamPath
     from gateway.proxy.upstream import Origin, UpstreamPool
     from gateway.registry.models import DataSource
 
@@ -107,8 +108,10 @@ async def _serve(layer: str, origin_url: str, path: str, port: int) -> None:
                 await exchange.write(chunk)
             exchange.finish()
 
+    upstream_path = UpstreamPath(ProxyPath.parse(path))
+
     async def with_forwarder(exchange: Exchange) -> None:
-        await forwarder.forward(exchange, source, path, request_id="bench")
+        await forwarder.forward(exchange, source, upstream_path, request_id="bench")
 
     handler = pool_only if layer == "front+pool" else with_forwarder
     connections = FrontConnections()

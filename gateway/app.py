@@ -190,14 +190,36 @@ async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         address_filter=app[SSRF].permitted,
     )
-    app[FORWARDER] = Forwarder(
-        pool, settings, app[METRICS], on_passive_failure=app[MONITOR].report_failure
-    )
-    app[PIPELINE] = ProxyPipeline(app[PRINCIPALS], app[SOURCES], app[FORWARDER], app[METRICS])
+    # The monitor is the forwarder's active health (which targets pass their probes) and hears
+    # of failed tries (passive health).
+    forwarder = app[FORWARDER] = Forwarder(pool, settings, app[METRICS], health=app[MONITOR])
+    app[PIPELINE] = ProxyPipeline(app[PRINCIPALS], app[SOURCES], forwarder, app[METRICS])
+    changed = asyncio.Event()
+    app[SOURCES].subscribe(changed.set)
+    forgetting = asyncio.create_task(_forget_removed(app[SOURCES], forwarder, changed))
     try:
         yield
     finally:
+        forgetting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forgetting
         await pool.close()
+
+
+async def _forget_removed(
+    sources: SourceCache, forwarder: Forwarder, changed: asyncio.Event
+) -> None:
+    """After each registry change, drop what the forwarder prepared for deleted or changed
+    sources (their targets' outlier state with it)."""
+    while True:
+        await changed.wait()
+        changed.clear()
+        try:
+            snapshot = await sources.snapshot()
+        except Exception:  # the registry failed: the next change tries again
+            log.exception("forget_removed_sources_failed")
+            continue
+        forwarder.forget(snapshot.by_id)
 
 
 async def _ready_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -103,11 +103,12 @@ class BadRequest(GatewayError):
 class TargetNotAllowed(BadRequest):
     """A source URL the SSRF policy refuses, refused when the source is saved."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(
-            f"Data source URL is not allowed: {reason}",
-            influx_message=f'"url" is not allowed: {reason}',
-        )
+    def __init__(self, reason: str, field: str = "url") -> None:
+        if field == "url":
+            message = f"Data source URL is not allowed: {reason}"
+        else:  # a replica: `jsonData.replicaUrls[1]`
+            message = f"Data source URL {field} is not allowed: {reason}"
+        super().__init__(message, influx_message=f'"{field}" is not allowed: {reason}')
 
 
 class InvalidId(BadRequest):

@@ -201,10 +201,36 @@ class GatewayMetrics:
             duration=self.proxy_duration.labels(*labels),
             request_bytes=self.proxy_request_bytes.labels(*labels),
             response_bytes=self.proxy_response_bytes.labels(*labels),
+            failovers=self.proxy_failovers.labels(*labels),
             _requests=self.proxy_requests,
             _errors=self.proxy_upstream_errors,
             _labels=labels,
         )
+
+    def target_meters(self, org_id: int, uid: str, target: str) -> TargetMeters:
+        """The metrics of one target of a source (`target`: its label, a URL without
+        userinfo), resolved once per prepared source."""
+        labels = (str(org_id), uid, target)
+        return TargetMeters(
+            ejections=self.target_ejections.labels(*labels),
+            _requests=self.target_requests,
+            _labels=labels,
+        )
+
+
+@dataclass(slots=True)
+class TargetMeters:
+    ejections: Counter
+    _requests: Counter
+    _labels: tuple[str, str, str]
+    _by_result: dict[str, Counter] = field(default_factory=dict)
+
+    def requests(self, result: str) -> Counter:
+        """Tries of this target by result: a status class ("2xx") or an error kind."""
+        child = self._by_result.get(result)
+        if child is None:
+            child = self._by_result[result] = self._requests.labels(*self._labels, result)
+        return child
 
 
 @dataclass(slots=True)
@@ -214,6 +240,7 @@ class SourceMeters:
     duration: Histogram
     request_bytes: Counter
     response_bytes: Counter
+    failovers: Counter
     _requests: Counter
     _errors: Counter
     _labels: tuple[str, str, str]

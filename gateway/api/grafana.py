@@ -98,7 +98,7 @@ async def get_id_by_name(request: web.Request) -> web.Response:
 async def create(request: web.Request) -> web.Response:
     org_id = request_org_id(request, needs=CREATE)
     spec = create_spec(await read_body(request))
-    await request.app[SSRF].check_source_url(spec.url)
+    await request.app[SSRF].check_source_targets(spec.url, spec.json_data)
     source = await request.app[STORE].create_source(org_id, spec)
     return _saved("Datasource added", source)
 
@@ -233,7 +233,7 @@ def _access_control(request: web.Request) -> dict[str, bool] | None:
 async def _update(
     request: web.Request, org_id: int, source_id: int, body: DataSourceBody
 ) -> web.Response:
-    await request.app[SSRF].check_source_url(body.spec.url)
+    await request.app[SSRF].check_source_targets(body.spec.url, body.spec.json_data)
 
     def mutate(current: DataSource) -> DataSourceSpec:
         # Checked on the row the transaction holds, so a concurrent change cannot slip past.

@@ -33,6 +33,7 @@ from gateway.registry.rules import (
     INT64_MAX,
     INT64_MIN,
     check_name,
+    check_targets,
     check_uid,
     check_url,
     finite_float,
@@ -201,6 +202,7 @@ def create_spec(body: DataSourceBody) -> DataSourceSpec:
     _check_common(spec)
     if spec.url:  # Grafana validates a create's URL only when one is given
         check_url(spec.url)
+    check_targets(spec.json_data, spec.url)
     return dataclasses.replace(spec, secure_json_data=merge_secrets({}, spec.secure_json_data))
 
 
@@ -212,6 +214,7 @@ def check_update(body: DataSourceBody) -> None:
     _check_common(spec)
     if spec.url:  # an empty url keeps the stored one
         check_url(spec.url)
+    check_targets(spec.json_data, spec.url)  # jsonData is replaced whole
 
 
 def updated_spec(body: DataSourceBody, current: DataSource) -> DataSourceSpec:

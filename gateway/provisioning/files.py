@@ -34,7 +34,7 @@ from gateway.registry.models import (
     FieldKind,
     SourceField,
 )
-from gateway.registry.rules import ACCESS_MODES, check_url
+from gateway.registry.rules import ACCESS_MODES, check_url, target_problems
 
 SUFFIXES = (".yaml", ".yml")
 API_VERSION = 1
@@ -304,13 +304,23 @@ def _url(entry: _Entry) -> str:
     return url
 
 
+def _json_data(entry: _Entry) -> dict[str, Any]:
+    json_data = entry.json("jsonData")
+    # The same rules as the APIs' for replicaUrls, loadBalancing and retry; each message names
+    # its entry (`jsonData.replicaUrls[1]: ...`) and never quotes a URL.
+    for problem in target_problems(json_data):
+        entry.report("jsonData", problem)
+    return json_data
+
+
 # Fields with a rule beyond their kind's.
-_SPECIAL_FIELDS: dict[str, Callable[[_Entry], str]] = {
+_SPECIAL_FIELDS: dict[str, Callable[[_Entry], Any]] = {
     "name": _name,
     "type": lambda entry: _required(entry, "type"),
     "access": _access,
     "url": _url,
     "uid": _uid,
+    "json_data": _json_data,
 }
 
 

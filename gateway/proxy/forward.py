@@ -1,20 +1,24 @@
 """Forwarder: one proxied request, streamed both ways through the upstream pool.
 
-The hot path. Everything about a source that does not change per request — its origin, base
-path, credential headers, timeouts, metric labels — is prepared once per source version and
-cached, so a request costs header filtering, one pool exchange and the copy loop. No SQL: the
-caller resolves the source from the in-memory SourceCache.
+The hot path. Everything about a source that does not change per request — its targets (origin
+and base path of its `url` and of each `jsonData.replicaUrls` entry), credential headers,
+timeouts, retry policy, metric labels — is prepared once per source version and cached, so a
+request costs header filtering, one pool exchange and the copy loop. No SQL: the caller resolves
+the source from the in-memory SourceCache. The outlier state of a source's targets lives in its
+prepared entry: `forget` drops the entries of deleted and changed sources.
 
 `Forwarder.forward` runs one request as a sequence of small steps; each is a method below, in
 the order they run, and a new capability plugs in as a step rather than inside another one:
 
 1. `_outgoing_body` — the request body to send: the client's (read whole when small, streamed
    otherwise), or one the gateway built (a translated query);
-2. `_choose_target` — the upstream origin to try (a source has one today; replica failover
-   chooses here);
-3. `_try` — one exchange with the pool, its failures translated into the gateway's errors and
-   fed to passive health. Retries: the pool retries once on a stale keep-alive connection (its
-   retry rule); a retry across targets is decided between `_try` and the next `_choose_target`;
+2. `_choose_target` — the target to try: the first healthy one (failover) or the next healthy
+   one in turn (round robin), one not tried yet by this request (gateway/proxy/targets.py);
+3. `_try` — one exchange with the pool up to the response head, its result counted per target
+   and fed to outlier detection, its failures to passive health. Retries: the pool retries once
+   on a stale keep-alive connection (its retry rule); `_retry`, between `_try` and the next
+   `_choose_target`, decides whether a failed or 5xx try goes on to another target
+   (gateway/proxy/retry.py says when that is safe); `_answer` runs this loop;
 4. `_relay` — the answer back to the client: the upstream's status and headers, then `_stream`
    copies the body with back-pressure;
 5. `_Outcome.record` — the request's metrics, recorded once, in `forward`'s `finally`, whatever
@@ -23,7 +27,9 @@ the order they run, and a new capability plugs in as a step rather than inside a
 
 Outcomes:
 - upstream refused/reset/unreachable → 502, timeouts → 504, both `{"message", "traceID"}` in
-  Grafana's dialect; connect failures and timeouts also count as passive health failures;
+  Grafana's dialect; connect failures and timeouts also count as passive health failures of
+  the target; with replicas the message says how many targets were tried, and a request that
+  tried more than one answers 502 when all failed;
 - a connect-time SSRF refusal → 403; an upstream 401 → 400 "Authentication to data source
   failed" (the client's own session must not look invalid);
 - once the response has started, an upstream failure aborts the client connection, so a
@@ -36,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,20 +74,25 @@ from gateway.proxy.http1 import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from gateway.proxy.policy import UpstreamPath
+from gateway.proxy.retry import REPLAY_BODY_LIMIT, RetryPolicy, replayable
 from gateway.proxy.ssrf import TargetRefused
+from gateway.proxy.targets import Outliers, Target, TargetHealth, TargetSet, TryResult
 from gateway.proxy.upstream import Origin, UpstreamPool
-from gateway.registry.models import DataSource
+from gateway.registry.models import DataSource, target_label
 from gateway.upstream.credentials import source_credentials, tls_skip_verify
 
 log = structlog.get_logger(__name__)
 
 # Bodies up to this size with a known length are read whole: one write upstream, and the
-# request can be retried on a stale keep-alive connection. Larger ones stream.
-SMALL_BODY = 64 * 1024
+# request can be retried on a stale keep-alive connection, or on another target when it is
+# retry-eligible. Larger ones stream.
+SMALL_BODY = REPLAY_BODY_LIMIT
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away", as Grafana logs it
 _BODY_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length"})
+_CONTENT_TYPE = b"content-type"
+_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
-PassiveFailure = Callable[[int], None]
 RawHeaders = list[tuple[bytes, bytes]]
 
 
@@ -117,37 +128,63 @@ class ClientExchange(Protocol):
 @dataclass(frozen=True, slots=True)
 class PreparedSource:
     source: DataSource
-    origin: Origin
+    targets: TargetSet
     headers: SourceHeaders
-    timeouts: Timeouts
+    timeouts: Timeouts  # per try: the response head wait is bounded by retry.perTryTimeout
+    retry: RetryPolicy
     meters: SourceMeters
 
 
+class _Upstreaming:
+    """The request as it goes upstream, the same for every try, and the targets it tried."""
+
+    __slots__ = ("body", "content_length", "headers", "path", "replayable", "request_id", "tried")
+
+    def __init__(
+        self,
+        path: UpstreamPath,
+        headers: RawHeaders,
+        body: RequestBody,
+        content_length: int | None,
+        request_id: str,
+    ) -> None:
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.content_length = content_length
+        self.request_id = request_id
+        self.replayable = False
+        self.tried: list[Target] = []
+
+
 class Forwarder:
+    """Proxied requests to the sources' targets. `health` (the HealthMonitor) says which
+    targets pass their probes and hears of failed tries (passive health); `outliers` holds
+    outlier detection's policy and clock, shared by every source (tests move its clock)."""
+
     def __init__(
         self,
         pool: UpstreamPool,
         settings: Settings,
         metrics: GatewayMetrics,
-        on_passive_failure: PassiveFailure | None = None,
+        health: TargetHealth | None = None,
+        outliers: Outliers | None = None,
     ) -> None:
         self._pool = pool
         self._settings = settings
         self._metrics = metrics
-        self._on_passive_failure = on_passive_failure
+        self._health = health
+        self.outliers = outliers or Outliers()
         self._prepared: dict[int, PreparedSource] = {}
+        if health is not None:
+            health.add_target_listener(self._target_health_changed)
 
     def prepare(self, source: DataSource) -> PreparedSource:
         """What a request to `source` needs, computed once per version of the source."""
         cached = self._prepared.get(source.id)
         if cached is not None and cached.source.version == source.version:
             return cached
-        try:
-            origin = Origin.from_url(source.url, tls_skip_verify=tls_skip_verify(source))
-        except ValueError as exc:
-            raise BadRequest(
-                "Invalid data source URL", influx_message="invalid source URL"
-            ) from exc
+        retry = RetryPolicy.of(source.json_data)
         credentials = tuple(
             (name.encode("latin-1"), value.encode("latin-1"))
             for name, value in source_credentials(source).headers.items()
@@ -158,17 +195,23 @@ class Forwarder:
             if key.startswith("httpHeaderName") and isinstance(name, str)
         )
         settings = self._settings
+        response_timeout = _seconds(
+            source.json_data.get("timeout"), settings.proxy_response_timeout
+        )
+        if retry.per_try_timeout is not None:
+            response_timeout = min(response_timeout, retry.per_try_timeout)
         prepared = PreparedSource(
             source=source,
-            origin=origin,
+            targets=TargetSet(source, self._targets(source), self.outliers, self._health),
             headers=SourceHeaders.of(
                 credentials, custom_names, keep_cookie_names(source.json_data)
             ),
             timeouts=Timeouts(
                 connect=settings.proxy_connect_timeout,
-                headers=_seconds(source.json_data.get("timeout"), settings.proxy_response_timeout),
+                headers=response_timeout,
                 body=settings.proxy_idle_timeout,
             ),
+            retry=retry,
             meters=self._metrics.source_meters(
                 self._metrics.source_labels(source.org_id, source.uid, source.type)
             ),
@@ -176,11 +219,47 @@ class Forwarder:
         self._prepared[source.id] = prepared
         return prepared
 
+    def _targets(self, source: DataSource) -> list[Target]:
+        """The source's URLs as targets, the primary first. An invalid primary is a 400; an
+        invalid replica (one no writer's check saw) is left out."""
+        skip_verify = tls_skip_verify(source)
+        targets: list[Target] = []
+        for index, url in enumerate(source.target_urls):
+            try:
+                origin = Origin.from_url(url, tls_skip_verify=skip_verify)
+            except ValueError:
+                if index == 0:
+                    break
+                continue
+            meters = self._metrics.target_meters(source.org_id, source.uid, target_label(url))
+            targets.append(Target(len(targets), url, origin, meters))
+        if not targets or targets[0].url != source.target_urls[0]:
+            raise BadRequest("Invalid data source URL", influx_message="invalid source URL")
+        return targets
+
+    def prepared(self, source_id: int) -> PreparedSource | None:
+        """What is prepared for the source now, if anything (its targets' state included)."""
+        return self._prepared.get(source_id)
+
+    def forget(self, sources: Mapping[int, DataSource]) -> None:
+        """Drop what was prepared for sources that are gone from `sources` (by id) or changed,
+        their targets' outlier state with it."""
+        for source_id, prepared in list(self._prepared.items()):
+            current = sources.get(source_id)
+            if current is None or current.version != prepared.source.version:
+                del self._prepared[source_id]
+
+    def _target_health_changed(self, source: DataSource, url: str, healthy: bool) -> None:
+        """A probe result changed a target's state: a passing probe ends its ejection."""
+        prepared = self._prepared.get(source.id)
+        if healthy and prepared is not None:
+            prepared.targets.probe_passed(url)
+
     async def forward(
         self,
         client: ClientExchange,
         source: DataSource,
-        target: str,
+        target: UpstreamPath,
         *,
         request_id: str,
         dialect: Dialect = Dialect.GRAFANA,
@@ -188,8 +267,8 @@ class Forwarder:
         body_override: bytes | None = None,
         method: str | None = None,
     ) -> int:
-        """Send the client's request to `source` at `target` (encoded path + query) and stream
-        the answer back; return the status to log (499 when the client went away).
+        """Send the client's request to `source` at `target` (under each target's base path)
+        and stream the answer back; return the status to log (499 when the client went away).
 
         `body_override` and `method` let a caller send a body of its own (a translated query)
         instead of the client's. Errors before the response started are raised as
@@ -213,10 +292,9 @@ class Forwarder:
             body, content_length = await self._outgoing_body(
                 client, prepared, body_override, outcome
             )
-            origin = self._choose_target(prepared)
-            upstream = await self._try(
-                prepared, origin, outcome, target, headers, body, content_length, request_id
-            )
+            request = _Upstreaming(target, headers, body, content_length, request_id)
+            request.replayable = self._replayable(prepared, outcome.method, request)
+            upstream = await self._answer(prepared, outcome, request)
             outcome.status = await self._relay(
                 client, prepared, upstream, outcome, dialect, request_id_bytes
             )
@@ -265,37 +343,67 @@ class Forwarder:
         outcome.streamed = counted
         return counted, length
 
-    def _choose_target(self, prepared: PreparedSource) -> Origin:
-        """Where to send the request: the source's one URL."""
-        return prepared.origin
+    def _replayable(self, prepared: PreparedSource, method: str, request: _Upstreaming) -> bool:
+        """Whether a failed try may go on to another target (gateway/proxy/retry.py)."""
+        if len(prepared.targets.targets) == 1 or prepared.retry.attempts == 0:
+            return False
+        content_type = next(
+            (value for name, value in request.headers if name.lower() == _CONTENT_TYPE), None
+        )
+        source_type = prepared.source.type
+        return replayable(source_type, method, request.path, request.body, content_type)
+
+    async def _answer(
+        self, prepared: PreparedSource, outcome: _Outcome, request: _Upstreaming
+    ) -> UpstreamResponse:
+        """Try targets until one answers: the first answer below 500, or the last try's."""
+        while True:
+            target = self._choose_target(prepared, request)
+            try:
+                upstream = await self._try(prepared, target, outcome, request)
+            except _TryFailed as failed:
+                if self._retry(prepared, request):
+                    continue
+                raise self._failure(prepared, request, failed.error) from failed.error
+            if upstream.status >= 500 and self._retry(prepared, request):
+                upstream.close()  # discarded: nothing of it reached the client
+                continue
+            outcome.upstream_answered()
+            return upstream
+
+    def _choose_target(self, prepared: PreparedSource, request: _Upstreaming) -> Target:
+        """Where the next try goes: a target the request has not tried yet."""
+        target = prepared.targets.choose(request.tried)
+        if target is None:  # `_retry` lets a request go on only while one is left
+            raise AssertionError("every target was tried")
+        request.tried.append(target)
+        return target
 
     async def _try(
         self,
         prepared: PreparedSource,
-        origin: Origin,
+        target: Target,
         outcome: _Outcome,
-        target: str,
-        headers: RawHeaders,
-        body: RequestBody,
-        content_length: int | None,
-        request_id: str,
+        request: _Upstreaming,
     ) -> UpstreamResponse:
-        """One exchange with `origin` up to the response head; failures as gateway errors."""
+        """One exchange with `target` up to the response head, counted for the target;
+        an upstream failure raises `_TryFailed`, the others gateway errors."""
         try:
             upstream = await self._pool.request(
-                origin,
+                target.origin,
                 outcome.method,
-                target,
-                headers,
-                body,
-                content_length=content_length,
+                target.target(request.path),
+                request.headers,
+                request.body,
+                content_length=request.content_length,
                 timeouts=prepared.timeouts,
             )
         except TargetRefused as exc:
+            target.meters.requests("refused").inc()
             raise Forbidden(f"Data source target is not allowed: {exc}") from exc
         except UpstreamError as exc:
-            self._upstream_failed(prepared, exc)
-            raise _gateway_error(exc, request_id) from exc
+            self._upstream_failed(prepared, exc, target)
+            raise _TryFailed(exc) from exc
         except ConnectionError as exc:  # the client's body broke off: it went away
             raise _ClientGone() from exc
         except _BodyStalled as exc:  # the client stopped sending mid-body
@@ -305,8 +413,38 @@ class Forwarder:
                 "request body does not match its Content-Length",
                 influx_message="request body does not match its Content-Length",
             ) from exc
-        outcome.upstream_answered()
+        status = upstream.status
+        target.meters.requests(_STATUS_CLASSES[min(status // 100, 5) - 1]).inc()
+        prepared.targets.record(target, "5xx" if status >= 500 else "ok")
         return upstream
+
+    def _retry(self, prepared: PreparedSource, request: _Upstreaming) -> bool:
+        """Whether the failed (or 5xx) try goes on to another target: the request is safe to
+        send again, it has attempts left, and a target it has not tried."""
+        tried = len(request.tried)
+        if (
+            not request.replayable
+            or tried > prepared.retry.attempts
+            or tried >= len(prepared.targets.targets)
+        ):
+            return False
+        prepared.meters.failovers.inc()
+        return True
+
+    def _failure(
+        self, prepared: PreparedSource, request: _Upstreaming, exc: UpstreamError
+    ) -> GatewayError:
+        """The error for a request whose last try failed; with replicas it says how many of
+        them were tried, and is a 502 when several were and all failed."""
+        total = len(prepared.targets.targets)
+        if total == 1:
+            return _gateway_error(exc, request.request_id)
+        tried = len(request.tried)
+        error = _gateway_error(exc, request.request_id, all_failed=tried > 1)
+        suffix = f" ({tried} of {total} targets tried)"
+        error.message += suffix
+        error.influx_message += suffix
+        return error
 
     async def _relay(
         self,
@@ -348,7 +486,7 @@ class Forwarder:
             # Headers are out: the status cannot change. Cut the connection so the client sees
             # an incomplete response, never a complete-looking short one, and count and log it
             # as the failure it was, not as the status it began with.
-            status = self._upstream_failed(prepared, exc, passive=False)
+            status = self._upstream_failed(prepared, exc)
             log.warning(
                 "proxy_aborted",
                 source_uid=prepared.source.uid,
@@ -362,17 +500,23 @@ class Forwarder:
         return upstream.status
 
     def _upstream_failed(
-        self, prepared: PreparedSource, exc: UpstreamError, *, passive: bool = True
+        self, prepared: PreparedSource, exc: UpstreamError, target: Target | None = None
     ) -> int:
+        """Count and log an upstream failure; a failed try (`target`) also counts for the
+        target's outlier state and passive health."""
         prepared.meters.upstream_errors(exc.kind).inc()
         log.warning(
             "proxy_upstream_error",
             source_uid=prepared.source.uid,
+            target=target.label if target is not None else None,
             kind=exc.kind,
             error=str(exc),
         )
-        if passive and exc.kind in ("connect", "timeout") and self._on_passive_failure:
-            self._on_passive_failure(prepared.source.id)
+        if target is not None:
+            target.meters.requests(exc.kind).inc()
+            prepared.targets.record(target, _try_result(exc))
+            if exc.kind in ("connect", "timeout") and self._health is not None:
+                self._health.report_failure(prepared.source.id, target.url)
         return 504 if isinstance(exc, UpstreamTimeout) else 502
 
 
@@ -410,6 +554,14 @@ class _ClientGone(Exception):
     """The client went away: its connection broke while we read from or wrote to it."""
 
 
+class _TryFailed(Exception):
+    """One try got no response from its target; `_retry` decides what happens next."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _BodyStalled(Exception):
     """No byte of the client's streamed body arrived within the idle timeout."""
 
@@ -439,9 +591,21 @@ class _Counted:
         return chunk
 
 
-def _gateway_error(exc: UpstreamError, request_id: str) -> GatewayError:
-    error: GatewayError
+def _try_result(exc: UpstreamError) -> TryResult:
+    """How outlier detection counts a failed try: a connect-phase failure (TLS, or a connect
+    timeout, included), a timeout waiting for the upstream, or a reset/protocol failure."""
     if isinstance(exc, UpstreamTimeout):
+        return "connect" if exc.phase == "connect" else "timeout"
+    if exc.kind in ("connect", "tls"):
+        return "connect"
+    return "reset"
+
+
+def _gateway_error(
+    exc: UpstreamError, request_id: str, *, all_failed: bool = False
+) -> GatewayError:
+    error: GatewayError
+    if isinstance(exc, UpstreamTimeout) and not all_failed:
         error = GatewayTimeout(f"upstream {exc.phase} timeout", influx_message=str(exc))
     else:
         error = BadGateway(

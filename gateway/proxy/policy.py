@@ -20,6 +20,7 @@ the deny rule.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from gateway.errors import BadRequest, Forbidden
@@ -125,12 +126,29 @@ def _check_segment(segment: str) -> None:
         raise UnsafePath(f"invalid proxy path: segment {segment!r} is not allowed")
 
 
+class UpstreamPath(NamedTuple):
+    """Where a request goes under a source's URL: the checked remainder and the query string to
+    send ("" for none). Each target of the source (its `url`, each replica) joins it under its
+    own base path, the path of its URL."""
+
+    path: ProxyPath
+    query: str = ""
+
+    def under(self, base: str) -> str:
+        """The encoded target (path + query) under `base` (see `base_path`)."""
+        raw = self.path.raw
+        joined = f"{base}/{raw}" if raw else (base or "/")
+        return f"{joined}?{self.query}" if self.query else joined
+
+
+def base_path(url: str) -> str:
+    """A source URL's path, without trailing slash: what the remainder is joined under."""
+    return urlsplit(url).path.rstrip("/")
+
+
 def join_upstream_path(source_url: str, path: ProxyPath) -> str:
     """The source URL's path with the remainder after exactly one `/` (Grafana's join)."""
-    base = urlsplit(source_url).path.rstrip("/")
-    if not path.raw:
-        return base or "/"
-    return f"{base}/{path.raw}"
+    return UpstreamPath(path).under(base_path(source_url))
 
 
 def strip_query_params(raw_query: str, names: frozenset[str] = AUTH_QUERY_PARAMS) -> str:

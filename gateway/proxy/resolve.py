@@ -3,8 +3,8 @@ of route (gateway/proxy/routes.py names which route uses which), whichever serve
 
 A resolver finds the source in the in-memory cache, inside the caller's org (another org's
 source is "not found"), applies the path and route policies, and returns the source and the
-upstream target (encoded path + query), plus, for a route that sends a request of its own
-instead of the client's (the sources `query` link), the `Rewrite` to send.
+upstream path and query (joined under each target's base path), plus, for a route that sends a
+request of its own instead of the client's (the sources `query` link), the `Rewrite` to send.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from gateway.errors import BadRequest, NotFound, PayloadTooLarge
 from gateway.proxy.policy import (
     AUTH_QUERY_PARAMS,
     ProxyPath,
+    UpstreamPath,
     check_route,
-    join_upstream_path,
     strip_query_params,
 )
 from gateway.registry.cache import Snapshot, SourceCache
@@ -55,8 +55,9 @@ class Rewrite(NamedTuple):
     headers: tuple[tuple[bytes, bytes], ...]
 
 
-# The source, the upstream target, and what to send instead of the client's request, if any.
-Resolution = tuple[DataSource, str, Rewrite | None]
+# The source, the upstream path (under each target's base path), and what to send instead of
+# the client's request, if any.
+Resolution = tuple[DataSource, UpstreamPath, Rewrite | None]
 
 
 class DataSourceNotReachable(NotFound):
@@ -91,7 +92,7 @@ async def influx_passthrough(
     exchange = request.exchange
     wanted = query_param(exchange.query_string, "source") or request.headers.get(SOURCE_HEADER_KEY)
     source = influx_source(await sources.snapshot(), principal.org.id, wanted or "")
-    return source, passthrough_target(source, exchange.path, exchange.query_string), None
+    return source, passthrough_target(exchange.path, exchange.query_string), None
 
 
 async def source_query(
@@ -101,7 +102,7 @@ async def source_query(
     source = source_by_influx_id(await sources.snapshot(), principal.org.id, request.key)
     language = influx_query_language(source)
     if language is InfluxQueryLanguage.FLUX:
-        return source, join_upstream_path(source.url, ProxyPath.parse("api/v2/query")), None
+        return source, UpstreamPath(ProxyPath.parse("api/v2/query")), None
     if language is not InfluxQueryLanguage.INFLUXQL:
         raise BadRequest(influx_message=f"querying a {source.type} source is not supported here")
     body = await _json_object(request)
@@ -115,7 +116,7 @@ async def source_query(
     for key in ("db", "rp"):
         if value := _string(body, key):
             form[key] = value
-    target = join_upstream_path(source.url, ProxyPath.parse("query"))
+    target = UpstreamPath(ProxyPath.parse("query"))
     return source, target, Rewrite("POST", urlencode(form).encode(), _FORM_HEADERS)
 
 
@@ -134,7 +135,7 @@ def _grafana_target(
     path = _checked_path(
         source.type, exchange.method, remainder[0] if remainder else "", principal.role
     )
-    return source, with_query(join_upstream_path(source.url, path), exchange.query_string), None
+    return source, UpstreamPath(path, strip_query_params(exchange.query_string)), None
 
 
 @functools.lru_cache(maxsize=1024)  # at most ~8 MiB of keys: targets are <= 8 KiB
@@ -158,10 +159,10 @@ def parse_source_id(raw_id: str) -> int:
     return int(raw_id)
 
 
-def passthrough_target(source: DataSource, raw_path: str, raw_query: str) -> str:
+def passthrough_target(raw_path: str, raw_query: str) -> UpstreamPath:
     """Influx passthrough: the same path under the source's URL, minus the gateway's params."""
-    return with_query(
-        join_upstream_path(source.url, ProxyPath.parse(raw_path)), raw_query, PASSTHROUGH_PARAMS
+    return UpstreamPath(
+        ProxyPath.parse(raw_path), strip_query_params(raw_query, PASSTHROUGH_PARAMS)
     )
 
 
@@ -225,8 +226,3 @@ def _string(body: dict[str, object], key: str, *, required: bool = False) -> str
     if not isinstance(value, str) or (required and not value.strip()):
         raise BadRequest(influx_message=f'"{key}" must be a non-empty string')
     return value
-
-
-def with_query(path: str, raw_query: str, drop: frozenset[str] = AUTH_QUERY_PARAMS) -> str:
-    query = strip_query_params(raw_query, drop)
-    return f"{path}?{query}" if query else path

@@ -5,9 +5,10 @@ everything) and `proxy.denied_networks` (link-local and cloud metadata by defaul
 passes when it is in no denied network and, if allow rules exist, its `host:port` is listed or
 the address lies in an allowed network.
 
-The check runs twice: when a source is saved (so a bad URL is refused with 400 up front: IP
-literals and `host:port` rules, without DNS) and at connect time against the addresses the name
-resolves to then (a DNS answer that changed since, "rebinding", gives 403 and no connection).
+The check runs twice, for the source's `url` and for each of its `jsonData.replicaUrls`: when a
+source is saved (so a bad URL is refused with 400 up front: IP literals and `host:port` rules,
+without DNS) and at connect time against the addresses the name resolves to then (a DNS answer
+that changed since, "rebinding", gives 403 and no connection).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -24,6 +26,7 @@ from aiohttp.resolver import DefaultResolver
 
 from gateway.errors import TargetNotAllowed
 from gateway.proxy.upstream import IPAddress, addresses_of
+from gateway.registry.models import REPLICA_URLS
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -107,6 +110,21 @@ class SsrfPolicy:
             await self.check_url(url)
         except TargetRefused as exc:
             raise TargetNotAllowed(str(exc)) from None
+
+    async def check_source_targets(self, url: str | None, json_data: Mapping[str, Any]) -> None:
+        """`check_source_url` for the source's `url` and each of its `jsonData.replicaUrls`
+        (already validated as URLs); a refusal names the entry."""
+        await self.check_source_url(url)
+        replicas = json_data.get(REPLICA_URLS)
+        if not isinstance(replicas, list):
+            return
+        for index, replica in enumerate(replicas):
+            if not isinstance(replica, str) or not replica:
+                continue
+            try:
+                await self.check_url(replica)
+            except TargetRefused as exc:
+                raise TargetNotAllowed(str(exc), f"jsonData.{REPLICA_URLS}[{index}]") from None
 
     async def check_url(self, url: str) -> None:
         """Save-time check of a source URL; raises TargetRefused.

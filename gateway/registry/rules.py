@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.errors import BadRequest
-from gateway.registry.models import MAX_NAME_LENGTH, MAX_URL_LENGTH, UID_PATTERN, UNSTORABLE_TEXT
+from gateway.registry.models import (
+    MAX_NAME_LENGTH,
+    MAX_URL_LENGTH,
+    REPLICA_URLS,
+    UID_PATTERN,
+    UNSTORABLE_TEXT,
+)
 
 # Grafana's own messages (the Grafana API answers with them; provisioning quotes them).
 INVALID_NAME = "Invalid datasource name."
@@ -53,6 +60,82 @@ def check_url(url: str) -> None:
         # A URL is shown to every viewer (and in InfluxDB's view): credentials go where they
         # are encrypted and never returned.
         raise BadRequest(URL_WITH_CREDENTIALS)
+
+
+# Replicas and how requests are spread over them (read by gateway/proxy/targets.py and retry.py).
+LOAD_BALANCING = "loadBalancing"
+LOAD_BALANCING_MODES = ("failover", "round_robin")
+RETRY = "retry"
+RETRY_ATTEMPTS = "attempts"
+RETRY_PER_TRY_TIMEOUT = "perTryTimeout"
+# One metric series per target URL: a bound keeps a source's series (and its probes) bounded.
+MAX_REPLICAS = 16
+
+
+def check_targets(json_data: Mapping[str, Any], url: str = "") -> None:
+    """400 naming the first bad field of `jsonData.replicaUrls`, `loadBalancing` or `retry`
+    (`url`: the source's primary URL, which a replica must not repeat)."""
+    problems = target_problems(json_data, url)
+    if problems:
+        raise BadRequest(problems[0])
+
+
+def target_problems(json_data: Mapping[str, Any], url: str = "") -> list[str]:
+    """What is wrong with a source's replica URLs, load balancing and retry settings: one
+    message per problem, each naming its field (`jsonData.replicaUrls[1]: ...`). Messages
+    never quote a URL: it may carry credentials."""
+    problems = _replica_problems(json_data.get(REPLICA_URLS), url)
+    mode = json_data.get(LOAD_BALANCING)
+    if mode is not None and mode not in LOAD_BALANCING_MODES:
+        problems.append(f'jsonData.{LOAD_BALANCING}: must be "failover" or "round_robin"')
+    retry = json_data.get(RETRY)
+    if retry is not None:
+        problems += _retry_problems(retry)
+    return problems
+
+
+def _replica_problems(replicas: object, url: str) -> list[str]:
+    field = f"jsonData.{REPLICA_URLS}"
+    if replicas is None:
+        return []
+    if not isinstance(replicas, list):
+        return [f"{field}: must be an array of URLs"]
+    if len(replicas) > MAX_REPLICAS:
+        return [f"{field}: at most {MAX_REPLICAS} replica URLs"]
+    problems = []
+    for index, replica in enumerate(replicas):
+        if not isinstance(replica, str) or not replica:
+            problems.append(f"{field}[{index}]: must be a URL string")
+            continue
+        try:
+            check_url(replica)
+        except BadRequest as exc:
+            problems.append(f"{field}[{index}]: {exc.message}")
+            continue
+        if replica == url or replica in replicas[:index]:
+            problems.append(f"{field}[{index}]: repeats the source's url or an earlier replica")
+    return problems
+
+
+def _retry_problems(retry: object) -> list[str]:
+    field = f"jsonData.{RETRY}"
+    if not isinstance(retry, Mapping):
+        return [f"{field}: must be an object ({RETRY_ATTEMPTS}, {RETRY_PER_TRY_TIMEOUT})"]
+    problems = []
+    attempts = retry.get(RETRY_ATTEMPTS)
+    if attempts is not None and (
+        isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0
+    ):
+        problems.append(f"{field}.{RETRY_ATTEMPTS}: must be a whole number, 0 or more")
+    timeout = retry.get(RETRY_PER_TRY_TIMEOUT)
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        problems.append(f"{field}.{RETRY_PER_TRY_TIMEOUT}: must be a number of seconds above 0")
+    return problems
 
 
 def check_name(name: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -80,12 +81,30 @@ class PrometheusProcess:
         process, self._process = self._process, None
         if process is None:
             return
+        process.send_signal(signal.SIGCONT)  # a frozen one could not act on SIGTERM
         process.terminate()
         try:
             process.wait(_STOP_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no clean shutdown, connections reset; `start()` again later."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, nothing ever answers."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after `freeze`."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def _command(self) -> list[str]:
         command = [
