@@ -118,6 +118,13 @@ class GatewayMetrics:
             ["org", "source_uid", "target"],
             registry=registry,
         )
+        self.target_returns = Counter(
+            "gateway_target_returns_total",
+            "Ejected targets returned to load balancing: their ejection time ran out or a "
+            "health probe passed.",
+            ["org", "source_uid", "target"],
+            registry=registry,
+        )
         # The gateway's own API.
         self.api_requests = Counter(
             "gateway_api_requests_total",
@@ -213,6 +220,7 @@ class GatewayMetrics:
         labels = (str(org_id), uid, target)
         return TargetMeters(
             ejections=self.target_ejections.labels(*labels),
+            returns=self.target_returns.labels(*labels),
             _requests=self.target_requests,
             _labels=labels,
         )
@@ -221,6 +229,7 @@ class GatewayMetrics:
 @dataclass(slots=True)
 class TargetMeters:
     ejections: Counter
+    returns: Counter
     _requests: Counter
     _labels: tuple[str, str, str]
     _by_result: dict[str, Counter] = field(default_factory=dict)

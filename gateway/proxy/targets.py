@@ -16,8 +16,8 @@ or failures of any kind — 5xx answers, resets, timeouts, connect failures — 
 30 s times the number of times it was ejected, at most 5 min, or until a probe passes (a
 `TargetHealth` listener reporting it healthy). Any answer below 500 resets the counts. The last
 healthy target of a source is never ejected. Each ejection and return is logged once
-(`target_ejected`, `target_returned`) and each ejection counted
-(`gateway_target_ejections_total`).
+(`target_ejected`, `target_returned`) and counted
+(`gateway_target_ejections_total`, `gateway_target_returns_total`).
 
 The state lives in the `TargetSet` of a prepared source (gateway/proxy/forward.py): a changed or
 deleted source gets a new one or none, so its outlier state is forgotten with it.
@@ -233,4 +233,5 @@ class TargetSet:
     def _return(self, target: Target, reason: str) -> None:
         target.ejected_until = None
         target.reset_counts()
+        target.meters.returns.inc()
         log.info("target_returned", source_uid=self.source.uid, target=target.label, reason=reason)

@@ -232,6 +232,7 @@ async def test_a_replica_answering_503_is_ejected_after_5_and_comes_back_after_3
     assert ejected["source_uid"] == source["uid"]
     labels = {"org": "1", "source_uid": source["uid"], "target": a.url}
     assert sample(registry, "gateway_target_ejections_total", **labels) == 1
+    assert sample(registry, "gateway_target_returns_total", **labels) == 1
     assert sample(registry, "gateway_target_requests_total", **labels, result="5xx") == 5
 
 
