@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
+import dataclasses
 
 import pytest
 from aiohttp import web
@@ -11,10 +10,11 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.keys import STORE
+from gateway.keys import MONITOR, STORE
 from gateway.registry.models import DataSourceSpec
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY, Headers
+from tests.conftest import ADMIN_TOKEN, Headers
 from tests.types import AppClient
+from tests.waiting import wait_for
 
 METADATA_URL = "http://169.254.169.254/latest/meta-data/"
 DENIED = "169.254.169.254 is in the denied network 169.254.0.0/16"
@@ -66,14 +66,9 @@ async def test_influx_create_refuses_a_metadata_url(
 
 class TestConnectTime:
     @pytest.fixture
-    def settings(self, data_dir: Path) -> Settings:
+    def settings(self, settings: Settings) -> Settings:
         """Loopback denied, so a name that resolves to it can stand in for a rebound name."""
-        return Settings(
-            data_dir=data_dir,
-            admin_token=ADMIN_TOKEN,
-            secret_key=SECRET_KEY,
-            proxy_denied_networks=("127.0.0.0/8", "::1/128"),
-        )
+        return dataclasses.replace(settings, proxy_denied_networks=("127.0.0.0/8", "::1/128"))
 
     async def test_probes_never_connect_to_a_denied_address(
         self, aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, settings: Settings
@@ -128,5 +123,11 @@ class TestConnectTime:
         buckets = await client.get(f"/api/v2/sources/{influx.id:016x}/buckets", headers=auth)
         assert buckets.status == 403
         assert (await buckets.json())["code"] == "forbidden"
-        await asyncio.sleep(1.2)  # the monitor's first probes of both have run by now
+        monitor = client.app[MONITOR]
+
+        def probed(source_id: int) -> bool:
+            state = monitor.state(source_id)
+            return state is not None and state.last_checked is not None
+
+        await wait_for(lambda: probed(generic.id) and probed(influx.id), what="first probes")
         assert hits == []

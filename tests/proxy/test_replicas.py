@@ -27,7 +27,7 @@ from gateway.keys import FORWARDER, MONITOR, STORE
 from gateway.provisioning.model import ProvisioningFailed
 from gateway.provisioning.service import Provisioner
 from gateway.registry.models import DataSourceSpec
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY, GatewayClient
+from tests.conftest import ADMIN_TOKEN, GatewayClient
 from tests.proxy.conftest import StartRawServer
 from tests.proxy.servers import Peer
 from tests.types import AppClient
@@ -453,15 +453,9 @@ async def test_bad_replica_settings_are_400_naming_the_field(
 
 class TestSsrf:
     @pytest.fixture
-    def settings(self, data_dir: Path) -> Settings:
-        return Settings(
-            port=0,
-            data_dir=data_dir,
-            admin_token=ADMIN_TOKEN,
-            secret_key=SECRET_KEY,
-            log_format="console",
-            proxy_denied_networks=("127.0.0.2/32", "169.254.0.0/16"),
-        )
+    def settings(self, settings: Settings) -> Settings:
+        denied = ("127.0.0.2/32", "169.254.0.0/16")
+        return dataclasses.replace(settings, proxy_denied_networks=denied)
 
     async def test_a_denied_replica_is_refused_at_save_naming_it(self, client: AppClient) -> None:
         body = {
