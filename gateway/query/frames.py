@@ -157,8 +157,14 @@ def special_entities(values: Column) -> dict[str, list[int]] | None:
     """Indexes of NaN, +Inf and -Inf in a float column, or None if it has none."""
     try:
         # Fast path: a sum that stays finite proves no NaN or infinity is inside.
-        if math.isfinite(math.fsum(v for v in values if v is not None)):
+        if math.isfinite(math.fsum(values)):
             return None
+    except TypeError:  # nulls in a nullable column: sum the rest
+        try:
+            if math.isfinite(math.fsum(v for v in values if v is not None)):
+                return None
+        except (OverflowError, ValueError):
+            pass
     except (OverflowError, ValueError):  # overflow, or +Inf and -Inf both present
         pass
     found: dict[str, list[int]] = {}

@@ -13,7 +13,7 @@ runs (`QueryRequestError`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -53,29 +53,35 @@ def response_status(results: Mapping[str, QueryResult]) -> int:
     return 400 if any(result.failed for result in results.values()) else 200
 
 
-def result_json(ref_id: str, result: QueryResult) -> bytes:
-    """One result, with its refId stamped on every frame (Grafana answers frames that name
-    the query they belong to)."""
-    body: dict[str, object] = {}
+def iter_result_json(ref_id: str, result: QueryResult) -> Iterator[bytes]:
+    """One result as JSON chunks, with its refId stamped on every frame (Grafana's frames name
+    the query they answer). Frames are serialized one at a time, as the chunks are taken."""
+    head: dict[str, object] = {}
     if result.error is not None:
-        body["error"] = result.error
-        source = result.error_source.value if result.error_source else ""
-        body["errorSource"] = source
-    body["status"] = result.status
-    if result.frames is not None:
-        fragments = []
-        for frame in result.frames:
-            if not frame.ref_id:
-                frame.ref_id = ref_id
-            fragments.append(orjson.Fragment(frame_json(frame)))
-        body["frames"] = fragments
-    return orjson.dumps(body)
+        head["error"] = result.error
+        head["errorSource"] = result.error_source.value if result.error_source else ""
+    head["status"] = result.status
+    if result.frames is None:
+        yield orjson.dumps(head)
+        return
+    yield orjson.dumps(head)[:-1] + b',"frames":['
+    for index, frame in enumerate(result.frames):
+        if not frame.ref_id:
+            frame.ref_id = ref_id
+        yield (b"," if index else b"") + frame_json(frame)
+    yield b"]}"
+
+
+def iter_results_json(results: Mapping[str, QueryResult]) -> Iterator[bytes]:
+    """The whole answer as chunks, refIds sorted: a route can stream them as they come, so a
+    large answer is held as one frame's JSON at a time, never as one tree or one string."""
+    yield b'{"results":{'
+    for index, ref_id in enumerate(sorted(results)):
+        yield (b"," if index else b"") + orjson.dumps(ref_id) + b":"
+        yield from iter_result_json(ref_id, results[ref_id])
+    yield b"}}"
 
 
 def results_json(results: Mapping[str, QueryResult]) -> bytes:
-    """The whole answer. Frames are serialized one at a time and embedded as bytes, so a
-    large answer is never a tree of Python objects all at once."""
-    ordered = {
-        ref_id: orjson.Fragment(result_json(ref_id, results[ref_id])) for ref_id in sorted(results)
-    }
-    return orjson.dumps({"results": ordered})
+    """The whole answer in one piece (joined once, at its exact size)."""
+    return b"".join(iter_results_json(results))
