@@ -1,0 +1,343 @@
+"""Prometheus-style query answers (Prometheus and Loki) read into data frames.
+
+A port of grafana/grafana pkg/promlib/converter/prom.go (`ReadPrometheusStyleResult`), which
+both Grafana's Prometheus and Loki backends use, with its options as Grafana runs them today:
+
+- matrix: one frame per series, fields `Time` (time) and `Value` (float64, the series'
+  labels), meta `type: timeseries-multi`, `custom: {resultType: matrix}`;
+- vector: the same with one row, `type: numeric-multi` when dataplane (Prometheus) else
+  `timeseries-multi` (Loki);
+- scalar: one frame `Time`/`Value` with `labels: {}`, `type: numeric-multi`;
+- string: one frame `Time`/`Value` (a string field), `type: timeseries-multi`;
+- streams (Loki): one frame `__labels` (json), `Time`, `Line`, `TS` (nanoseconds as text);
+- `typeVersion` [0, 1] under the dataplane option, else [0, 0];
+- `status: error` becomes the error "<errorType>: <error>"; `warnings` and `infos` become
+  notices on every frame (a frame named "Warnings" when there is none);
+- a time is `int(seconds * 1000.0)` milliseconds, as `timeFromFloat` truncates.
+
+Large matrices take a fast path: the series are found with regular expressions over the bytes
+and each series' values go straight into `array` columns, so the body is never a tree of
+Python objects. Anything the fast path does not recognise falls back to a full parse.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.query.frames import Field, FieldType, Frame, frame_meta
+
+
+class PromStyleError(ValueError):
+    """An answer the converter cannot read (Grafana reports the parser's error)."""
+
+
+@dataclass(slots=True)
+class PromStyleAnswer:
+    frames: list[Frame] = field(default_factory=list)
+    error: str | None = None
+    result_type: str = ""
+
+
+_STATUS = re.compile(rb'"status"\s*:\s*"(\w+)"')
+_RESULT_TYPE = re.compile(rb'"resultType"\s*:\s*"(\w+)"')
+_RESULT_START = re.compile(rb'"result"\s*:\s*\[')
+# The head of one matrix series in the shape Prometheus writes it: its labels (values may hold
+# any character, escaped quotes included), then the opening of its values.
+_SERIES_HEAD = re.compile(
+    rb'\s*\{\s*"metric"\s*:\s*(\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\})\s*,\s*"values"\s*:\s*\[\s*'
+)
+# After the values: the series' closing brace, and a comma when another series follows.
+_SERIES_TAIL = re.compile(rb"\s*\}\s*(,?)")
+_STAMP = re.compile(rb"\[\s*([-+0-9.eE]+)\s*,")
+_VALUE = re.compile(rb',\s*"([^"\\]*)"\s*\]')
+_TO_MS = (1000.0).__mul__
+_RESULT_END = re.compile(rb"\s*\]")
+
+
+def read_prom_style(body: bytes, *, dataplane: bool) -> PromStyleAnswer:
+    fast = _read_matrix_fast(body, dataplane=dataplane)
+    if fast is not None:
+        return fast
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise PromStyleError(f"could not parse the answer as JSON: {error}") from None
+    if not isinstance(document, Mapping):
+        raise PromStyleError("expected a JSON object")
+    return read_document(document, dataplane=dataplane)
+
+
+def read_document(document: Mapping[str, Any], *, dataplane: bool) -> PromStyleAnswer:
+    answer = PromStyleAnswer()
+    data = document.get("data")
+    if isinstance(data, list):
+        answer.frames = _read_array_data(data)
+    elif data is not None:
+        if not isinstance(data, Mapping):
+            raise PromStyleError("expected object type")
+        answer = _read_data(data, dataplane=dataplane)
+    if document.get("status") == "error":
+        return PromStyleAnswer(
+            error=f"{document.get('errorType', '')}: {document.get('error', '')}"
+        )
+    _attach_notices(answer, document)
+    return answer
+
+
+def _read_data(data: Mapping[str, Any], *, dataplane: bool) -> PromStyleAnswer:
+    if "resultType" not in data:
+        raise PromStyleError("no resultType found")
+    result_type = data["resultType"]
+    result = data.get("result")
+    answer = PromStyleAnswer(result_type=result_type)
+    if result_type in ("matrix", "vector"):
+        answer.frames = [_series_frame(series, result_type, dataplane) for series in result or ()]
+    elif result_type == "streams":
+        answer.frames = [_streams_frame(result or [])]
+    elif result_type == "scalar":
+        answer.frames = [_scalar_frame(result, dataplane)]
+    elif result_type == "string":
+        answer.frames = [_string_frame(result)]
+    else:
+        answer.error = f"unknown result type: {result_type}"
+    _apply_stats(answer, data)
+    return answer
+
+
+def _apply_stats(answer: PromStyleAnswer, data: Mapping[str, Any]) -> None:
+    """`data.stats` replaces the first frame's `meta.custom` (prom.go does just that)."""
+    stats = data.get("stats")
+    if stats is not None and answer.frames:
+        first = answer.frames[0]
+        first.meta = first.meta if first.meta is not None else frame_meta()
+        first.meta["custom"] = {"stats": stats}
+
+
+def _series_meta(result_type: str, dataplane: bool) -> dict[str, Any]:
+    frame_type = "numeric-multi" if dataplane and result_type == "vector" else "timeseries-multi"
+    return frame_meta(
+        type=frame_type,
+        type_version=(0, 1) if dataplane else (0, 0),
+        custom={"resultType": result_type},
+    )
+
+
+def _time_value_frame(
+    labels: Mapping[str, str],
+    times: Any,
+    values: Any,
+    meta: dict[str, Any],
+    value_type: FieldType = FieldType.FLOAT64,
+) -> Frame:
+    return Frame(
+        fields=[
+            Field("Time", FieldType.TIME, times),
+            Field("Value", value_type, values, labels=dict(labels)),
+        ],
+        meta=meta,
+    )
+
+
+def _series_frame(series: Mapping[str, Any], result_type: str, dataplane: bool) -> Frame:
+    if "histogram" in series or "histograms" in series:
+        raise PromStyleError("native histograms are not supported by the gateway yet")
+    labels = series.get("metric") or {}
+    points = series.get("values") or ([series["value"]] if "value" in series else [])
+    times = array("q", (time_ms(point[0]) for point in points))
+    values = array("d", (float(point[1]) for point in points))
+    return _time_value_frame(labels, times, values, _series_meta(result_type, dataplane))
+
+
+def _scalar_frame(pair: Any, dataplane: bool) -> Frame:
+    meta = frame_meta(
+        type="numeric-multi",
+        type_version=(0, 1) if dataplane else (0, 0),
+        custom={"resultType": "scalar"},
+    )
+    return _time_value_frame({}, [time_ms(pair[0])], [float(pair[1])], meta)
+
+
+def _string_frame(pair: Any) -> Frame:
+    meta = frame_meta(type="timeseries-multi", custom={"resultType": "string"})
+    return _time_value_frame({}, [time_ms(pair[0])], [str(pair[1])], meta, FieldType.STRING)
+
+
+def _streams_frame(streams: list[Any]) -> Frame:
+    labels_column: list[Any] = []
+    times: list[int] = []
+    lines: list[str] = []
+    stamps: list[str] = []
+    for stream in streams:
+        labels = {key: stream["stream"][key] for key in sorted(stream.get("stream") or {})}
+        for stamp, line, *_ in stream.get("values") or ():
+            labels_column.append(labels)
+            times.append(loki_time_ms(stamp))
+            lines.append(line)
+            stamps.append(stamp)
+    return Frame(
+        fields=[
+            Field("__labels", FieldType.JSON, labels_column),
+            Field("Time", FieldType.TIME, times),
+            Field("Line", FieldType.STRING, lines),
+            Field("TS", FieldType.STRING, stamps),
+        ],
+        meta=frame_meta(),
+    )
+
+
+def _read_array_data(data: list[Any]) -> list[Frame]:
+    """`data` as a list: label names or values (strings), shown as one `Value` column."""
+    strings = [item if isinstance(item, str) else str(item) for item in data]
+    if not strings:
+        return []
+    return [Frame(fields=[Field("Value", FieldType.STRING, strings)])]
+
+
+def _attach_notices(answer: PromStyleAnswer, document: Mapping[str, Any]) -> None:
+    notices = [
+        {"severity": severity, "text": text}
+        for key, severity in (("warnings", "warning"), ("infos", "info"))
+        for text in document.get(key) or ()
+        if isinstance(text, str)
+    ]
+    if not notices:
+        return
+    if not answer.frames:
+        answer.frames.append(Frame(fields=[], name="Warnings"))
+    for frame in answer.frames:
+        frame.meta = frame.meta if frame.meta is not None else frame_meta()
+        frame.meta["notices"] = list(notices)
+
+
+def time_ms(seconds: Any) -> int:
+    """converter.timeFromFloat: time.UnixMilli(int64(fv * 1000.0))."""
+    return int(float(seconds) * 1000.0)
+
+
+def loki_time_ms(nanoseconds: str) -> int:
+    """converter.timeFromLokiString, in milliseconds (what the frame JSON carries)."""
+    try:
+        return int(nanoseconds) // 1_000_000
+    except ValueError:
+        raise PromStyleError(
+            f"unexpected time format '{nanoseconds}' in response. response may have been truncated"
+        ) from None
+
+
+def _read_matrix_fast(body: bytes, *, dataplane: bool) -> PromStyleAnswer | None:
+    """The matrix fast path, or None when the answer is not a plain successful matrix."""
+    status = _STATUS.search(body)
+    result_type = _RESULT_TYPE.search(body)
+    start = _RESULT_START.search(body)
+    if status is None or result_type is None or start is None:
+        return None
+    if status.group(1) != b"success" or result_type.group(1) != b"matrix":
+        return None
+    frames: list[Frame] = []
+    position = start.end()
+    for series in _iter_series(body, position):
+        if series is None:
+            return None
+        values_start, values_end, labels_bytes, position = series
+        frame = _fast_series_frame(body, values_start, values_end, labels_bytes, dataplane)
+        if frame is None:
+            return None
+        frames.append(frame)
+    end = _RESULT_END.match(body, position)
+    if end is None:
+        return None
+    try:
+        # The rest of the document (status, warnings, stats...) with the result emptied: the
+        # full reader checks and uses it, and it is small.
+        skeleton = orjson.loads(body[: start.end()] + body[end.start() :])
+    except orjson.JSONDecodeError:
+        return None
+    data = skeleton.get("data") if isinstance(skeleton, Mapping) else None
+    if not isinstance(data, Mapping) or skeleton.get("status") != "success":
+        return None
+    if data.get("resultType") != "matrix":
+        return None
+    answer = PromStyleAnswer(frames=frames, result_type="matrix")
+    _apply_stats(answer, data)
+    _attach_notices(answer, skeleton)
+    return answer
+
+
+def _iter_series(body: bytes, position: int) -> Iterator[tuple[int, int, bytes, int] | None]:
+    """(values start, values end, labels JSON, next position) for each series; None when the
+    text is not in the shape expected. The values are pairs of a number and a plain string,
+    so the first "]]" after their start closes them."""
+    while True:
+        if _RESULT_END.match(body, position):
+            return
+        head = _SERIES_HEAD.match(body, position)
+        if head is None:
+            yield None
+            return
+        start = head.end()
+        if body[start : start + 1] == b"]":
+            end = start  # no values
+        else:
+            end = body.find(b"]]", start)
+            if end < 0:
+                yield None
+                return
+            end += 1  # keep the last pair's closing bracket inside the values
+        tail = _SERIES_TAIL.match(body, end + 1)
+        if tail is None:
+            yield None
+            return
+        yield start, end, head.group(1), tail.end()
+        position = tail.end()
+        if not tail.group(1):  # no comma: the array must end here
+            return
+
+
+def _fast_series_frame(
+    body: bytes, start: int, end: int, labels_bytes: bytes, dataplane: bool
+) -> Frame | None:
+    try:
+        labels = orjson.loads(labels_bytes)
+    except orjson.JSONDecodeError:
+        return None
+    columns = _numeric_columns(body, start, end) or _text_columns(body, start, end)
+    if columns is None:
+        return None  # a point of another shape: let the full reader decide
+    times, floats = columns
+    return _time_value_frame(labels, times, floats, _series_meta("matrix", dataplane))
+
+
+Columns = tuple[array, array]  # type: ignore[type-arg]
+
+
+def _numeric_columns(body: bytes, start: int, end: int) -> Columns | None:
+    """The quickest way, for values without NaN or infinities: with the quotes dropped the
+    values are a JSON array of number pairs, which orjson reads in C; the per-point work is
+    then only C-level maps (timeFromFloat's int64(seconds * 1000.0))."""
+    segment = body[start - 1 : end + 1]  # the values array, brackets included
+    if b"N" in segment or b"I" in segment:
+        return None
+    try:
+        pairs = orjson.loads(segment.replace(b'"', b""))
+        stamps, values = zip(*pairs, strict=True) if pairs else ((), ())
+        return array("q", list(map(int, map(_TO_MS, stamps)))), array("d", values)
+    except (orjson.JSONDecodeError, ValueError, TypeError):
+        return None
+
+
+def _text_columns(body: bytes, start: int, end: int) -> Columns | None:
+    """Values with NaN or infinities, which JSON cannot spell: each read as text."""
+    stamps = _STAMP.findall(body, start, end)
+    values = _VALUE.findall(body, start, end)
+    if not len(stamps) == len(values) == body.count(b"[", start, end):
+        return None
+    try:
+        return array("q", map(int, map(_TO_MS, map(float, stamps)))), array("d", map(float, values))
+    except ValueError:
+        return None
