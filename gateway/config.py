@@ -12,6 +12,7 @@ import ipaddress
 import math
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8480
     data_dir: Path = Path("./data")
+    # None: the SQLite file in data_dir. May hold a password, so it stays out of repr.
+    database_url: str | None = dataclasses.field(default=None, repr=False)
     workers: int = 1
     drain_delay: float = 0.0
     drain_timeout: float = 30.0
@@ -175,6 +178,32 @@ def _as_path(value: object) -> Path:
     return Path(_as_nonempty_str(value))
 
 
+DATABASE_URL_FORMS = "sqlite:///path/to/gateway.db or postgresql://user@host:5432/database"
+
+
+def _database_url(value: object) -> str:
+    """`sqlite:` + a file path, or a PostgreSQL connection URL. Messages never repeat the URL:
+    it may hold a password."""
+    text = _as_nonempty_str(value)
+    parts = urllib.parse.urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        if parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"a sqlite URL names a file only: {DATABASE_URL_FORMS}")
+        return text
+    if scheme in ("postgresql", "postgres"):
+        try:
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError("the port of the PostgreSQL URL is not a number") from None
+        if not parts.hostname and "host=" not in parts.query:
+            raise ValueError(f"the PostgreSQL URL names no host: {DATABASE_URL_FORMS}")
+        if not parts.path.strip("/"):
+            raise ValueError(f"the PostgreSQL URL names no database: {DATABASE_URL_FORMS}")
+        return text
+    raise ValueError(f"expected {DATABASE_URL_FORMS}; got a URL of scheme {scheme or 'none'!r}")
+
+
 def _type_name(value: object) -> str:
     return {dict: "a table", list: "an array", bool: "a boolean", int: "an integer"}.get(
         type(value), type(value).__name__
@@ -221,6 +250,13 @@ FIELDS: tuple[Field, ...] = (
         "on SIGTERM, seconds in-flight requests get to finish before they are cut",
     ),
     Field("data_dir", "data.dir", "GATEWAY_DATA_DIR", _as_path, "SQLite database and key files"),
+    Field(
+        "database_url",
+        "database.url",
+        "GATEWAY_DATABASE_URL",
+        _database_url,
+        "the registry: unset or sqlite:///path for a SQLite file, postgresql://… to share one",
+    ),
     Field(
         "log_format",
         "log.format",

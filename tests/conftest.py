@@ -31,7 +31,12 @@ from gateway.registry.models import Role
 from gateway.security.auth import hash_token
 from tests.types import AppClient
 
-pytest_plugins = ["tests.services.influxdb", "tests.services.prometheus", "tests.upstreams"]
+pytest_plugins = [
+    "tests.services.influxdb",
+    "tests.services.postgres",
+    "tests.services.prometheus",
+    "tests.upstreams",
+]
 
 ADMIN_TOKEN = "dsg_test-admin-token"
 SECRET_KEY = "test-secret-key-not-for-production"

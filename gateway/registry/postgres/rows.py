@@ -1,0 +1,84 @@
+"""How registry records are laid out in PostgreSQL rows, both ways."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.registry.models import SOURCE_FIELDS, DataSource, DataSourceSpec, FieldKind, Org
+from gateway.registry.secrets import SecretBox
+
+# Each writable field of a source is stored in the column of its name (migration 1), in the form
+# its kind asks for: flags as booleans, jsonData as JSON text, secrets encrypted. Every column
+# name is quoted: `user` is a reserved word in PostgreSQL, and unquoted it would read as
+# CURRENT_USER instead of the column.
+WRITABLE_COLUMNS = tuple(field.attribute for field in SOURCE_FIELDS)
+Row = asyncpg.Record
+
+
+def quote(column: str) -> str:
+    return f'"{column}"'
+
+
+_READ_COLUMNS = ("id", "org_id", *WRITABLE_COLUMNS, "version", "created", "updated")
+SOURCE_COLUMNS = ", ".join(quote(column) for column in (*_READ_COLUMNS, "provisioned_by"))
+
+
+def now() -> datetime:
+    """A timestamp as the SQLite backend keeps it: UTC, milliseconds."""
+    stamp = datetime.now(UTC)
+    return stamp.replace(microsecond=stamp.microsecond // 1000 * 1000)
+
+
+def list_sources_sql(org_id: int | None) -> tuple[str, tuple[Any, ...]]:
+    """Every source, or one org's, in id order."""
+    if org_id is None:
+        return f"SELECT {SOURCE_COLUMNS} FROM data_source ORDER BY id", ()
+    return f"SELECT {SOURCE_COLUMNS} FROM data_source WHERE org_id = $1 ORDER BY id", (org_id,)
+
+
+def org_of(row: Row) -> Org:
+    return Org(id=row["id"], influx_id=row["influx_id"], name=row["name"], created=row["created"])
+
+
+def source_of(row: Row, box: SecretBox) -> DataSource:
+    fields = {
+        field.attribute: _read(field.kind, row[field.attribute], box) for field in SOURCE_FIELDS
+    }
+    return DataSource(
+        id=row["id"],
+        org_id=row["org_id"],
+        version=row["version"],
+        created=row["created"],
+        updated=row["updated"],
+        provisioned_by=row["provisioned_by"],
+        **fields,
+    )
+
+
+def column_values(spec: DataSourceSpec, box: SecretBox) -> list[Any]:
+    """The writable columns' values for `spec`, in WRITABLE_COLUMNS order."""
+    return [_stored(field.kind, getattr(spec, field.attribute), box) for field in SOURCE_FIELDS]
+
+
+def _stored(kind: FieldKind, value: Any, box: SecretBox) -> Any:
+    if kind is FieldKind.OBJECT:
+        return json.dumps(dict(value))
+    if kind is FieldKind.SECRETS:
+        return box.encrypt(value)
+    if kind is FieldKind.FLAG:
+        return bool(value)
+    return value
+
+
+def _read(kind: FieldKind, value: Any, box: SecretBox) -> Any:
+    if kind is FieldKind.FLAG:
+        return bool(value)
+    if kind is FieldKind.OBJECT:
+        return json.loads(value)
+    if kind is FieldKind.SECRETS:
+        return box.decrypt(value)
+    return value
