@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from gateway.keys import FORWARDER
 from tests.proxy.test_proxy_prometheus import add_source, prometheus_handler_requests
@@ -123,7 +124,7 @@ async def test_sigkill_of_the_primary_while_clients_query_then_restart(
     before = await queries(replica.url)
     clock.now += EJECTION_TIME
     for _ in range(5):
-        assert await querier.query() < PER_TRY_TIMEOUT
+        await querier.query()
     assert querier.errors == []
     assert await queries(primary.url) == 5
     assert await queries(replica.url) == before
@@ -132,6 +133,7 @@ async def test_sigkill_of_the_primary_while_clients_query_then_restart(
 async def test_sigstop_costs_at_most_per_try_timeout_until_ejected_then_sigcont(
     client: AppClient,
     admin_headers: dict[str, str],
+    metrics_registry: CollectorRegistry,
     pair: tuple[PrometheusProcess, PrometheusProcess],
     clock: FakeClock,
 ) -> None:
@@ -148,17 +150,34 @@ async def test_sigstop_costs_at_most_per_try_timeout_until_ejected_then_sigcont(
         },
     )
     querier = Querier(client, admin_headers, source["uid"])
-    for _ in range(4):  # both answer, in turn, and nobody waits
-        assert await querier.query() < PER_TRY_TIMEOUT
+
+    def tries(result: str | None = None) -> float:
+        """The gateway's count of tries of the frozen replica (of one result, or all)."""
+        total = 0.0
+        for metric in metrics_registry.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                if (
+                    sample.name == "gateway_target_requests_total"
+                    and labels.get("target") == first.url
+                    and (result is None or labels.get("result") == result)
+                ):
+                    total += sample.value
+        return total
+
+    for _ in range(4):  # both answer, in turn
+        await querier.query()
     first.freeze()
     # Round robin sends every other request to the frozen one until it is ejected (3 timeouts):
-    # each of those waits perTryTimeout, then the other answers.
+    # each of those waits perTryTimeout, then the other answers. Counted by the gateway, not
+    # timed by the test: on a loaded machine a fast answer can take as long as a timeout.
     for _ in range(6):
         assert await querier.query() < PER_TRY_TIMEOUT + 2.0
-    slow = [d for d in querier.durations[4:] if d >= PER_TRY_TIMEOUT]
-    assert len(slow) == 3
-    for _ in range(10):  # ejected: none wait
-        assert await querier.query() < PER_TRY_TIMEOUT
+    assert tries("timeout") == 3
+    frozen_tries = tries()
+    for _ in range(10):  # ejected: not tried again, so nobody waits on it
+        await querier.query()
+    assert tries() == frozen_tries
     assert querier.errors == []
 
     # Round robin: once back, both get their share again.
@@ -166,9 +185,10 @@ async def test_sigstop_costs_at_most_per_try_timeout_until_ejected_then_sigcont(
     clock.now += EJECTION_TIME
     before = (await queries(first.url), await queries(second.url))
     for _ in range(6):
-        assert await querier.query() < PER_TRY_TIMEOUT
+        await querier.query()
     after = (await queries(first.url), await queries(second.url))
     assert querier.errors == []
+    assert tries("timeout") == 3  # the thawed one answers in time again
     # The thawed one may still count the tries it got while frozen (they were in its socket
     # buffer), so its share is at least its turn; the other's is exact.
     assert after[0] - before[0] >= 3
