@@ -599,6 +599,18 @@ class WrkResult:
     def failed(self) -> bool:
         return any(self.errors.values())
 
+    @property
+    def per_cpu_second(self) -> float:
+        """Requests per CPU-second of the process under test (the proxy, or the gateway; the
+        origin for nginx): what a noisy machine disturbs least, as a proxy that is starved of
+        CPU by other processes serves fewer requests per wall-clock second but not per
+        CPU-second."""
+        for name in ("gateway", "proxy", "origin"):
+            share = self.cpu.get(name)
+            if share:
+                return self.rps / share
+        return 0.0
+
 
 @dataclass
 class TransferResult:
@@ -1064,7 +1076,7 @@ def print_wrk(results: dict[str, list[WrkResult]], args: argparse.Namespace) -> 
     )
     print(
         f"{'target':<16} {'req/s':>28} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
-        "  CPU (1 core = 100%)"
+        f" {'req/CPU-s':>10}  CPU (1 core = 100%)"
     )
     for name, runs in results.items():
         cpu_names = runs[0].cpu.keys()
@@ -1076,7 +1088,8 @@ def print_wrk(results: dict[str, list[WrkResult]], args: argparse.Namespace) -> 
             f"{name:<16} {spread([r.rps for r in runs]):>28} "
             f"{statistics.median(r.p50_ms for r in runs):>8.2f} "
             f"{statistics.median(r.p90_ms for r in runs):>8.2f} "
-            f"{statistics.median(r.p99_ms for r in runs):>8.2f}  {cpu}"
+            f"{statistics.median(r.p99_ms for r in runs):>8.2f} "
+            f"{statistics.median(r.per_cpu_second for r in runs):>10,.0f}  {cpu}"
         )
         for run in runs:
             if run.failed:
@@ -1102,7 +1115,11 @@ def print_ratios(results: dict[str, list[WrkResult]]) -> None:
             continue
         pairs = list(zip(results[name], results[reference], strict=True))
         ratios = [ours.rps / theirs.rps for ours, theirs in pairs]
-        line = f"{name} / {reference} req/s: {spread(ratios, '{:.2f}')}"
+        per_cpu = [ours.per_cpu_second / (theirs.per_cpu_second or 1) for ours, theirs in pairs]
+        line = (
+            f"{name} / {reference} req/s: {spread(ratios, '{:.2f}')}"
+            f" (per CPU-second: {spread(per_cpu, '{:.2f}')})"
+        )
         if target is not None:
             verdict = "met" if statistics.median(ratios) >= target else "NOT met"
             line += f"  (target ≥ {target}: {verdict})"

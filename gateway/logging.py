@@ -3,6 +3,12 @@
 aiohttp's own loggers (`aiohttp.server`, `aiohttp.web`, …) go through the same processors via
 `ProcessorFormatter`, so every line the process prints has one shape. A last processor drops any
 field whose name says it holds a secret, in case a future call site forgets.
+
+The one exception is the canonical `request` line, written once per request: in JSON it is
+rendered straight to bytes by `RequestLog` (orjson) and written to the same stream, with the same
+fields, without structlog's processors and the stdlib logging chain (~70 us a line, ~35 % of
+the process at its default level; issue 17). On a console, below its level, or while structlog
+is configured otherwise (`structlog.testing.capture_logs`), it takes the ordinary path.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
-from typing import Any
+from typing import IO, Any
 
+import orjson
 import structlog
 
 _SECRET_KEYS = frozenset(
@@ -44,6 +52,92 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
+REQUEST_EVENT = "request"
+REQUEST_LOGGER = "gateway.request"
+_WRAP_FOR_FORMATTER = structlog.stdlib.ProcessorFormatter.wrap_for_formatter
+
+
+class RequestLog:
+    """Writes the canonical request line as the JSON set-up would, ~10 x cheaper.
+
+    The fields and their order are those of the structlog path: the call's fields, `event`, the
+    bound context (request id, worker), `level`, `logger`, `timestamp` (ISO 8601, UTC, in
+    microseconds). Context keys named like secrets are redacted as `redact_secrets` does; the
+    other fields are the gateway's own (a method, a route template, numbers). One line, flushed
+    at once, on the stream of the stdlib handler.
+    """
+
+    __slots__ = ("_binary", "_processors", "_second", "_second_text", "_stream")
+
+    def __init__(self) -> None:
+        self._processors: list[Any] | None = None
+        self._stream: IO[str] | None = None
+        self._binary: IO[bytes] | None = None
+        self._second = -1
+        self._second_text = ""
+
+    def enable(self, stream: IO[str], processors: list[Any]) -> None:
+        """Write lines to `stream` while structlog's processors are still `processors`."""
+        self._stream = stream
+        binary = getattr(stream, "buffer", None)
+        self._binary = binary if binary is not None and hasattr(binary, "write") else None
+        self._processors = processors
+
+    def disable(self) -> None:
+        self._processors = self._stream = self._binary = None
+
+    @property
+    def active(self) -> bool:
+        processors = self._processors
+        # capture_logs() swaps the last processor in place; configure() replaces the list.
+        return (
+            processors is not None
+            and processors[-1] is _WRAP_FOR_FORMATTER
+            and structlog.get_config()["processors"] is processors
+        )
+
+    def write(
+        self, method: str, path: str, status: int, duration_ms: float, org: int | None
+    ) -> bool:
+        """Write the line; False (nothing written) when the ordinary path must take it."""
+        if not self.active:
+            return False
+        event: dict[str, Any] = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "org": org,
+            "event": REQUEST_EVENT,
+        }
+        for key, value in structlog.contextvars.get_contextvars().items():
+            if key not in event:
+                event[key] = "[redacted]" if key.lower() in _SECRET_KEYS else value
+        event["level"] = "info"
+        event["logger"] = REQUEST_LOGGER
+        event["timestamp"] = self._timestamp()
+        line = orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE)
+        binary = self._binary
+        if binary is not None:
+            binary.write(line)
+            binary.flush()
+        elif self._stream is not None:
+            self._stream.write(line.decode())
+            self._stream.flush()
+        return True
+
+    def _timestamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int((now - second) * 1_000_000):06d}Z"
+
+
+request_log = RequestLog()
+
+
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     """Set up structlog and the stdlib root logger. `log_format` is json, console or auto."""
     as_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
@@ -61,12 +155,13 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         if as_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    processors: list[Any] = [
+        structlog.processors.StackInfoRenderer(),
+        *shared,
+        _WRAP_FOR_FORMATTER,
+    ]
     structlog.configure(
-        processors=[
-            structlog.processors.StackInfoRenderer(),
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         # A call below the level is a no-op method: no event dict, no processor, no exception
         # (stdlib.filter_by_level drops lines by raising, ~15 us per proxied request).
@@ -84,3 +179,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     root.setLevel(level.upper())
     # The canonical request line replaces aiohttp's access log.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if as_json and root.isEnabledFor(logging.INFO):
+        request_log.enable(sys.stderr, processors)
+    else:
+        request_log.disable()
