@@ -13,9 +13,12 @@ is configured otherwise (`structlog.testing.capture_logs`), it takes the ordinar
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import MutableMapping
 from typing import IO, Any
@@ -63,18 +66,39 @@ class RequestLog:
     The fields and their order are those of the structlog path: the call's fields, `event`, the
     bound context (request id, worker), `level`, `logger`, `timestamp` (ISO 8601, UTC, in
     microseconds). Context keys named like secrets are redacted as `redact_secrets` does; the
-    other fields are the gateway's own (a method, a route template, numbers). One line, flushed
-    at once, on the stream of the stdlib handler.
+    other fields are the gateway's own (a method, a route template, numbers).
+
+    Lines go to the stream of the stdlib handler, written together once per turn of the event
+    loop (a callback scheduled by the first line of the turn) instead of one write(2) per line
+    (stderr is unbuffered: ~3-4 us each). Any other log line flushes them first (`_Handler`),
+    so lines keep their order; so do the end of the process and `disable`. Without a running
+    loop, a line is written at once.
     """
 
-    __slots__ = ("_binary", "_processors", "_second", "_second_text", "_stream")
+    __slots__ = (
+        "_binary",
+        "_loop",
+        "_loop_thread",
+        "_pending",
+        "_processors",
+        "_second",
+        "_second_text",
+        "_stream",
+    )
+
+    # Lines held before writing anyway, whatever the loop does.
+    MAX_PENDING = 256
 
     def __init__(self) -> None:
         self._processors: list[Any] | None = None
         self._stream: IO[str] | None = None
         self._binary: IO[bytes] | None = None
+        self._pending: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._second = -1
         self._second_text = ""
+        atexit.register(self.flush)
 
     def enable(self, stream: IO[str], processors: list[Any]) -> None:
         """Write lines to `stream` while structlog's processors are still `processors`."""
@@ -84,7 +108,9 @@ class RequestLog:
         self._processors = processors
 
     def disable(self) -> None:
+        self.flush()
         self._processors = self._stream = self._binary = None
+        self._loop = None
 
     @property
     def active(self) -> bool:
@@ -116,15 +142,48 @@ class RequestLog:
         event["level"] = "info"
         event["logger"] = REQUEST_LOGGER
         event["timestamp"] = self._timestamp()
-        line = orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE)
-        binary = self._binary
-        if binary is not None:
-            binary.write(line)
-            binary.flush()
-        elif self._stream is not None:
-            self._stream.write(line.decode())
-            self._stream.flush()
+        pending = self._pending
+        pending.append(orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE))
+        if len(pending) == 1:
+            self._flush_soon()
+        elif len(pending) >= self.MAX_PENDING:
+            self.flush()
         return True
+
+    def _flush_soon(self) -> None:
+        """Flush at the end of this turn of the running loop, or now without one."""
+        loop = self._loop
+        # The loop is looked up once, not per line: on Python 3.11 get_running_loop() costs a
+        # getpid(2) each time.
+        if loop is None or self._loop_thread != threading.get_ident() or not loop.is_running():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._loop = loop
+            self._loop_thread = threading.get_ident()
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the lines held, in one write."""
+        pending = self._pending
+        if not pending:
+            return
+        data = b"".join(pending)
+        pending.clear()
+        stream, binary = self._stream, self._binary
+        try:
+            if binary is not None:
+                if stream is not None:
+                    stream.flush()  # text the stream may hold goes first
+                binary.write(data)
+                binary.flush()
+            elif stream is not None:
+                stream.write(data.decode())
+                stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream, as logging.Handler ignores
+            pass
 
     def _timestamp(self) -> str:
         now = time.time()
@@ -136,6 +195,14 @@ class RequestLog:
 
 
 request_log = RequestLog()
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed
+    """The stdlib handler: writes the request lines held first, so that lines keep their order."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        request_log.flush()
+        super().emit(record)
 
 
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
@@ -172,7 +239,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

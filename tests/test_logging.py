@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -234,3 +235,23 @@ class TestRequestLine:
         configure_logging("json", "info")
         structlog.configure(processors=[structlog.processors.JSONRenderer()])
         assert not request_log.active
+
+    async def test_lines_of_one_loop_turn_are_written_together_and_in_order(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging("json", "info")
+        self.record(org=1)
+        self.record(org=2)
+        assert capsys.readouterr().err == ""  # held until the end of this turn of the loop
+        await asyncio.sleep(0)
+        assert [json.loads(line)["org"] for line in capsys.readouterr().err.splitlines()] == [1, 2]
+        self.record(org=3)
+        structlog.get_logger("t").warning("after")  # any other line writes the held ones first
+        events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        assert [(event["event"], event.get("org")) for event in events] == [
+            ("request", 3),
+            ("after", None),
+        ]
+        self.record(org=4)
+        request_log.disable()  # and so does the end (disable, or the process's exit)
+        assert json.loads(capsys.readouterr().err)["org"] == 4
