@@ -3,16 +3,27 @@
 aiohttp's own loggers (`aiohttp.server`, `aiohttp.web`, …) go through the same processors via
 `ProcessorFormatter`, so every line the process prints has one shape. A last processor drops any
 field whose name says it holds a secret, in case a future call site forgets.
+
+The one exception is the canonical `request` line, written once per request: in JSON it is
+rendered straight to bytes by `RequestLog` (orjson) and written to the same stream, with the same
+fields, without structlog's processors and the stdlib logging chain (~70 us a line, ~35 % of
+the process at its default level; issue 17). On a console, below its level, or while structlog
+is configured otherwise (`structlog.testing.capture_logs`), it takes the ordinary path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import re
 import sys
+import threading
+import time
 from collections.abc import MutableMapping
-from typing import Any
+from typing import IO, Any
 
+import orjson
 import structlog
 
 _SECRET_KEYS = frozenset(
@@ -44,6 +55,156 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
+REQUEST_EVENT = "request"
+REQUEST_LOGGER = "gateway.request"
+_WRAP_FOR_FORMATTER = structlog.stdlib.ProcessorFormatter.wrap_for_formatter
+
+
+class RequestLog:
+    """Writes the canonical request line as the JSON set-up would, ~10 x cheaper.
+
+    The fields and their order are those of the structlog path: the call's fields, `event`, the
+    bound context (request id, worker), `level`, `logger`, `timestamp` (ISO 8601, UTC, in
+    microseconds). Context keys named like secrets are redacted as `redact_secrets` does; the
+    other fields are the gateway's own (a method, a route template, numbers).
+
+    Lines go to the stream of the stdlib handler, written together once per turn of the event
+    loop (a callback scheduled by the first line of the turn) instead of one write(2) per line
+    (stderr is unbuffered: ~3-4 us each). Any other log line flushes them first (`_Handler`),
+    so lines keep their order; so do the end of the process and `disable`. Without a running
+    loop, a line is written at once.
+    """
+
+    __slots__ = (
+        "_binary",
+        "_loop",
+        "_loop_thread",
+        "_pending",
+        "_processors",
+        "_second",
+        "_second_text",
+        "_stream",
+    )
+
+    # Lines held before writing anyway, whatever the loop does.
+    MAX_PENDING = 256
+
+    def __init__(self) -> None:
+        self._processors: list[Any] | None = None
+        self._stream: IO[str] | None = None
+        self._binary: IO[bytes] | None = None
+        self._pending: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._second = -1
+        self._second_text = ""
+        atexit.register(self.flush)
+
+    def enable(self, stream: IO[str], processors: list[Any]) -> None:
+        """Write lines to `stream` while structlog's processors are still `processors`."""
+        self._stream = stream
+        binary = getattr(stream, "buffer", None)
+        self._binary = binary if binary is not None and hasattr(binary, "write") else None
+        self._processors = processors
+
+    def disable(self) -> None:
+        self.flush()
+        self._processors = self._stream = self._binary = None
+        self._loop = None
+
+    @property
+    def active(self) -> bool:
+        processors = self._processors
+        # capture_logs() swaps the last processor in place; configure() replaces the list.
+        return (
+            processors is not None
+            and processors[-1] is _WRAP_FOR_FORMATTER
+            and structlog.get_config()["processors"] is processors
+        )
+
+    def write(
+        self, method: str, path: str, status: int, duration_ms: float, org: int | None
+    ) -> bool:
+        """Write the line; False (nothing written) when the ordinary path must take it."""
+        if not self.active:
+            return False
+        event: dict[str, Any] = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "org": org,
+            "event": REQUEST_EVENT,
+        }
+        for key, value in structlog.contextvars.get_contextvars().items():
+            if key not in event:
+                event[key] = "[redacted]" if key.lower() in _SECRET_KEYS else value
+        event["level"] = "info"
+        event["logger"] = REQUEST_LOGGER
+        event["timestamp"] = self._timestamp()
+        pending = self._pending
+        pending.append(orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE))
+        if len(pending) == 1:
+            self._flush_soon()
+        elif len(pending) >= self.MAX_PENDING:
+            self.flush()
+        return True
+
+    def _flush_soon(self) -> None:
+        """Flush at the end of this turn of the running loop, or now without one."""
+        loop = self._loop
+        # The loop is looked up once, not per line: on Python 3.11 get_running_loop() costs a
+        # getpid(2) each time.
+        if loop is None or self._loop_thread != threading.get_ident() or not loop.is_running():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._loop = loop
+            self._loop_thread = threading.get_ident()
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the lines held, in one write."""
+        pending = self._pending
+        if not pending:
+            return
+        data = b"".join(pending)
+        pending.clear()
+        stream, binary = self._stream, self._binary
+        try:
+            if binary is not None:
+                if stream is not None:
+                    stream.flush()  # text the stream may hold goes first
+                binary.write(data)
+                binary.flush()
+            elif stream is not None:
+                stream.write(data.decode())
+                stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream, as logging.Handler ignores
+            pass
+
+    def _timestamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int((now - second) * 1_000_000):06d}Z"
+
+
+request_log = RequestLog()
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed
+    """The stdlib handler: writes the request lines held first, so that lines keep their order."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        request_log.flush()
+        super().emit(record)
+
+
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     """Set up structlog and the stdlib root logger. `log_format` is json, console or auto."""
     as_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
@@ -61,12 +222,13 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         if as_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    processors: list[Any] = [
+        structlog.processors.StackInfoRenderer(),
+        *shared,
+        _WRAP_FOR_FORMATTER,
+    ]
     structlog.configure(
-        processors=[
-            structlog.processors.StackInfoRenderer(),
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         # A call below the level is a no-op method: no event dict, no processor, no exception
         # (stdlib.filter_by_level drops lines by raising, ~15 us per proxied request).
@@ -77,10 +239,14 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # The canonical request line replaces aiohttp's access log.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if as_json and root.isEnabledFor(logging.INFO):
+        request_log.enable(sys.stderr, processors)
+    else:
+        request_log.disable()

@@ -6,17 +6,27 @@ registry), org id, method, status code, route template, error kind — never a r
 
 Source health and the registry's size are read at scrape time by `SourceStateCollector`, from
 the monitor's in-memory state, so a scrape costs no probe and no SQL.
+
+The metrics updated on every request (the proxy's, the targets', the API's) are, in one process,
+plain slotted counters and histograms (`LocalCounter`, `LocalGauge`, `LocalHistogram`) that a
+`LocalFamily` exports at scrape time with the names, help, types and samples prometheus-client
+would: one update costs an attribute add instead of a lock and a method chain (~2.4 vs ~11.6 us
+for a request's updates; issue 17). With several workers (`PROMETHEUS_MULTIPROC_DIR`) they stay
+prometheus-client's, whose values live in the shared files every worker's scrape merges.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import time
+from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
+import prometheus_client.metrics
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -29,6 +39,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from gateway import __version__
 from gateway.registry.models import DataSource, target_label
@@ -46,102 +57,272 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own switch
 _SOURCE = ("org", "source_uid", "source_type")
 
 
+# --- what the request path updates: prometheus-client's metrics, or the local ones ------------
+
+
+class CounterChild(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class GaugeChild(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+    def dec(self, amount: float = 1) -> None: ...
+
+
+class HistogramChild(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class CounterFamily(Protocol):
+    def labels(self, *values: str) -> CounterChild: ...
+
+
+class GaugeFamily(Protocol):
+    def labels(self, *values: str) -> GaugeChild: ...
+
+
+class HistogramFamily(Protocol):
+    def labels(self, *values: str) -> HistogramChild: ...
+
+
+class LocalCounter:
+    """A counter of one process: `inc` is an add (the event loop is its only writer)."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.value += amount
+
+
+class LocalGauge:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class LocalHistogram:
+    """Counts per bucket (not cumulative: made so at scrape time) and the sum."""
+
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # ascending, the last one +Inf
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        # The first bucket whose upper bound is >= amount, as prometheus-client's `<=`.
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+_SUFFIXES = {"counter": "_total", "gauge": ""}
+_Child = TypeVar("_Child", LocalCounter, LocalGauge, LocalHistogram)
+
+
+def _bounds(buckets: Sequence[float]) -> tuple[float, ...]:
+    """Histogram upper bounds as prometheus-client keeps them: floats, +Inf last."""
+    bounds = [float(bound) for bound in buckets]
+    if not bounds or bounds[-1] != float("inf"):
+        bounds.append(float("inf"))
+    return tuple(bounds)
+
+
+class LocalFamily(Generic[_Child]):
+    """One metric with its label children, a collector of its own: what prometheus-client's
+    Counter, Gauge or Histogram would expose, sample for sample (`_created` included, unless
+    prometheus-client's `disable_created_metrics()` was called)."""
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        child: Callable[[], _Child],
+        bounds: tuple[float, ...] = (),
+    ) -> None:
+        if kind == "counter" and name.endswith("_total"):
+            name = name[: -len("_total")]  # as prometheus-client names the family
+        self.kind = kind
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._child: Callable[[], _Child] = child
+        # "le" label values as prometheus-client writes them ("0.005", "1.0", "+Inf").
+        self._le = tuple(floatToGoString(bound) for bound in bounds)  # type: ignore[no-untyped-call]
+        self.children: dict[tuple[str, ...], _Child] = {}
+
+    def labels(self, *values: str) -> _Child:
+        key = tuple(str(value) for value in values)
+        child = self.children.get(key)
+        if child is None:
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected")
+            child = self.children[key] = self._child()
+        return child
+
+    def describe(self) -> Iterator[Metric]:
+        yield Metric(self.name, self.documentation, self.kind)
+
+    def collect(self) -> Iterator[Metric]:
+        metric = Metric(self.name, self.documentation, self.kind)
+        created = prometheus_client.metrics._use_created  # disable_created_metrics() sets it
+        for values, child in list(self.children.items()):
+            labels = dict(zip(self.labelnames, values, strict=True))
+            if isinstance(child, LocalHistogram):
+                cumulative = 0
+                for le, count in zip(self._le, list(child.counts), strict=True):
+                    cumulative += count
+                    metric.add_sample(f"{self.name}_bucket", {**labels, "le": le}, cumulative)
+                metric.add_sample(f"{self.name}_count", labels, cumulative)
+                metric.add_sample(f"{self.name}_sum", labels, child.sum)
+            else:
+                metric.add_sample(self.name + _SUFFIXES[self.kind], labels, child.value)
+            if created and not isinstance(child, LocalGauge):
+                metric.add_sample(f"{self.name}_created", labels, child.created)
+        yield metric
+
+
+class _Families:
+    """Makes the request path's metrics: local ones registered as collectors on `registry`,
+    or prometheus-client's when workers share values through PROMETHEUS_MULTIPROC_DIR."""
+
+    def __init__(self, registry: CollectorRegistry, local: bool) -> None:
+        self.registry = registry
+        self.local = local
+
+    def counter(self, name: str, doc: str, labels: Sequence[str]) -> CounterFamily:
+        if not self.local:
+            return Counter(name, doc, labels, registry=self.registry)
+        family = LocalFamily("counter", name, doc, labels, LocalCounter)
+        self.registry.register(family)
+        return family
+
+    def gauge(
+        self, name: str, doc: str, labels: Sequence[str], mode: Literal["livesum"]
+    ) -> GaugeFamily:
+        if not self.local:
+            return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)
+        family = LocalFamily("gauge", name, doc, labels, LocalGauge)
+        self.registry.register(family)
+        return family
+
+    def histogram(
+        self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> HistogramFamily:
+        if not self.local:
+            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+        bounds = _bounds(buckets)
+        family = LocalFamily("histogram", name, doc, labels, lambda: LocalHistogram(bounds), bounds)
+        self.registry.register(family)
+        return family
+
+
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, local: bool | None = None) -> None:
+        """`local`: the request path's metrics as plain in-process values (by default, unless
+        workers share metrics through PROMETHEUS_MULTIPROC_DIR)."""
         self.registry = registry
         self.served = registry  # what /metrics exposes; see exposition_registry
+        make = _Families(registry, multiprocess_dir() is None if local is None else local)
+        self.local = make.local
         # Proxied requests: what clients asked of the data sources.
-        self.proxy_requests = Counter(
+        self.proxy_requests = make.counter(
             "gateway_proxy_requests_total",
             "Proxied requests by source, method and response status code.",
             [*_SOURCE, "method", "code"],
-            registry=registry,
         )
-        self.proxy_upstream_latency = Histogram(
+        self.proxy_upstream_latency = make.histogram(
             "gateway_proxy_upstream_latency_seconds",
             "Time from receiving a proxied request to the upstream's response headers.",
             _SOURCE,
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         )
-        self.proxy_duration = Histogram(
+        self.proxy_duration = make.histogram(
             "gateway_proxy_request_duration_seconds",
             "Time from receiving a proxied request to the end of its response body.",
             _SOURCE,
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         )
-        self.proxy_request_bytes = Counter(
+        self.proxy_request_bytes = make.counter(
             "gateway_proxy_request_bytes_total",
             "Request body bytes sent to upstreams.",
             _SOURCE,
-            registry=registry,
         )
-        self.proxy_response_bytes = Counter(
+        self.proxy_response_bytes = make.counter(
             "gateway_proxy_response_bytes_total",
             "Response body bytes sent back to clients.",
             _SOURCE,
-            registry=registry,
         )
-        self.proxy_in_flight = Gauge(
+        self.proxy_in_flight = make.gauge(
             "gateway_proxy_requests_in_flight",
             "Proxied requests being served now.",
             _SOURCE,
-            registry=registry,
-            multiprocess_mode="livesum",  # with --workers: the sum over live workers
+            "livesum",  # with --workers: the sum over live workers
         )
-        self.proxy_upstream_errors = Counter(
+        self.proxy_upstream_errors = make.counter(
             "gateway_proxy_upstream_errors_total",
             "Proxied requests that failed at the upstream, by kind "
             "(connect, timeout, reset, tls, protocol).",
             [*_SOURCE, "kind"],
-            registry=registry,
         )
         # Replicas (jsonData.replicaUrls): where requests went, and what health did about it.
         # `target` is a URL without userinfo (registry.models.target_label): one series per URL.
-        self.target_requests = Counter(
+        self.target_requests = make.counter(
             "gateway_target_requests_total",
             "Proxied request tries by target (one URL of a source) and result: the upstream's "
             "status class (2xx, 3xx, 4xx, 5xx) or the error kind (connect, timeout, reset, ...).",
             ["org", "source_uid", "target", "result"],
-            registry=registry,
         )
-        self.proxy_failovers = Counter(
+        self.proxy_failovers = make.counter(
             "gateway_proxy_failovers_total",
             "Proxied requests retried on another target of their source after a failed try.",
             _SOURCE,
-            registry=registry,
         )
-        self.target_ejections = Counter(
+        self.target_ejections = make.counter(
             "gateway_target_ejections_total",
             "Targets ejected from load balancing by outlier detection (passive health).",
             ["org", "source_uid", "target"],
-            registry=registry,
         )
-        self.target_returns = Counter(
+        self.target_returns = make.counter(
             "gateway_target_returns_total",
             "Ejected targets returned to load balancing: their ejection time ran out or a "
             "health probe passed.",
             ["org", "source_uid", "target"],
-            registry=registry,
         )
         # The gateway's own API.
-        self.api_requests = Counter(
+        self.api_requests = make.counter(
             "gateway_api_requests_total",
             "HTTP requests to the gateway by route template, method and status code.",
             ["route", "method", "code"],
-            registry=registry,
         )
-        self.api_duration = Histogram(
+        self.api_duration = make.histogram(
             "gateway_api_request_duration_seconds",
             "Time to answer gateway HTTP requests, by route template.",
             ["route", "method"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         )
         # Label children by labels: `.labels()` costs more than the update it serves.
-        self._api_counters: dict[tuple[str, str, int], Counter] = {}
-        self._api_histograms: dict[tuple[str, str], Histogram] = {}
+        self._api_counters: dict[tuple[str, str, int], CounterChild] = {}
+        self._api_histograms: dict[tuple[str, str], HistogramChild] = {}
         # Health monitoring.
         self.probe_duration = Histogram(
             "gateway_health_probe_duration_seconds",
@@ -228,13 +409,13 @@ class GatewayMetrics:
 
 @dataclass(slots=True)
 class TargetMeters:
-    ejections: Counter
-    returns: Counter
-    _requests: Counter
+    ejections: CounterChild
+    returns: CounterChild
+    _requests: CounterFamily
     _labels: tuple[str, str, str]
-    _by_result: dict[str, Counter] = field(default_factory=dict)
+    _by_result: dict[str, CounterChild] = field(default_factory=dict)
 
-    def requests(self, result: str) -> Counter:
+    def requests(self, result: str) -> CounterChild:
         """Tries of this target by result: a status class ("2xx") or an error kind."""
         child = self._by_result.get(result)
         if child is None:
@@ -244,18 +425,18 @@ class TargetMeters:
 
 @dataclass(slots=True)
 class SourceMeters:
-    in_flight: Gauge
-    upstream_latency: Histogram
-    duration: Histogram
-    request_bytes: Counter
-    response_bytes: Counter
-    failovers: Counter
-    _requests: Counter
-    _errors: Counter
+    in_flight: GaugeChild
+    upstream_latency: HistogramChild
+    duration: HistogramChild
+    request_bytes: CounterChild
+    response_bytes: CounterChild
+    failovers: CounterChild
+    _requests: CounterFamily
+    _errors: CounterFamily
     _labels: tuple[str, str, str]
-    _by_outcome: dict[tuple[str, str], Counter] = field(default_factory=dict)
+    _by_outcome: dict[tuple[str, str], CounterChild] = field(default_factory=dict)
 
-    def requests(self, method: str, code: str) -> Counter:
+    def requests(self, method: str, code: str) -> CounterChild:
         child = self._by_outcome.get((method, code))
         if child is None:
             child = self._by_outcome[(method, code)] = self._requests.labels(
@@ -263,7 +444,7 @@ class SourceMeters:
             )
         return child
 
-    def upstream_errors(self, kind: str) -> Counter:
+    def upstream_errors(self, kind: str) -> CounterChild:
         return self._errors.labels(*self._labels, kind)
 
 

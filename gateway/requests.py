@@ -18,11 +18,12 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from gateway.errors import Unauthorized
+from gateway.logging import REQUEST_EVENT, REQUEST_LOGGER, request_log
 from gateway.metrics import GatewayMetrics
 from gateway.registry.models import Principal
 from gateway.security.auth import PrincipalCache, token_from_header
 
-log = structlog.get_logger("gateway.request")
+log = structlog.get_logger(REQUEST_LOGGER)
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
@@ -69,15 +70,16 @@ def record_request(
     elapsed: float,
     principal: Principal | None,
 ) -> None:
-    """The API metrics and the one canonical log line of a request, whichever server took it."""
+    """The API metrics and the one canonical log line of a request, whichever server took it:
+    rendered straight to bytes when logging is JSON at info (gateway/logging.py), else through
+    `logger`."""
     metrics.record_api_request(route, method, status, elapsed)
+    duration_ms = round(elapsed * 1000, 2)
+    org = principal.org.id if principal else None
+    if request_log.write(method, route, status, duration_ms, org):
+        return
     logger.info(
-        "request",
-        method=method,
-        path=route,
-        status=status,
-        duration_ms=round(elapsed * 1000, 2),
-        org=principal.org.id if principal else None,
+        REQUEST_EVENT, method=method, path=route, status=status, duration_ms=duration_ms, org=org
     )
 
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry
 
-from gateway.logging import configure_logging
+from gateway.logging import configure_logging, request_log
+from gateway.metrics import GatewayMetrics
+from gateway.registry.models import Org, Principal, Role
+from gateway.requests import record_request
 from tests.conftest import ADMIN_TOKEN
 from tests.types import AppClient
 
@@ -83,6 +91,7 @@ class TestConfiguration:
         root.handlers[:] = handlers
         root.setLevel(level)
         structlog.reset_defaults()
+        request_log.disable()
 
     def test_aiohttp_stdlib_logs_render_as_json_lines(
         self, capsys: pytest.CaptureFixture[str]
@@ -129,3 +138,120 @@ class TestConfiguration:
         err = capsys.readouterr().err
         assert "quiet" not in err
         assert "loud" in err
+
+
+class TestRequestLine:
+    """The request line written straight to bytes (gateway/logging.py RequestLog) says what the
+    structlog path says, in the same order, and steps aside where that path must take it."""
+
+    @pytest.fixture(autouse=True)
+    def restore_logging(self) -> Iterator[None]:
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        yield
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()
+        request_log.disable()
+
+    @staticmethod
+    def record(org: int | None = 3) -> None:
+        principal = None
+        if org is not None:
+            created = datetime(2024, 1, 1, tzinfo=UTC)
+            principal = Principal(1, Org(org, "0" * 16, "o", created), Role.VIEWER)
+        metrics = GatewayMetrics(CollectorRegistry())
+        logger = structlog.get_logger("gateway.request")
+        record_request(metrics, logger, "GET", "/api/x/{uid}", 200, 0.012345, principal)
+
+    @staticmethod
+    def last_line(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+        record: dict[str, object] = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        return record
+
+    def test_same_fields_in_the_same_order_as_the_structlog_path(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging("json", "info")
+        structlog.contextvars.bind_contextvars(worker=1, request_id="rid-7")
+        assert request_log.active
+        self.record()
+        fast = self.last_line(capsys)
+        structlog.get_logger("gateway.request").info(
+            "request", method="GET", path="/api/x/{uid}", status=200, duration_ms=12.35, org=3
+        )
+        slow = self.last_line(capsys)
+        assert list(fast) == list(slow)
+        assert {**fast, "timestamp": None} == {**slow, "timestamp": None}
+        assert fast["duration_ms"] == 12.35
+        stamp = str(fast["timestamp"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+        written = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert abs(written.timestamp() - time.time()) < 5
+
+    def test_no_principal_is_org_null(self, capsys: pytest.CaptureFixture[str]) -> None:
+        configure_logging("json", "info")
+        self.record(org=None)
+        assert self.last_line(capsys)["org"] is None
+
+    def test_context_fields_named_like_secrets_are_redacted(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging("json", "info")
+        structlog.contextvars.bind_contextvars(token="dsg_secret", Authorization="Bearer x")
+        self.record()
+        err = capsys.readouterr().err
+        record = json.loads(err.strip().splitlines()[-1])
+        assert record["token"] == "[redacted]"
+        assert record["Authorization"] == "[redacted]"
+        assert "dsg_secret" not in err
+        assert "Bearer x" not in err
+
+    def test_capture_logs_still_sees_the_line(self) -> None:
+        configure_logging("json", "info")
+        with structlog.testing.capture_logs() as logs:
+            assert not request_log.active
+            self.record()
+        assert [entry["event"] for entry in logs] == ["request"]
+        assert request_log.active  # the processors are back
+
+    def test_console_takes_the_ordinary_path(self, capsys: pytest.CaptureFixture[str]) -> None:
+        configure_logging("console", "info")
+        assert not request_log.active
+        self.record()
+        err = capsys.readouterr().err
+        assert "request" in err
+        assert "/api/x/{uid}" in err
+        assert not err.lstrip().startswith("{")
+
+    def test_nothing_below_the_level(self, capsys: pytest.CaptureFixture[str]) -> None:
+        configure_logging("json", "warning")
+        assert not request_log.active
+        self.record()
+        assert capsys.readouterr().err == ""
+
+    def test_a_later_configure_takes_over(self) -> None:
+        configure_logging("json", "info")
+        structlog.configure(processors=[structlog.processors.JSONRenderer()])
+        assert not request_log.active
+
+    async def test_lines_of_one_loop_turn_are_written_together_and_in_order(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging("json", "info")
+        self.record(org=1)
+        self.record(org=2)
+        assert capsys.readouterr().err == ""  # held until the end of this turn of the loop
+        await asyncio.sleep(0)
+        assert [json.loads(line)["org"] for line in capsys.readouterr().err.splitlines()] == [1, 2]
+        self.record(org=3)
+        structlog.get_logger("t").warning("after")  # any other line writes the held ones first
+        events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        assert [(event["event"], event.get("org")) for event in events] == [
+            ("request", 3),
+            ("after", None),
+        ]
+        self.record(org=4)
+        request_log.disable()  # and so does the end (disable, or the process's exit)
+        assert json.loads(capsys.readouterr().err)["org"] == 4

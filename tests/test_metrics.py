@@ -6,15 +6,17 @@ import dataclasses
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from pytest_aiohttp import AiohttpClient
 
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.keys import MONITOR, STORE
+from gateway.metrics import GatewayMetrics
 from gateway.registry.models import DataSourceSpec
 from tests.conftest import ADMIN_TOKEN
 from tests.types import AppClient
@@ -164,3 +166,79 @@ async def test_the_readme_documents_every_gateway_metric(client: AppClient) -> N
     exported = set(re.findall(r"^# TYPE (gateway_\S+) ", await scrape(client), re.MULTILINE))
     assert "gateway_target_up" in exported
     assert {name for name in exported if f"`{name}`" not in readme} == set()
+
+
+def _exercise(metrics: GatewayMetrics) -> None:
+    """A few of every update the request path makes, through the same interface."""
+    meters = metrics.source_meters(metrics.source_labels(1, "abc", "prometheus"))
+    meters.in_flight.inc()
+    meters.upstream_latency.observe(0.004)
+    meters.upstream_latency.observe(0.3)
+    meters.upstream_latency.observe(500)  # beyond the last bucket: +Inf only
+    meters.duration.observe(0.01)  # on a bucket's bound: counted in that bucket
+    meters.requests("GET", "200").inc()
+    meters.requests("GET", "200").inc()
+    meters.requests("POST", "502").inc()
+    meters.request_bytes.inc(10)
+    meters.response_bytes.inc(402)
+    meters.failovers.inc()
+    meters.upstream_errors("connect").inc()
+    meters.in_flight.dec()
+    meters.in_flight.inc()
+    target = metrics.target_meters(1, "abc", "http://a:9090")
+    target.requests("2xx").inc()
+    target.requests("connect").inc()
+    target.ejections.inc()
+    target.returns.inc()
+    metrics.record_api_request("/api/x", "GET", 200, 0.002)
+    metrics.record_api_request("/api/x", "GET", 404, 7.5)
+    metrics.source_meters(metrics.source_labels(2, "never-used", "loki"))  # no update: no samples
+
+
+def _without_created_values(text: str) -> str:
+    return re.sub(r"(_created\{[^}]*\}) \S+", r"\1 T", text)
+
+
+def test_local_metrics_expose_what_prometheus_client_would() -> None:
+    """Names, help, types, labels and values: the exposition of the local counters (one
+    process) is prometheus-client's, line for line, but for the `_created` times."""
+    local_registry, client_registry = CollectorRegistry(), CollectorRegistry()
+    local = GatewayMetrics(local_registry, local=True)
+    client = GatewayMetrics(client_registry, local=False)
+    assert (local.local, client.local) == (True, False)
+    for metrics in (local, client):
+        _exercise(metrics)
+    local_text = generate_latest(local_registry).decode()
+    client_text = generate_latest(client_registry).decode()
+    assert _without_created_values(local_text) == _without_created_values(client_text)
+    assert 'gateway_proxy_requests_total{code="200",method="GET",org="1"' in local_text
+    labels = {"org": "1", "source_uid": "abc", "source_type": "prometheus", "le": "+Inf"}
+    bucket = "gateway_proxy_upstream_latency_seconds_bucket"
+    assert local_registry.get_sample_value(bucket, labels) == 3
+    assert local_registry.get_sample_value(bucket, {**labels, "le": "0.005"}) == 1
+    created = local_registry.get_sample_value(
+        "gateway_target_requests_created",
+        {"org": "1", "source_uid": "abc", "target": "http://a:9090", "result": "2xx"},
+    )
+    assert created is not None
+    assert abs(created - time.time()) < 60
+
+
+def test_local_counters_refuse_what_prometheus_client_refuses() -> None:
+    metrics = GatewayMetrics(CollectorRegistry(), local=True)
+    meters = metrics.source_meters(metrics.source_labels(1, "abc", "prometheus"))
+    with pytest.raises(ValueError, match="non-negative"):
+        meters.response_bytes.inc(-1)
+    with pytest.raises(ValueError, match="label values"):
+        metrics.api_requests.labels("/x", "GET")
+
+
+def test_workers_keep_prometheus_client_values(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR (gateway serve --workers N) the values go to the shared
+    files, which every worker's scrape merges: local counters would count one worker only."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert not GatewayMetrics(CollectorRegistry()).local
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    assert GatewayMetrics(CollectorRegistry()).local

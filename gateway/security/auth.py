@@ -43,12 +43,16 @@ class PrincipalCache:
 
     Only hits are cached; the registry clears the cache on every committed change (its own, or
     another process's, which its backend watches for), so a revoked token stops working within
-    the backend's watch interval.
+    the backend's watch interval. At most `limit` principals are kept (the cache starts over
+    when full): only tokens that exist get in, but there is no need to hold all of them.
+    Keyed by the hash, so no token is held in memory; hashing costs ~0.4 us a request, and a
+    sync lookup without the coroutine measured no faster (issue 17).
     """
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, limit: int = 100_000) -> None:
         self._registry = registry
         self._by_hash: dict[str, Principal] = {}
+        self._limit = limit
         registry.subscribe(self.clear)
 
     def clear(self) -> None:
@@ -60,5 +64,7 @@ class PrincipalCache:
         if principal is None:
             principal = await self._registry.find_principal(digest)
             if principal is not None:
+                if len(self._by_hash) >= self._limit:
+                    self._by_hash.clear()
                 self._by_hash[digest] = principal
         return principal

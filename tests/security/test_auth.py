@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import stat
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import pytest
 from aiohttp import web
@@ -15,8 +18,9 @@ from gateway.app import create_app
 from gateway.bootstrap import ADMIN_TOKEN_FILE
 from gateway.config import Settings
 from gateway.keys import PRINCIPAL, STORE
-from gateway.registry.models import Role
-from gateway.security.auth import hash_token, new_token, token_from_header
+from gateway.registry.interface import Registry
+from gateway.registry.models import Org, Principal, Role
+from gateway.security.auth import PrincipalCache, hash_token, new_token, token_from_header
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY, MakeToken
 from tests.process import run_cli
 from tests.types import AppClient
@@ -191,3 +195,67 @@ class TestInfluxV1Compatibility:
     async def test_other_paths_do_not_take_the_token_as_a_password(self, client: AppClient) -> None:
         response = await client.get("/api/test/whoami", params={"p": ADMIN_TOKEN})
         assert response.status == 401
+
+
+class TestPrincipalCache:
+    """The cache in front of the registry: hits only, cleared on every change, bounded."""
+
+    class Backend:
+        def __init__(self) -> None:
+            self.known: dict[str, Principal] = {}
+            self.listeners: list[Callable[[], None]] = []
+            self.lookups = 0
+
+        def subscribe(self, listener: Callable[[], None]) -> None:
+            self.listeners.append(listener)
+
+        async def find_principal(self, token_hash: str) -> Principal | None:
+            self.lookups += 1
+            return self.known.get(token_hash)
+
+        def changed(self) -> None:
+            for listener in self.listeners:
+                listener()
+
+    @staticmethod
+    def principal(token_id: int) -> Principal:
+        org = Org(1, "0" * 16, "main", datetime(2024, 1, 1, tzinfo=UTC))
+        return Principal(token_id, org, Role.VIEWER)
+
+    def cache(self, backend: Backend, limit: int = 100) -> PrincipalCache:
+        return PrincipalCache(cast(Registry, backend), limit=limit)
+
+    async def test_a_hit_is_answered_without_the_registry(self) -> None:
+        backend = self.Backend()
+        backend.known[hash_token("dsg_a")] = self.principal(1)
+        cache = self.cache(backend)
+        assert await cache.resolve("dsg_a") == self.principal(1)
+        assert await cache.resolve("dsg_a") == self.principal(1)
+        assert backend.lookups == 1
+        assert await cache.resolve("dsg_unknown") is None
+        assert await cache.resolve("dsg_unknown") is None
+        assert backend.lookups == 3  # misses are not cached
+
+    async def test_a_change_in_the_registry_empties_it_at_once(self) -> None:
+        backend = self.Backend()
+        backend.known[hash_token("dsg_a")] = self.principal(1)
+        cache = self.cache(backend)
+        await cache.resolve("dsg_a")
+        del backend.known[hash_token("dsg_a")]  # revoked
+        backend.changed()
+        assert await cache.resolve("dsg_a") is None
+        assert backend.lookups == 2
+
+    async def test_it_holds_at_most_its_limit(self) -> None:
+        backend = self.Backend()
+        for token_id in range(5):
+            backend.known[hash_token(f"dsg_{token_id}")] = self.principal(token_id)
+        cache = self.cache(backend, limit=3)
+        for token_id in range(5):
+            assert await cache.resolve(f"dsg_{token_id}") == self.principal(token_id)
+        assert backend.lookups == 5
+        assert await cache.resolve("dsg_4") == self.principal(4)  # the newest is held
+        assert backend.lookups == 5
+        for token_id in range(5):
+            await cache.resolve(f"dsg_{token_id}")
+        assert backend.lookups - 5 >= 2  # at most 3 of the 5 were still held
