@@ -293,6 +293,9 @@ class UpstreamPool:
         self._opened = 0
         self._reused = 0
         self._retried = 0
+        # The loop the pool serves, found on its first request: on Python 3.11
+        # `asyncio.get_running_loop()` costs a getpid(2) system call each time.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def request(
         self,
@@ -335,7 +338,9 @@ class UpstreamPool:
             idempotent=method in IDEMPOTENT_METHODS,
             timeouts=timeouts,
         )
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         conn = state.take_idle(loop.time())
         if conn is not None:
             self._reused += 1
