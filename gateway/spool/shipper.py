@@ -105,6 +105,7 @@ class Shippers:
         self._scan_seconds = scan_seconds
         self._shippers: dict[TargetKey, TargetShipper] = {}
         self._tasks: dict[TargetKey, asyncio.Task[None]] = {}
+        self._gone: set[TargetKey] = set()
         spool.add_append_listener(self.wake)
 
     async def run(self) -> None:
@@ -118,7 +119,7 @@ class Shippers:
                     log.exception("spool_scan_failed")
                 else:
                     for status in snapshot.targets:
-                        if status.queued_entries:
+                        if status.queued_entries and self._shippable(status.target):
                             self.wake(status.target)
                 await asyncio.sleep(self._scan_seconds)
         finally:
@@ -126,6 +127,19 @@ class Shippers:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _shippable(self, key: TargetKey) -> bool:
+        """Whether `key` is still a target of a registered source; a queue left behind by a
+        deleted source or a removed replica stays in the file (see `gateway spool status`),
+        logged once."""
+        source = self._spool.sources.get(key.source_id)
+        if source is not None and key.url in source.target_urls:
+            self._gone.discard(key)
+            return True
+        if key not in self._gone:
+            self._gone.add(key)
+            log.warning("spool_target_gone", source_id=key.source_id, target=target_label(key.url))
+        return False
 
     def wake(self, key: TargetKey) -> None:
         """Make sure a shipper runs for `key` (a write was queued, or a scan saw a backlog)."""
@@ -183,10 +197,7 @@ class TargetShipper:
             while True:
                 source = (await self._sources()).get(key.source_id)
                 if source is None or key.url not in source.target_urls:
-                    log.warning(
-                        "spool_target_gone", source_id=key.source_id, target=target_label(key.url)
-                    )
-                    return
+                    return  # deleted or changed meanwhile: the scan logs it
                 if not await self._store.claim(key, owner, LEASE_SECONDS):
                     return  # another shipper holds it; the scan looks again later
                 if not await self._round(source):

@@ -230,3 +230,45 @@ async def test_write_buffer_settings_are_checked_at_save(
         response = await client.post("/api/datasources", json=body, headers=admin_headers)
         assert response.status == 400, json_data
         assert (await response.json())["message"].startswith(field), json_data
+
+
+async def test_the_health_check_warns_while_writes_are_queued(
+    client: AppClient, admin_headers: Headers, dead_url: str
+) -> None:
+    body = {"name": "down", "type": "influxdb", "access": "proxy", "url": dead_url,
+            "jsonData": {"version": "InfluxQL"}}  # fmt: skip
+    response = await client.post("/api/datasources", json=body, headers=admin_headers)
+    source = (await response.json())["datasource"]
+    params = {"db": "x", "source": source["uid"]}
+    assert (await client.post("/write", params=params, data=b"m v=1", headers=TOKEN)).status == 204
+
+    async def warned() -> bool:
+        answer = await client.get(f"/api/v2/sources/{source['id']:016x}/health", headers=TOKEN)
+        checks = (await answer.json()).get("checks", [])
+        return any(
+            check["name"] == "write spool"
+            and check["status"] == "warn"
+            and check["message"].startswith("1 writes (5 bytes) queued")
+            for check in checks
+        )
+
+    await eventually(warned, what="a warn check naming the queue")
+
+
+async def test_writes_older_than_max_age_become_dead_letters(
+    client: AppClient, admin_headers: Headers, dead_url: str, metrics_registry: CollectorRegistry
+) -> None:
+    body = {"name": "gone", "type": "influxdb", "access": "proxy", "url": dead_url,
+            "jsonData": {"version": "InfluxQL", "writeBuffer": {"maxAge": 0.5}}}  # fmt: skip
+    response = await client.post("/api/datasources", json=body, headers=admin_headers)
+    source = (await response.json())["datasource"]
+    params = {"db": "x", "source": source["uid"]}
+    assert (await client.post("/write", params=params, data=b"m v=1", headers=TOKEN)).status == 204
+    store = client.app[SPOOL].store
+
+    async def expired() -> bool:
+        return [letter.reason for letter in await store.dead_letters(source["id"])] == ["expired"]
+
+    await eventually(expired, what="the old write moved to the dead letters")
+    labels = {"org": "1", "source_uid": source["uid"], "target": dead_url, "reason": "expired"}
+    assert sample(metrics_registry, "gateway_spool_dead_lettered_total", **labels) == 1
