@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Final, TypedDict
 
@@ -30,7 +32,10 @@ from gateway.keys import (
     PRINCIPALS,
     PROBER,
     SETTINGS,
+    SHIPPERS,
     SOURCES,
+    SPOOL,
+    SPOOL_COLLECTOR,
     SSRF,
     STORE,
     Lifecycle,
@@ -52,6 +57,10 @@ from gateway.proxy.upstream import UpstreamPool
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import DataSource
 from gateway.security.auth import PrincipalCache
+from gateway.spool import SpoolStore, TargetKey, TargetStatus, spool_path
+from gateway.spool.metrics import SpoolCollector, SpoolMetrics
+from gateway.spool.service import WriteSpool
+from gateway.spool.shipper import Shippers
 from gateway.supervisor import WORKER_INDEX_ENV
 
 log = structlog.get_logger(__name__)
@@ -91,7 +100,16 @@ def create_app(
     app[SSRF] = SsrfPolicy.from_rules(settings.proxy_allowed_hosts, settings.proxy_denied_networks)
     # Order = dependency order; cleanup runs in reverse.
     app.cleanup_ctx.extend(
-        [_store_ctx, _http_ctx, provisioning_ctx, _monitor_ctx, _proxy_ctx, _ready_ctx]
+        [
+            _store_ctx,
+            _http_ctx,
+            _spool_ctx,
+            provisioning_ctx,
+            _monitor_ctx,
+            _proxy_ctx,
+            _shippers_ctx,
+            _ready_ctx,
+        ]
     )
     app.add_routes(ops.routes)
     app.add_routes(grafana.routes)
@@ -137,6 +155,51 @@ def prober(session: aiohttp.ClientSession, policy: SsrfPolicy) -> Prober:
     return probe
 
 
+async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The write spool's file (its own, beside the registry's), its metrics, and its state in
+    the health checks of the sources it holds writes for."""
+    settings, metrics = app[SETTINGS], app[METRICS]
+    path = spool_path(settings.data_dir)
+    async with SpoolStore.open(path, max_bytes=settings.spool_max_bytes) as store:
+        spool = app[SPOOL] = WriteSpool(
+            store,
+            SpoolMetrics(metrics.registry),
+            default_max_bytes=settings.spool_max_bytes,
+            default_max_age=settings.spool_max_age,
+            max_body_bytes=settings.spool_max_body_bytes,
+        )
+        collector = app[SPOOL_COLLECTOR] = SpoolCollector(
+            lambda: spool.snapshot, spool.source_labels
+        )
+        metrics.registry.register(collector)
+        app[PROBER] = with_spool_check(app[PROBER], spool)
+        yield
+        metrics.registry.unregister(collector)
+
+
+def with_spool_check(probe: Prober, spool: WriteSpool) -> Prober:
+    """A probe that also says what the spool holds for the target: a `warn` check (not a
+    failure) while writes are queued, from the status the shippers' scan keeps."""
+
+    async def probe_with_spool(source: DataSource, seconds: float) -> HealthCheck:
+        result = await probe(source, seconds)
+        status = spool.snapshot.of(TargetKey(source.id, source.url))
+        if status is not None and (status.queued_entries or status.dead_letters):
+            result.setdefault("checks", []).append(spool_check(status))
+        return result
+
+    return probe_with_spool
+
+
+def spool_check(status: TargetStatus) -> HealthCheck:
+    oldest = status.oldest_enqueued_at
+    age = f", oldest {max(0.0, time.time() - oldest):.0f} s old" if oldest is not None else ""
+    message = f"{status.queued_entries} writes ({status.queued_bytes} bytes) queued{age}"
+    if status.dead_letters:
+        message += f"; {status.dead_letters} dead letters (gateway spool dead-letters)"
+    return {"name": "write spool", "status": "warn", "message": message}
+
+
 async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
 
@@ -166,7 +229,7 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
     app[MONITOR] = monitor
     collector = SourceStateCollector(monitor.states)
     metrics.registry.register(collector)
-    metrics.served = exposition_registry(metrics, collector)
+    metrics.served = exposition_registry(metrics, collector, app[SPOOL_COLLECTOR])
     task = asyncio.create_task(monitor.run(), name="health-monitor")
     yield
     metrics.registry.unregister(collector)
@@ -192,7 +255,9 @@ async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     # The monitor is the forwarder's active health (which targets pass their probes) and hears
     # of failed tries (passive health).
-    forwarder = app[FORWARDER] = Forwarder(pool, settings, app[METRICS], health=app[MONITOR])
+    forwarder = app[FORWARDER] = Forwarder(
+        pool, settings, app[METRICS], health=app[MONITOR], spool=app[SPOOL]
+    )
     app[PIPELINE] = ProxyPipeline(app[PRINCIPALS], app[SOURCES], forwarder, app[METRICS])
     changed = asyncio.Event()
     app[SOURCES].subscribe(changed.set)
@@ -204,6 +269,32 @@ async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await forgetting
         await pool.close()
+
+
+async def _shippers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The shippers of the spool's queues: one task that scans, one per target with a backlog;
+    cancelled and awaited before the pool and the spool close."""
+    sources = app[SOURCES]
+
+    async def registered() -> dict[int, DataSource]:
+        return (await sources.snapshot()).by_id
+
+    # The lease owner: this host and worker slot, so that a restarted worker (or gateway)
+    # takes back its own queues at once; see gateway/spool/shipper.py.
+    worker = os.environ.get(WORKER_INDEX_ENV, "0")
+    shippers = app[SHIPPERS] = Shippers(
+        app[SPOOL],
+        registered,
+        app[FORWARDER].deliver,
+        app[MONITOR],
+        owner=f"{socket.gethostname()}/worker-{worker}",
+    )
+    app[MONITOR].add_target_listener(shippers.target_changed)
+    task = asyncio.create_task(shippers.run(), name="spool-shippers")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _forget_removed(

@@ -1,4 +1,4 @@
-"""`gateway serve | token | org | keys`: parse arguments, load settings, run.
+"""`gateway serve | token | org | keys | spool`: parse arguments, load settings, run.
 
 Exit codes: 0 success, 1 a command that could not do what was asked (unknown org, token id),
 2 unusable settings or start-up (one line on stderr naming the key and the problem).
@@ -29,7 +29,7 @@ from gateway.loop import event_loop_factory
 from gateway.provisioning import check_files
 from gateway.proxy.front_carrier import front_router
 from gateway.registry.interface import OrgNameTaken, Registry
-from gateway.registry.models import Role
+from gateway.registry.models import DataSource, Role
 from gateway.registry.secrets import (
     KEY_FILE_NAME,
     SecretBox,
@@ -37,6 +37,7 @@ from gateway.registry.secrets import (
     write_private_file,
 )
 from gateway.security.auth import hash_token, new_token
+from gateway.spool import SpoolStore, commands as spool_commands, spool_path
 from gateway.supervisor import WORKER_INDEX_ENV, supervise
 
 log = structlog.get_logger("gateway")
@@ -98,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="re-encrypt every secret under a new key (GATEWAY_NEW_SECRET_KEY, or generated)",
     )
+    spool = commands.add_parser("spool", help="the write spool (works while the gateway runs)")
+    spool_commands = spool.add_subparsers(dest="action", required=True, metavar="ACTION")
+    spool_commands.add_parser(
+        "status", parents=[common], help="queued writes, bytes, oldest, dead letters per target"
+    )
+    letters = spool_commands.add_parser(
+        "dead-letters", parents=[common], help="writes the upstream rejected, or that expired"
+    )
+    letters.add_argument("--source", metavar="UID", help="only this source's")
+    for name, text in (
+        ("retry", "put dead letters back at the end of their queues"),
+        ("drop", "delete dead letters for good"),
+    ):
+        command = spool_commands.add_parser(name, parents=[common], help=text)
+        command.add_argument("ids", nargs="+", type=int, metavar="ID")
     return parser
 
 
@@ -364,6 +380,69 @@ async def keys_rotate(settings: Settings, _: argparse.Namespace) -> int:
     return await _with_store(settings, action, alone=True)
 
 
+# --- the write spool ----------------------------------------------------------------------------
+
+
+async def _with_spool(
+    settings: Settings, action: Callable[[SpoolStore, dict[int, DataSource]], Awaitable[int]]
+) -> int:
+    """Run `action` on the spool file with the registered sources by id (to name them)."""
+    path = spool_path(settings.data_dir)
+    if not path.exists():
+        raise CommandError(f"no write spool at {path} (nothing was ever queued there)")
+    async with open_registry(settings) as store:
+        sources = {source.id: source for source in await store.list_sources()}
+    async with SpoolStore.open(path) as spool:
+        return await action(spool, sources)
+
+
+async def spool_status(settings: Settings, _: argparse.Namespace) -> int:
+    async def action(spool: SpoolStore, sources: dict[int, DataSource]) -> int:
+        for line in spool_commands.status_lines(await spool.status(), sources):
+            print(line)
+        return 0
+
+    return await _with_spool(settings, action)
+
+
+async def spool_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    async def action(spool: SpoolStore, sources: dict[int, DataSource]) -> int:
+        wanted = None
+        if args.source:
+            wanted = spool_commands.source_id(sources, args.source)
+            if wanted is None:
+                raise CommandError(f"no source with uid {args.source!r}")
+        letters = await spool.dead_letters(wanted)
+        for line in spool_commands.dead_letter_lines(letters, sources):
+            print(line)
+        print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+        return 0
+
+    return await _with_spool(settings, action)
+
+
+async def spool_retry(settings: Settings, args: argparse.Namespace) -> int:
+    async def action(spool: SpoolStore, _: dict[int, DataSource]) -> int:
+        new_ids, missing = await spool_commands.retry(spool, args.ids)
+        print(f"{len(new_ids)} dead letter(s) queued again", file=sys.stderr)
+        if missing:
+            raise CommandError(f"no dead letter with id {', '.join(map(str, missing))}")
+        return 0
+
+    return await _with_spool(settings, action)
+
+
+async def spool_drop(settings: Settings, args: argparse.Namespace) -> int:
+    async def action(spool: SpoolStore, _: dict[int, DataSource]) -> int:
+        dropped = await spool.drop(args.ids)
+        print(f"{dropped} dead letter(s) dropped", file=sys.stderr)
+        if dropped < len(set(args.ids)):
+            raise CommandError("some ids were not dead letters (see `gateway spool dead-letters`)")
+        return 0
+
+    return await _with_spool(settings, action)
+
+
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 _HANDLERS: dict[tuple[str, str | None], Command] = {
     ("serve", None): serve,
@@ -374,6 +453,10 @@ _HANDLERS: dict[tuple[str, str | None], Command] = {
     ("org", "list"): org_list,
     ("keys", "rotate"): keys_rotate,
     ("provision", None): provision_check,
+    ("spool", "status"): spool_status,
+    ("spool", "dead-letters"): spool_dead_letters,
+    ("spool", "retry"): spool_retry,
+    ("spool", "drop"): spool_drop,
 }
 
 

@@ -62,6 +62,11 @@ class Settings:
     )
     metrics_token: str | None = dataclasses.field(default=None, repr=False)
     provisioning_path: Path = Path("config/provisioning/datasources")
+    # The write spool (gateway/spool/): per-target bounds, unless a source's
+    # jsonData.writeBuffer says otherwise, and the largest write body it reads whole.
+    spool_max_bytes: int = 1 << 30
+    spool_max_age: float = 7 * 24 * 3600.0
+    spool_max_body_bytes: int = 64 << 20
 
     @property
     def db_path(self) -> Path:
@@ -341,6 +346,29 @@ FIELDS: tuple[Field, ...] = (
         "GATEWAY_PROVISIONING_PATH",
         _as_path,
         "folder of Grafana-format data source provisioning files",
+    ),
+    Field(
+        "spool_max_bytes",
+        "spool.max_bytes",
+        "GATEWAY_SPOOL_MAX_BYTES",
+        _integer(minimum=1, maximum=2**62),
+        "bytes of writes queued per target before new writes get 503 (jsonData.writeBuffer"
+        ".maxBytes overrides)",
+    ),
+    Field(
+        "spool_max_age",
+        "spool.max_age",
+        "GATEWAY_SPOOL_MAX_AGE",
+        _seconds(minimum=1),
+        "seconds a queued write may wait before it becomes a dead letter "
+        "(jsonData.writeBuffer.maxAge overrides)",
+    ),
+    Field(
+        "spool_max_body_bytes",
+        "spool.max_body_bytes",
+        "GATEWAY_SPOOL_MAX_BODY_BYTES",
+        _integer(minimum=1024, maximum=1 << 31),
+        "largest write body the spool takes (read whole); a larger one gets 413",
     ),
 )
 

@@ -15,6 +15,7 @@
     │   └── VersionConflict
     ├── PayloadTooLarge             413  request too large
     ├── Unavailable                 503  unavailable
+    │   └── WriteSpoolFull          503  unavailable    (with Retry-After; names the source)
     ├── BadGateway                  502  unavailable
     └── GatewayTimeout              504  unavailable
 
@@ -79,6 +80,8 @@ class GatewayError(Exception):
     influx_message: str = "An internal error has occurred - check server logs"
     # Set on proxy failures: Grafana's data proxy adds the request's trace id to such bodies.
     trace_id: str | None = None
+    # Extra response headers, in either dialect (Retry-After on a 503).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, message: str | None = None, *, influx_message: str | None = None) -> None:
         if message is not None:
@@ -208,6 +211,19 @@ class Unavailable(GatewayError):
     influx_message = "service unavailable"
 
 
+class WriteSpoolFull(Unavailable):
+    """A write the spool cannot take: its target's queue is at its bound, or the disk is full.
+    Nothing queued is dropped to make room; the writer is told to come back later."""
+
+    def __init__(self, source_name: str, source_uid: str, reason: str, retry_after: int) -> None:
+        message = (
+            f'write buffer of source "{source_name}" ({source_uid}) is full: {reason}; '
+            f"retry in {retry_after} s"
+        )
+        super().__init__(message, influx_message=message)
+        self.headers = ((b"Retry-After", str(retry_after).encode()),)
+
+
 class BadGateway(GatewayError):
     status = 502
     influx_code = "unavailable"
@@ -244,11 +260,12 @@ def error_parts(error: GatewayError, dialect: Dialect) -> tuple[int, RawHeaders,
         # InfluxDB answers a conflict with 422; every other status stays as the error says
         # (502 and 504 stay distinct from 503: they tell who failed).
         status = INFLUX_CODE_STATUS["conflict"] if error.influx_code == "conflict" else error.status
-        return (status, *influx_error_parts(error.influx_code, error.influx_message))
+        headers, influx_body = influx_error_parts(error.influx_code, error.influx_message)
+        return status, [*headers, *error.headers], influx_body
     body = {"message": error.message}
     if error.trace_id is not None:
         body["traceID"] = error.trace_id
-    return error.status, list(_GRAFANA_ERROR_HEADERS), json.dumps(body).encode()
+    return error.status, [*_GRAFANA_ERROR_HEADERS, *error.headers], json.dumps(body).encode()
 
 
 # An upstream's 401 becomes a 400 with this text: the client's own session must not look

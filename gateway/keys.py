@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from gateway.registry.interface import Registry
     from gateway.registry.models import Principal
     from gateway.security.auth import PrincipalCache
+    from gateway.spool.metrics import SpoolCollector
+    from gateway.spool.service import WriteSpool
+    from gateway.spool.shipper import Shippers
 
 
 @dataclass(slots=True)
@@ -49,6 +52,10 @@ PIPELINE: web.AppKey[ProxyPipeline] = web.AppKey("pipeline")  # the proxied requ
 # One probe of one source with the shared session: what the monitor and on-demand checks call.
 PROBER: web.AppKey[Prober] = web.AppKey("prober")
 HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http")
+# The write spool (gateway/spool/): the store as the proxy uses it, its shippers and its gauges.
+SPOOL: web.AppKey[WriteSpool] = web.AppKey("spool")
+SHIPPERS: web.AppKey[Shippers] = web.AppKey("shippers")
+SPOOL_COLLECTOR: web.AppKey[SpoolCollector] = web.AppKey("spool_collector")
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

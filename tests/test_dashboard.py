@@ -77,6 +77,17 @@ def test_targets_and_failovers_have_their_panels() -> None:
         assert metric in used, metric
 
 
+def test_the_write_spool_has_its_row() -> None:
+    dashboard = load()
+    assert "Write spool" in [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    used = {name for query in queries(dashboard) for name in METRIC_NAME.findall(query)}
+    for metric in ("gateway_spool_queued_entries", "gateway_spool_queued_bytes",
+                   "gateway_spool_oldest_entry_age_seconds", "gateway_spool_replayed_points_total",
+                   "gateway_spool_delivered_total", "gateway_spool_dead_lettered_total",
+                   "gateway_spool_rejected_total", "gateway_spool_dead_letters"):  # fmt: skip
+        assert metric in used, metric
+
+
 async def test_every_metric_in_the_queries_is_exported(client: AppClient) -> None:
     text = await (await client.get("/metrics")).text()
     exported = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE))

@@ -25,6 +25,13 @@ the order they run, and a new capability plugs in as a step rather than inside a
    happened. Every failure is an exception carrying its status (a `GatewayError`, or `_ClientGone`
    for 499), so no step tracks the status by hand.
 
+InfluxDB writes of a source with a write buffer (gateway/spool/) take their own steps instead
+of 1 to 4: `_whole_body` (read whole, up to `spool.max_body_bytes`), `_write` (sent to its
+target when that is healthy and has nothing queued, relayed as above; else, or when the try
+fails or answers 5xx, queued by `_queue` and answered 204 once durable), with `_write_targets`
+saying which target takes it directly and which queue the others (`jsonData.writeMirror`:
+every target gets every write). `deliver` sends what the shippers replay.
+
 Outcomes:
 - upstream refused/reset/unreachable → 502, timeouts → 504, both `{"message", "traceID"}` in
   Grafana's dialect; connect failures and timeouts also count as passive health failures of
@@ -45,9 +52,11 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlencode
 
 import structlog
 
+from gateway.bodies import BodyTooLarge
 from gateway.config import Settings
 from gateway.errors import (
     BadGateway,
@@ -56,7 +65,9 @@ from gateway.errors import (
     Forbidden,
     GatewayError,
     GatewayTimeout,
+    PayloadTooLarge,
     RequestTimeout,
+    WriteSpoolFull,
     upstream_auth_failed_parts,
 )
 from gateway.metrics import GatewayMetrics, SourceMeters
@@ -74,12 +85,16 @@ from gateway.proxy.http1 import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from gateway.proxy.policy import UpstreamPath
+from gateway.proxy.policy import ProxyPath, UpstreamPath
 from gateway.proxy.retry import REPLAY_BODY_LIMIT, RetryPolicy, replayable
 from gateway.proxy.ssrf import TargetRefused
 from gateway.proxy.targets import Outliers, Target, TargetHealth, TargetSet, TryResult
 from gateway.proxy.upstream import Origin, UpstreamPool
 from gateway.registry.models import DataSource, target_label
+from gateway.spool import SpooledWrite, SpoolFull, TargetKey
+from gateway.spool.policy import WriteBuffer, write_params, write_path
+from gateway.spool.service import WriteSpool
+from gateway.spool.shipper import Delivery, DeliveryFailed
 from gateway.upstream.credentials import source_credentials, tls_skip_verify
 
 log = structlog.get_logger(__name__)
@@ -91,6 +106,10 @@ SMALL_BODY = REPLAY_BODY_LIMIT
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away", as Grafana logs it
 _BODY_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length"})
 _CONTENT_TYPE = b"content-type"
+_CONTENT_ENCODING = b"content-encoding"
+NO_CONTENT = 204  # a write queued in the spool, durably
+SPOOL_FULL_RETRY_AFTER = 30  # seconds: Retry-After of a write the spool cannot take
+REPLAY_MESSAGE_LIMIT = 64 * 1024  # of an upstream's answer to a replayed write
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -169,11 +188,13 @@ class Forwarder:
         metrics: GatewayMetrics,
         health: TargetHealth | None = None,
         outliers: Outliers | None = None,
+        spool: WriteSpool | None = None,
     ) -> None:
         self._pool = pool
         self._settings = settings
         self._metrics = metrics
         self._health = health
+        self._spool = spool
         self.outliers = outliers or Outliers()
         self._prepared: dict[int, PreparedSource] = {}
         if health is not None:
@@ -289,6 +310,14 @@ class Forwarder:
                 # would contradict it (a JSON Content-Type in front of a form, say).
                 headers = [(n, v) for n, v in headers if n.lower() not in _BODY_HEADERS]
                 headers.extend(extra_headers)
+            buffer = self._write_buffer(prepared, outcome.method, target, body_override)
+            if buffer is not None:
+                whole = await self._whole_body(client, prepared, outcome)
+                request = _Upstreaming(target, headers, whole, len(whole), request_id)
+                outcome.status = await self._write(
+                    client, prepared, request, buffer, outcome, dialect
+                )
+                return outcome.status
             body, content_length = await self._outgoing_body(
                 client, prepared, body_override, outcome
             )
@@ -342,6 +371,182 @@ class Forwarder:
         counted = _Counted(client.body(), prepared.timeouts.body)
         outcome.streamed = counted
         return counted, length
+
+    # --- writes the spool covers (gateway/spool/) -----------------------------------------------
+
+    def _write_buffer(
+        self,
+        prepared: PreparedSource,
+        method: str,
+        target: UpstreamPath,
+        body_override: bytes | None,
+    ) -> WriteBuffer | None:
+        """The source's write buffer when this request is an InfluxDB write it covers."""
+        spool = self._spool
+        if spool is None or body_override is not None:
+            return None
+        if write_path(prepared.source, method, target.path.clean) is None:
+            return None
+        return spool.buffer(prepared.source)
+
+    async def _whole_body(
+        self, client: ClientExchange, prepared: PreparedSource, outcome: _Outcome
+    ) -> bytes:
+        """A write's body, read whole (a queued write is kept whole): 413 past the limit."""
+        assert self._spool is not None
+        limit = self._spool.max_body_bytes
+        if not client.has_body:
+            return b""
+        try:
+            async with asyncio.timeout(prepared.timeouts.body):
+                body = await client.read_body(limit)
+        except BodyTooLarge as exc:
+            raise PayloadTooLarge(
+                f"write body exceeds {limit} bytes (spool.max_body_bytes)"
+            ) from exc
+        except ConnectionError as exc:
+            raise _ClientGone() from exc
+        except TimeoutError as exc:
+            raise RequestTimeout() from exc
+        outcome.sent = len(body)
+        return body
+
+    async def _write(
+        self,
+        client: ClientExchange,
+        prepared: PreparedSource,
+        request: _Upstreaming,
+        buffer: WriteBuffer,
+        outcome: _Outcome,
+        dialect: Dialect,
+    ) -> int:
+        """Send the write to its target when that is healthy with nothing queued, and relay
+        the answer; else, or when the try gets no answer or a 5xx, queue it and answer 204.
+        Mirrored writes are queued for every other target first."""
+        direct, queued = self._write_targets(prepared, buffer)
+        for target in queued:
+            await self._queue(client, prepared, request, buffer, target)
+        if direct is None:
+            return self._accepted(client, request)
+        request.tried.append(direct)
+        try:
+            upstream: UpstreamResponse | None = await self._try(prepared, direct, outcome, request)
+        except _TryFailed:
+            upstream = None
+        if upstream is None or upstream.status >= 500:
+            if upstream is not None:
+                upstream.close()  # discarded: the write is queued instead
+            await self._queue(client, prepared, request, buffer, direct)
+            return self._accepted(client, request)
+        outcome.upstream_answered()
+        return await self._relay(
+            client, prepared, upstream, outcome, dialect, request.request_id.encode()
+        )
+
+    def _write_targets(
+        self, prepared: PreparedSource, buffer: WriteBuffer
+    ) -> tuple[Target | None, list[Target]]:
+        """The target a write is sent to now (None: none) and the targets it is queued for.
+        A target with something queued takes writes only through its queue (order); a
+        mirrored write goes to every target, else to the one with a queue or the chosen one."""
+        spool = self._spool
+        assert spool is not None
+        targets = prepared.targets
+        source_id = targets.source.id
+        if buffer.mirror:
+            candidates = list(targets.targets)
+        else:
+            queued = [t for t in targets.targets if spool.queued(TargetKey(source_id, t.url))]
+            chosen = queued[0] if queued else targets.choose(())
+            assert chosen is not None
+            candidates = [chosen]
+        now = self.outliers.clock()
+        direct = next(
+            (
+                target
+                for target in candidates
+                if not spool.queued(TargetKey(source_id, target.url))
+                and targets.healthy(target, now)
+            ),
+            None,
+        )
+        return direct, [target for target in candidates if target is not direct]
+
+    async def _queue(
+        self,
+        client: ClientExchange,
+        prepared: PreparedSource,
+        request: _Upstreaming,
+        buffer: WriteBuffer,
+        target: Target,
+    ) -> None:
+        """Append the write to `target`'s queue, durably: the body as received, its content
+        headers and write parameters, never credentials. 503 when the spool cannot take it."""
+        assert self._spool is not None
+        assert isinstance(request.body, bytes)
+        source = prepared.source
+        path = write_path(source, "POST", request.path.path.clean)
+        assert path is not None
+        write = SpooledWrite(
+            TargetKey(source.id, target.url),
+            path,
+            write_params(request.path.query),
+            request.body,
+            content_type=_header(request.headers, _CONTENT_TYPE),
+            content_encoding=_header(request.headers, _CONTENT_ENCODING),
+        )
+        try:
+            await self._spool.append(write, buffer, source)
+        except SpoolFull as exc:
+            log.warning("spool_full", source_uid=source.uid, target=target.label, reason=exc.reason)
+            raise WriteSpoolFull(
+                source.name, source.uid, exc.reason, SPOOL_FULL_RETRY_AFTER
+            ) from exc
+
+    def _accepted(self, client: ClientExchange, request: _Upstreaming) -> int:
+        request_id = (b"X-Request-Id", request.request_id.encode())
+        client.respond(NO_CONTENT, "No Content", [request_id], b"")
+        return NO_CONTENT
+
+    async def deliver(self, source: DataSource, url: str, delivery: Delivery) -> tuple[int, str]:
+        """Send a shipper's delivery to the target `url` of `source`, with the source's
+        credentials, through the pool: the status and the start of the answer's body.
+        DeliveryFailed when no answer came (or the target is not the source's any more)."""
+        prepared = self.prepare(source)
+        target = next((t for t in prepared.targets.targets if t.url == url), None)
+        if target is None:
+            raise DeliveryFailed("no longer a target of the source")
+        incoming = [
+            (name, value.encode("latin-1"))
+            for name, value in (
+                (b"Content-Type", delivery.content_type),
+                (b"Content-Encoding", delivery.content_encoding),
+            )
+            if value
+        ]
+        headers = request_headers(
+            incoming, client_address=None, request_id=b"spool", source=prepared.headers
+        )
+        path = UpstreamPath(ProxyPath.parse(delivery.path.value), urlencode(delivery.params))
+        try:
+            upstream = await self._pool.request(
+                target.origin,
+                "POST",
+                target.target(path),
+                headers,
+                delivery.body,
+                content_length=len(delivery.body),
+                timeouts=prepared.timeouts,
+            )
+            async with upstream:
+                message = b""
+                async for chunk in upstream:
+                    message += chunk[: REPLAY_MESSAGE_LIMIT - len(message)]
+        except (UpstreamError, TargetRefused) as exc:
+            raise DeliveryFailed(str(exc)) from exc
+        return upstream.status, message.decode("utf-8", "replace")
+
+    # --- the other requests -------------------------------------------------------------------
 
     def _replayable(self, prepared: PreparedSource, method: str, request: _Upstreaming) -> bool:
         """Whether a failed try may go on to another target (gateway/proxy/retry.py)."""
@@ -613,6 +818,11 @@ def _gateway_error(
         )
     error.trace_id = request_id
     return error
+
+
+def _header(headers: RawHeaders, name: bytes) -> str | None:
+    value = next((v for n, v in headers if n.lower() == name), None)
+    return value.decode("latin-1") if value is not None else None
 
 
 def _seconds(value: object, default: float) -> float:

@@ -68,6 +68,12 @@ LOAD_BALANCING_MODES = ("failover", "round_robin")
 RETRY = "retry"
 RETRY_ATTEMPTS = "attempts"
 RETRY_PER_TRY_TIMEOUT = "perTryTimeout"
+# The write spool (gateway/spool/): per-source bounds, and fan-out of writes to every target.
+WRITE_BUFFER = "writeBuffer"
+WRITE_BUFFER_ENABLED = "enabled"
+WRITE_BUFFER_MAX_BYTES = "maxBytes"
+WRITE_BUFFER_MAX_AGE = "maxAge"
+WRITE_MIRROR = "writeMirror"
 # One metric series per target URL: a bound keeps a source's series (and its probes) bounded.
 MAX_REPLICAS = 16
 
@@ -91,6 +97,12 @@ def target_problems(json_data: Mapping[str, Any], url: str = "") -> list[str]:
     retry = json_data.get(RETRY)
     if retry is not None:
         problems += _retry_problems(retry)
+    buffer = json_data.get(WRITE_BUFFER)
+    if buffer is not None:
+        problems += _write_buffer_problems(buffer)
+    mirror = json_data.get(WRITE_MIRROR)
+    if mirror is not None and not isinstance(mirror, bool):
+        problems.append(f"jsonData.{WRITE_MIRROR}: must be true or false")
     return problems
 
 
@@ -135,6 +147,36 @@ def _retry_problems(retry: object) -> list[str]:
         or timeout <= 0
     ):
         problems.append(f"{field}.{RETRY_PER_TRY_TIMEOUT}: must be a number of seconds above 0")
+    return problems
+
+
+def _write_buffer_problems(buffer: object) -> list[str]:
+    field = f"jsonData.{WRITE_BUFFER}"
+    if not isinstance(buffer, Mapping):
+        return [
+            f"{field}: must be an object ({WRITE_BUFFER_ENABLED}, {WRITE_BUFFER_MAX_BYTES}, "
+            f"{WRITE_BUFFER_MAX_AGE})"
+        ]
+    problems = []
+    for key in buffer:
+        if key not in (WRITE_BUFFER_ENABLED, WRITE_BUFFER_MAX_BYTES, WRITE_BUFFER_MAX_AGE):
+            problems.append(f"{field}.{key}: unknown key")
+    enabled = buffer.get(WRITE_BUFFER_ENABLED)
+    if enabled is not None and not isinstance(enabled, bool):
+        problems.append(f"{field}.{WRITE_BUFFER_ENABLED}: must be true or false")
+    max_bytes = buffer.get(WRITE_BUFFER_MAX_BYTES)
+    if max_bytes is not None and (
+        isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0
+    ):
+        problems.append(f"{field}.{WRITE_BUFFER_MAX_BYTES}: must be a whole number above 0 (bytes)")
+    max_age = buffer.get(WRITE_BUFFER_MAX_AGE)
+    if max_age is not None and (
+        isinstance(max_age, bool)
+        or not isinstance(max_age, int | float)
+        or not math.isfinite(max_age)
+        or max_age <= 0
+    ):
+        problems.append(f"{field}.{WRITE_BUFFER_MAX_AGE}: must be a number of seconds above 0")
     return problems
 
 

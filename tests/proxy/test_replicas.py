@@ -321,16 +321,19 @@ async def test_a_changed_or_deleted_source_forgets_its_outlier_state(
 async def test_a_post_write_is_never_sent_to_a_second_target(
     client: AppClient, start_replica: StartReplica, closed_ports: Callable[[], str]
 ) -> None:
+    # Without the write spool (on by default: it would queue the write for `a` and answer 204,
+    # see tests/spool/test_intercept.py); a write is still never sent to the other target.
+    unbuffered = {"writeBuffer": {"enabled": False}}
     a, b = await start_replica("a"), await start_replica("b")
     a.status = 503
-    source = await add_source(client, a.url, [b.url], type="influxdb")
+    source = await add_source(client, a.url, [b.url], type="influxdb", **unbuffered)
     url = f"/write?db=telegraf&source={source['uid']}"
     response = await client.post(url, data=b"cpu v=1", headers=AUTH)
     assert response.status == 503
     assert [seen[0] for seen in a.seen] == ["POST"]
     assert b.seen == []
 
-    dead = await add_source(client, closed_ports(), [b.url], type="influxdb")
+    dead = await add_source(client, closed_ports(), [b.url], type="influxdb", **unbuffered)
     url = f"/write?db=telegraf&source={dead['uid']}"
     response = await client.post(url, data=b"cpu v=1", headers=AUTH)
     assert response.status == 502

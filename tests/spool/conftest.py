@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 from gateway.spool import SpoolStore, spool_path
+from tests.spool.influx import start_influx
+
+__all__ = ["start_influx"]  # a fixture of these tests
 
 
 @pytest.fixture

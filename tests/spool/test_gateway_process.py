@@ -1,0 +1,161 @@
+"""The spool in the real `gateway serve` process: acknowledged writes survive `kill -9` of the
+gateway during an outage, and several workers share the spool without delivering twice."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import ADMIN_TOKEN
+from tests.process import GatewayProcess
+from tests.spool.influx import InfluxProcess, StartInflux
+from tests.spool.sources import BASE_SECONDS, TOKEN, gzipped, lines
+from tests.spool.writes import eventually
+from tests.test_workers import Workers
+
+FAST_HEALTH = {"GATEWAY_HEALTH_INTERVAL": "1", "GATEWAY_HEALTH_TIMEOUT": "1"}
+BATCH = 50
+
+
+async def register(session: aiohttp.ClientSession, url: str, influx: InfluxProcess, db: str) -> str:
+    body = {"name": "influx", "type": "influxdb", "access": "proxy", "url": influx.url,
+            "database": db, "user": influx.server.admin_user,
+            "secureJsonData": {"password": influx.server.admin_password},
+            "jsonData": {"version": "InfluxQL"}}  # fmt: skip
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with session.post(f"{url}/api/datasources", json=body, headers=headers) as response:
+        assert response.status == 200, await response.text()
+        uid: str = (await response.json())["datasource"]["uid"]
+        return uid
+
+
+async def send(session: aiohttp.ClientSession, url: str, db: str, number: int) -> int:
+    """Write batch `number` (gzip for odd numbers) with a connection of its own."""
+    body, headers = lines(number * BATCH, BATCH), dict(TOKEN)
+    if number % 2:
+        body, headers["Content-Encoding"] = gzipped(body), "gzip"
+    params = {"db": db, "precision": "s"}
+    async with session.post(f"{url}/write", params=params, data=body, headers=headers) as answer:
+        return answer.status
+
+
+async def values(influx: InfluxProcess, db: str) -> dict[int, float]:
+    rows = await influx.select(db, "SELECT value FROM $db.autogen.cpu GROUP BY host")
+    return {_seconds(time) - BASE_SECONDS: value for time, value in rows}
+
+
+def _seconds(stamp: str) -> int:
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+
+
+async def test_acknowledged_writes_survive_kill_9_of_the_gateway(
+    data_dir: Path, start_influx: StartInflux
+) -> None:
+    influx = await start_influx()
+    db = await influx.create_database()
+    gateway = await asyncio.to_thread(GatewayProcess, data_dir, FAST_HEALTH)
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        try:
+            await register(session, gateway.url, influx, db)
+            influx.kill()
+            acknowledged: list[int] = []
+            in_flight: int | None = None
+            for number in range(1000):
+                if len(acknowledged) == 20:
+                    gateway.proc.kill()  # mid-outage, mid-stream: no drain, no goodbye
+                in_flight = number
+                try:
+                    status = await send(session, gateway.url, db, number)
+                except aiohttp.ClientError:
+                    break
+                assert status == 204
+                acknowledged.append(number)
+                in_flight = None
+            assert len(acknowledged) >= 20
+        finally:
+            await asyncio.to_thread(gateway.stop)
+
+        restarted = await asyncio.to_thread(GatewayProcess, data_dir, FAST_HEALTH)
+        try:
+            await asyncio.to_thread(influx.start)
+            expected = {
+                n: float(n) for b in acknowledged for n in range(b * BATCH, b * BATCH + BATCH)
+            }
+
+            async def delivered() -> bool:
+                return len(await values(influx, db)) >= len(expected)
+
+            await eventually(delivered, timeout=30, what="every acknowledged point delivered")
+        finally:
+            await asyncio.to_thread(restarted.stop)
+    found = await values(influx, db)
+    # Exactly what was acknowledged — plus, at most, the one batch whose answer never came.
+    extra = {n: v for n, v in found.items() if n not in expected}
+    assert {n: found.get(n) for n in expected} == expected
+    assert in_flight is not None
+    assert set(extra) <= set(range(in_flight * BATCH, in_flight * BATCH + BATCH))
+
+
+async def test_two_workers_share_the_spool_and_deliver_each_write_once(
+    data_dir: Path, start_influx: StartInflux
+) -> None:
+    influx = await start_influx()
+    db = await influx.create_database()
+    workers = await asyncio.to_thread(Workers, data_dir, 2, dict(FAST_HEALTH))
+    connector = aiohttp.TCPConnector(force_close=True)  # spread over both workers
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await register(session, workers.url, influx, db)
+            await _seen_by_every_worker(session, workers, db)
+            influx.kill()
+            statuses = await asyncio.gather(*(send(session, workers.url, db, n) for n in range(40)))
+            assert set(statuses) == {204}
+            await asyncio.to_thread(influx.start)
+
+            async def delivered() -> bool:
+                return len(await values(influx, db)) == 40 * BATCH
+
+            await eventually(delivered, timeout=30, what="every write delivered")
+            text = await _metrics(session, workers.url)
+
+            async def counted() -> bool:
+                nonlocal text
+                text = await _metrics(session, workers.url)
+                return _total(text, "gateway_spool_delivered_total") == 40
+
+            await eventually(counted, what="the deliveries counted")
+        assert _total(text, "gateway_spool_appended_total") == 40
+    finally:
+        await asyncio.to_thread(workers.stop)
+
+
+async def _seen_by_every_worker(session: aiohttp.ClientSession, workers: Workers, db: str) -> None:
+    """Until both workers took a write for the source: each notices a new one within a second."""
+
+    async def taken() -> bool:
+        params = {"db": db}
+        async with session.post(
+            f"{workers.url}/write", params=params, data=b"probe v=1", headers=TOKEN
+        ):
+            pass
+        answered = workers.events("request")
+        return {
+            r.get("worker") for r in answered if r["path"] == "/write" and r["status"] == 204
+        } == {0, 1}
+
+    await eventually(taken, what="the source known to both workers")
+
+
+async def _metrics(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.get(f"{url}/metrics") as response:
+        return await response.text()
+
+
+def _total(text: str, name: str) -> float:
+    pattern = re.compile(rf"^{name}\{{[^}}]*\}} (\S+)$", re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
