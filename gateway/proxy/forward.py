@@ -299,17 +299,9 @@ class Forwarder:
         outcome = _Outcome(prepared.meters, method or client.method)
         request_id_bytes = request_id.encode()
         try:
-            headers = request_headers(
-                client.headers,
-                client_address=client.remote,
-                request_id=request_id_bytes,
-                source=prepared.headers,
+            headers = _outgoing_headers(
+                client, prepared, request_id_bytes, body_override, extra_headers
             )
-            if body_override is not None:
-                # The gateway sends a body of its own: the client's description of its body
-                # would contradict it (a JSON Content-Type in front of a form, say).
-                headers = [(n, v) for n, v in headers if n.lower() not in _BODY_HEADERS]
-                headers.extend(extra_headers)
             buffer = self._write_buffer(prepared, outcome.method, target, body_override)
             if buffer is not None:
                 whole = await self._whole_body(client, prepared, outcome)
@@ -723,6 +715,28 @@ class Forwarder:
             if exc.kind in ("connect", "timeout") and self._health is not None:
                 self._health.report_failure(prepared.source.id, target.url)
         return 504 if isinstance(exc, UpstreamTimeout) else 502
+
+
+def _outgoing_headers(
+    client: ClientExchange,
+    prepared: PreparedSource,
+    request_id: bytes,
+    body_override: bytes | None,
+    extra_headers: tuple[tuple[bytes, bytes], ...],
+) -> RawHeaders:
+    """The request headers to send upstream: the client's, filtered, with the source's."""
+    headers = request_headers(
+        client.headers,
+        client_address=client.remote,
+        request_id=request_id,
+        source=prepared.headers,
+    )
+    if body_override is not None:
+        # The gateway sends a body of its own: the client's description of its body would
+        # contradict it (a JSON Content-Type in front of a form, say).
+        headers = [(n, v) for n, v in headers if n.lower() not in _BODY_HEADERS]
+        headers.extend(extra_headers)
+    return headers
 
 
 class _Outcome:
