@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -821,3 +822,61 @@ async def test_grafana_client_health_check_and_smartquery(
     # The native health endpoint keeps its own answer.
     native = await call(datasource.health, "prom")
     assert native["status"] == "OK"
+
+
+# --- a large answer ------------------------------------------------------------------------------
+
+SERIES, POINTS = 100, 10_000
+
+
+def large_matrix() -> bytes:
+    """A Prometheus range answer of 100 series x 10,000 points, as Prometheus writes it."""
+    start = T0 // 1000
+    series = []
+    for index in range(SERIES):
+        values = ",".join(f'[{start + step},"{index + step / 4}"]' for step in range(POINTS))
+        series.append(f'{{"metric":{{"__name__":"m","i":"{index}"}},"values":[{values}]}}')
+    body = '{"status":"success","data":{"resultType":"matrix","result":[' + ",".join(series)
+    return (body + "]}}").encode()
+
+
+def resident_bytes(key: str) -> int:
+    """VmRSS (now) or VmHWM (the peak since the last reset) of this process, from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {key} in /proc/self/status")
+
+
+async def test_a_large_range_answer_streams_back_within_a_small_multiple_of_its_size(
+    client: AppClient, admin_headers: Headers, aiohttp_server: AiohttpServer
+) -> None:
+    upstream_body = large_matrix()
+
+    async def query_range(request: web.Request) -> web.Response:
+        return web.Response(body=upstream_body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/query_range", query_range)
+    server = await aiohttp_server(app)
+    await add_source(client, uid="big", type="prometheus", url=str(server.make_url("/")))
+    query = {"refId": "big", "datasource": {"uid": "big"}, "expr": "m", "intervalMs": 1000}
+    body = {"from": str(T0), "to": str(T0 + POINTS * 1000), "queries": [query]}
+
+    baseline = resident_bytes("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+    response = await client.post("/api/ds/query", json=body, headers=admin_headers)
+    assert response.status == 200
+    head, tail, answer_size = b"", b"", 0
+    async for chunk in response.content.iter_any():  # the test holds none of it
+        head = head or chunk[:200]
+        tail = (tail + chunk)[-200:]
+        answer_size += len(chunk)
+    # What the process (the gateway, and the test client reading) held at most meanwhile: the
+    # upstream answer, its frames, the JSON being written; a small multiple of the answer.
+    grown = resident_bytes("VmHWM") - baseline
+    assert grown < 4 * len(upstream_body), (grown, len(upstream_body))
+    assert answer_size > len(upstream_body) * 0.9
+    assert head.startswith(b'{"results":{"big":{"status":200,"frames":[{"schema":{"refId":"big"')
+    # The last series' last value ends the answer.
+    assert tail.endswith(f",{SERIES - 1 + (POINTS - 1) / 4}]]}}}}]}}}}}}".encode())
