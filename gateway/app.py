@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
-from gateway.api import grafana, influx, ops
+from gateway.api import ds_query, grafana, influx, ops
 from gateway.bootstrap import ensure_admin_token, open_registry
 from gateway.config import Settings
 from gateway.health.monitor import HealthMonitor, Prober, SourceState
@@ -113,6 +113,7 @@ def create_app(
     )
     app.add_routes(ops.routes)
     app.add_routes(grafana.routes)
+    app.add_routes(ds_query.routes)
     app.add_routes(influx.routes)
     add_proxy_routes(app)
     return app

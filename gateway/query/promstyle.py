@@ -57,6 +57,9 @@ _SERIES_TAIL = re.compile(rb"\s*\}\s*(,?)")
 _STAMP = re.compile(rb"\[\s*([-+0-9.eE]+)\s*,")
 _VALUE = re.compile(rb',\s*"([^"\\]*)"\s*\]')
 _TO_MS = (1000.0).__mul__
+# A values array of [a, b] pairs (what each element holds is orjson's to check).
+_PAIR = rb"\s*\[[^\[\],]*,[^\[\],]*\]\s*"
+_PAIRS = re.compile(rb"\[(?:" + _PAIR + rb"(?:," + _PAIR + rb")*)?\s*\]")
 _RESULT_END = re.compile(rb"\s*\]")
 
 
@@ -324,10 +327,15 @@ def _numeric_columns(body: bytes, start: int, end: int) -> Columns | None:
     if b"N" in segment or b"I" in segment:
         return None
     try:
-        pairs = orjson.loads(segment.replace(b'"', b""))
-        stamps, values = zip(*pairs, strict=True) if pairs else ((), ())
-        return array("q", list(map(int, map(_TO_MS, stamps)))), array("d", values)
-    except (orjson.JSONDecodeError, ValueError, TypeError):
+        # One flat list of numbers, not one list per point: a million small lists would set off
+        # the garbage collector again and again (several times the cost of the parsing), while
+        # numbers are not tracked by it. Each point must be a pair, which the text shows.
+        if _PAIRS.fullmatch(segment) is None:
+            return None
+        flat = orjson.loads(b"[" + segment.translate(None, b'"[]') + b"]")
+        stamps = array("q", map(int, map(_TO_MS, flat[0::2])))
+        return stamps, array("d", flat[1::2])
+    except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
         return None
 
 

@@ -381,3 +381,24 @@ def test_interpolate_variables() -> None:
         range_ns=d.HOUR,
     )
     assert text == "30s 30000 3600s 3600 3600000 60000"
+
+
+def test_the_matrix_fast_path_reads_pairs_only() -> None:
+    """Points that are not [time, "value"] pairs leave the fast path to the full reader."""
+
+    def matrix(values: str) -> bytes:
+        head = b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":'
+        return head + values.encode() + b"}]}}"
+
+    def fast_columns(values: str) -> tuple[list[int], list[float]]:
+        answer = _read_matrix_fast(matrix(values), dataplane=True)
+        assert answer is not None
+        (frame,) = answer.frames
+        return list(frame.fields[0].values), list(frame.fields[1].values)
+
+    assert fast_columns('[[1.5,"2"],[3,"4e3"]]') == ([1500, 3000], [2, 4000])
+    assert fast_columns("[]") == ([], [])
+    for odd in ("[[1],[2,3,4]]", '[[1,"2",3]]', '[[1,"x"]]', '[ [1, "2"] ]'):
+        assert _read_matrix_fast(matrix(odd), dataplane=True) is None
+    (spaced,) = read_prom_style(matrix('[ [1, "2"] ]'), dataplane=True).frames
+    assert list(spaced.fields[1].values) == [2]
