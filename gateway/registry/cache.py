@@ -65,7 +65,9 @@ class SourceCache:
             callback()
 
     async def snapshot(self) -> Snapshot:
-        if self._stale:
+        # A reader that arrives while another reloads waits for that reload: `_stale` is
+        # already cleared then, and the snapshot in hand is the one from before the change.
+        if self._stale or self._lock.locked():
             async with self._lock:
                 if self._stale:
                     # Cleared before reading: a commit landing during the SELECT marks us stale

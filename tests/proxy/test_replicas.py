@@ -296,7 +296,9 @@ async def test_a_changed_or_deleted_source_forgets_its_outlier_state(
     registry: CollectorRegistry,
 ) -> None:
     primary, b = closed_ports(), await start_replica("b")
-    source = await add_source(client, primary, [b.url])
+    # Passive health alone: a probe finding the closed port would skip the primary on its own.
+    passive = {"enabled": False}
+    source = await add_source(client, primary, [b.url], healthCheck=passive)
     assert await served_by(client, source) == "b"
     forwarder = client.app[FORWARDER]
     prepared = forwarder.prepared(source["id"])
@@ -304,14 +306,16 @@ async def test_a_changed_or_deleted_source_forgets_its_outlier_state(
     assert prepared.targets.targets[0].ejected_until is not None
 
     changed = {"name": source["name"], "type": "prometheus", "access": "proxy", "url": primary,
-               "jsonData": {"replicaUrls": [b.url], "loadBalancing": "failover"}}  # fmt: skip
+               "jsonData": {"replicaUrls": [b.url], "loadBalancing": "failover",
+                            "healthCheck": passive}}  # fmt: skip
     response = await client.put(f"/api/datasources/{source['id']}", json=changed, headers=AUTH)
     assert response.status == 200
     assert await served_by(client, source) == "b"  # the primary is tried afresh
     labels = {"org": "1", "source_uid": source["uid"], "target": primary, "result": "connect"}
     assert sample(registry, "gateway_target_requests_total", **labels) == 2
 
-    await client.delete(f"/api/datasources/uid/{source['uid']}", headers=AUTH)
+    deleted = await client.delete(f"/api/datasources/uid/{source['uid']}", headers=AUTH)
+    assert deleted.status == 200, await deleted.text()
     await wait_for(lambda: forwarder.prepared(source["id"]) is None, what="forgotten")
 
 
