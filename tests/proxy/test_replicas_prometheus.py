@@ -167,6 +167,7 @@ async def test_sigstop_costs_at_most_per_try_timeout_until_ejected_then_sigcont(
 
     for _ in range(4):  # both answer, in turn
         await querier.query()
+    before_freeze = tries()
     first.freeze()
     # Round robin sends every other request to the frozen one until it is ejected (3 timeouts):
     # each of those waits perTryTimeout, then the other answers. Counted by the gateway, not
@@ -174,6 +175,7 @@ async def test_sigstop_costs_at_most_per_try_timeout_until_ejected_then_sigcont(
     for _ in range(6):
         assert await querier.query() < PER_TRY_TIMEOUT + 2.0
     assert tries("timeout") == 3
+    assert tries() - before_freeze == 3  # frozen: not one answer from it, only the timeouts
     frozen_tries = tries()
     for _ in range(10):  # ejected: not tried again, so nobody waits on it
         await querier.query()

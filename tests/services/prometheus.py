@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_for_sync
+
 PROMETHEUS_BINARY = "prometheus"
 PROMETHEUS_USER = "gateway"
 PROMETHEUS_PASSWORD = "s3cret-prom-pass"
@@ -98,8 +100,12 @@ class PrometheusProcess:
 
     def freeze(self) -> None:
         """SIGSTOP: the kernel still accepts connections, nothing ever answers."""
-        assert self._process is not None
-        self._process.send_signal(signal.SIGSTOP)
+        process = self._process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+        # The signal is delivered asynchronously: until the process shows as stopped it may
+        # still answer, and a test would count a frozen replica's answer.
+        wait_for_sync(lambda: _state(process.pid) == "T", what="prometheus stopped")
 
     def thaw(self) -> None:
         """SIGCONT after `freeze`."""
@@ -197,3 +203,9 @@ def start_prometheus(tmp_path: Path) -> Iterator[StartPrometheus]:
     yield start
     for process in started:
         process.stop()
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (T: stopped)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0]
