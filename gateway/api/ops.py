@@ -53,11 +53,16 @@ async def health(request: web.Request) -> web.Response:
     store_check = await _store_check(request)
     # The top-level status is the gateway's own (its store); sources are listed for operators.
     failed = [store_check] if store_check["status"] == "fail" else []
-    checks = [store_check, *await _source_checks(request)]
+    source_checks = await _source_checks(request)
+    checks = [store_check, *source_checks]
+    message = "ready for queries and writes"
+    if any(check["status"] == "fail" for check in source_checks):
+        # Said in the body too: a `pass` above a failing source looks like a contradiction.
+        message += "; this status is the gateway's own, and data sources are failing: see checks"
     body = {
         "name": "datasource-gateway",
         "status": "fail" if failed else "pass",
-        "message": failed[0]["message"] if failed else "ready for queries and writes",
+        "message": failed[0]["message"] if failed else message,
         "version": __version__,
         "commit": commit(),
         "checks": checks,

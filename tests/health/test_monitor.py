@@ -247,6 +247,10 @@ class TestHealthEndpoint:
         body = await response.json()
         assert response.status == 200  # the gateway itself is fine
         assert body["status"] == "pass"
+        assert body["message"] == (
+            "ready for queries and writes; "
+            "this status is the gateway's own, and data sources are failing: see checks"
+        )
         by_name = {check["name"]: check for check in body["checks"]}
         assert by_name[up.name]["status"] == "pass"
         assert by_name[down.name]["status"] == "fail"
@@ -265,4 +269,5 @@ class TestHealthEndpoint:
         summary = body["checks"][1]
         assert summary["status"] == "fail"
         assert summary["message"].startswith("1 of 2 monitored sources pass")
+        assert body["message"].endswith("data sources are failing: see checks")
         assert up.name not in str(body)
