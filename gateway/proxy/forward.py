@@ -303,7 +303,7 @@ class Forwarder:
                 client, prepared, request_id_bytes, body_override, extra_headers
             )
             buffer = self._write_buffer(prepared, outcome.method, target, body_override)
-            if buffer is not None:
+            if buffer is not None and self._spoolable(client, prepared):
                 whole = await self._whole_body(client, prepared, outcome)
                 request = _Upstreaming(target, headers, whole, len(whole), request_id)
                 outcome.status = await self._write(
@@ -380,6 +380,19 @@ class Forwarder:
         if write_path(prepared.source, method, target.path.clean) is None:
             return None
         return spool.buffer(prepared.source)
+
+    def _spoolable(self, client: ClientExchange, prepared: PreparedSource) -> bool:
+        """Whether a write goes the spool's way (read whole, queued if need be). One declared
+        larger than the spool takes streams through as any request does while no target of the
+        source has a queue (its order is not at stake), so the writer gets the upstream's own
+        answer; behind a queue it is refused (413) by `_whole_body`, to keep the order."""
+        spool = self._spool
+        assert spool is not None
+        length = client.content_length
+        if length is None or length <= spool.max_body_bytes:
+            return True
+        source_id = prepared.source.id
+        return any(spool.queued(TargetKey(source_id, t.url)) for t in prepared.targets.targets)
 
     async def _whole_body(
         self, client: ClientExchange, prepared: PreparedSource, outcome: _Outcome

@@ -52,6 +52,21 @@ async def test_a_healthy_upstream_answers_the_writer_itself(
     assert len(await influx.select(db, "SELECT value FROM $db.autogen.cpu")) == 3
 
 
+async def test_a_write_larger_than_the_spool_takes_streams_through_unspooled(
+    client: AppClient, start_influx: StartInflux
+) -> None:
+    influx = await start_influx()
+    db = await influx.create_database()
+    source = await add_influx_source(client, influx, db)
+    spool = client.app[SPOOL]
+    spool.max_body_bytes = 50  # a batch of 3 lines is more than that
+    body = lines(0, 3)
+    assert len(body) > spool.max_body_bytes
+    assert await write(client, source, db, body) == (204, "")  # influxd's own 204
+    assert spool.snapshot.targets == []  # nothing was queued
+    assert len(await influx.select(db, "SELECT value FROM $db.autogen.cpu")) == 3
+
+
 async def test_writes_during_an_outage_are_acknowledged_and_replayed_exactly(
     client: AppClient, start_influx: StartInflux, metrics_registry: CollectorRegistry
 ) -> None:
