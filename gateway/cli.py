@@ -23,6 +23,7 @@ from gateway.bootstrap import open_registry
 from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
 from gateway.front.site import FrontSite
+from gateway.heap import settle_heap
 from gateway.keys import LIFECYCLE, PIPELINE
 from gateway.logging import configure_logging
 from gateway.loop import event_loop_factory
@@ -190,6 +191,7 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
                 f"{exc.strerror}"
             ) from exc
         port = site.port
+        settle_heap()  # after start-up: what it made lives as long as the process
         log.info("gateway_listening", host=settings.host, port=port, version=__version__)
 
         stop = asyncio.Event()
