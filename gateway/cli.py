@@ -22,7 +22,7 @@ from gateway.app import SERVER_OPTIONS, create_app
 from gateway.bootstrap import open_registry
 from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
-from gateway.front.site import FrontSite
+from gateway.front.site import FrontSite, bind_listener
 from gateway.keys import LIFECYCLE, PIPELINE
 from gateway.logging import configure_logging
 from gateway.loop import event_loop_factory
@@ -170,25 +170,26 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         shutdown_timeout=settings.drain_timeout,
         **SERVER_OPTIONS,
     )
+    # Bound before the application starts: a taken port fails the start before provisioning
+    # runs or the gateway says it is ready. Workers of one supervisor share the port; the
+    # kernel spreads connections among them.
+    try:
+        sock = bind_listener(settings.host, settings.port, reuse_port=worker is not None)
+    except OSError as exc:
+        raise StartupError(
+            f"server.host/port: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from exc
     try:
         await runner.setup()
         # Proxied requests are served by the front protocol; the API by aiohttp behind it.
-        # Workers of one supervisor share the port; the kernel spreads connections among them.
         site = FrontSite(
             runner,
             front_router(app[PIPELINE]),
             host=settings.host,
-            port=settings.port,
-            reuse_port=worker is not None,
+            sock=sock,
             drain_timeout=settings.drain_timeout,
         )
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(
-                f"server.host/port: cannot listen on {settings.host}:{settings.port}: "
-                f"{exc.strerror}"
-            ) from exc
+        await site.start()
         port = site.port
         log.info("gateway_listening", host=settings.host, port=port, version=__version__)
 
@@ -213,7 +214,10 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         if settings.drain_delay:
             await asyncio.sleep(settings.drain_delay)
     finally:
-        await runner.cleanup()
+        try:
+            await runner.cleanup()
+        finally:
+            sock.close()  # the site's server closed it already, unless start-up failed first
     log.info("gateway_stopped")
     return 0
 

@@ -22,6 +22,27 @@ from gateway.front.limits import ServerLimits
 from gateway.front.protocol import FrontProtocol
 
 
+def bind_listener(
+    host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
+) -> socket.socket:
+    """A socket listening on `host:port` now, before the application starts (provisioning,
+    `gateway_ready`): a port that is taken fails the start first, with nothing done yet. Until
+    the site serves it, connections wait in its backlog. OSError if it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # the workers of one supervisor share the port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class FrontSite(web.BaseSite):
     """Listen on `host:port` (or on a bound `sock`) with the front protocol.
 
