@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import SERVER_OPTIONS, create_app
-from gateway.bootstrap import open_registry
+from gateway.bootstrap import ADMIN_TOKEN_FILE, open_registry, remove_revoked_admin_token_file
 from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
 from gateway.front.site import FrontSite, bind_listener
@@ -315,6 +315,9 @@ async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
         if not await store.revoke_token(args.id):
             raise CommandError(f"no active token with id {args.id}")
         print(f"token {args.id} revoked", file=sys.stderr)
+        if await remove_revoked_admin_token_file(store, settings.data_dir):
+            removed = settings.data_dir / ADMIN_TOKEN_FILE
+            print(f"removed {removed}: it held this token", file=sys.stderr)
         return 0
 
     return await _with_store(settings, action)
