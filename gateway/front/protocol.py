@@ -28,10 +28,16 @@ or a plain `Transfer-Encoding: chunked`. llhttp itself refuses Transfer-Encoding
 Content-Length and a repeated chunked, but it reads a body for "gzip, chunked" and refuses a
 bare "gzip" only after the head was reported complete, so the protocol checks these itself
 before any routing (no smuggled second request can follow). An oversized head gets 431, an
-overlong target 414, an HTTP version other than 1.0 and 1.1 505; the connection then closes. If a
-response is already in progress, no error response is sent: the responses ahead are finished and
-the connection closes. An upgrade request is what llhttp calls one (an Upgrade field named in
-Connection, or CONNECT); a lone Upgrade field is ignored, as RFC 9110 §7.8 asks.
+overlong target 414, an HTTP version other than 1.0 and 1.1 505; the connection then closes. Each
+refusal is gateway/errors.py's JSON error in the dialect of the request's path when its request
+line was read (Grafana's otherwise), with the request id its fields ask for (or a new one), and
+writes the request's log line (`record_refusal`). If a response is already in progress, no error
+response is sent: the responses ahead are finished and the connection closes. A malformed body
+of the request being served is its handler's to answer: reading the body raises the refusal (a
+GatewayError) unless the response has started, when the connection is cut instead.
+
+An upgrade request is what llhttp calls one (an Upgrade field named in Connection, or CONNECT);
+a lone Upgrade field is ignored, as RFC 9110 §7.8 asks.
 
 A request head must arrive within `head_timeout` (408, then close); an idle keep-alive connection
 closes after `keepalive_timeout`. Whenever request bytes may still be on their way when the
