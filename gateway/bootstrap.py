@@ -106,7 +106,9 @@ async def open_registry(settings: Settings, *, exclusive: bool = False) -> Async
 
 
 async def ensure_admin_token(store: Registry, settings: Settings) -> None:
-    """GATEWAY_ADMIN_TOKEN always works; with no token at all, make one and save it to a file."""
+    """GATEWAY_ADMIN_TOKEN always works; with no token at all, make one and save it to a file.
+    A file whose token was revoked meanwhile is removed (see `remove_revoked_admin_token_file`)."""
+    await remove_revoked_admin_token_file(store, settings.data_dir)
     if settings.admin_token:
         changed = await store.ensure_token(
             DEFAULT_ORG_ID, Role.ADMIN, hash_token(settings.admin_token), "GATEWAY_ADMIN_TOKEN"
@@ -124,3 +126,27 @@ async def ensure_admin_token(store: Registry, settings: Settings) -> None:
     path.unlink(missing_ok=True)  # an old file names a token that no longer works
     write_private_file(path, token)
     log.warning("admin_token_generated", path=str(path), hint="read the token from this file")
+
+
+async def remove_revoked_admin_token_file(store: Registry, data_dir: Path) -> bool:
+    """Remove the generated admin token's file once that token no longer works (revoked): an
+    operator reading it would take it for a working credential. Called at start-up and after a
+    revocation; True if the file was removed."""
+    path = data_dir / ADMIN_TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("admin_token_file_unreadable", path=str(path), error=exc.strerror)
+        return False
+    if token and await store.find_principal(hash_token(token)) is not None:
+        return False
+    path.unlink(missing_ok=True)
+    log.warning(
+        "admin_token_file_removed",
+        path=str(path),
+        reason="the token it held is revoked",
+        hint="use another admin token, or `gateway token create --role admin`",
+    )
+    return True

@@ -19,10 +19,10 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import SERVER_OPTIONS, create_app
-from gateway.bootstrap import open_registry
+from gateway.bootstrap import ADMIN_TOKEN_FILE, open_registry, remove_revoked_admin_token_file
 from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
-from gateway.front.site import FrontSite
+from gateway.front.site import FrontSite, bind_listener
 from gateway.heap import settle_heap
 from gateway.keys import LIFECYCLE, PIPELINE
 from gateway.logging import configure_logging
@@ -171,25 +171,26 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         shutdown_timeout=settings.drain_timeout,
         **SERVER_OPTIONS,
     )
+    # Bound before the application starts: a taken port fails the start before provisioning
+    # runs or the gateway says it is ready. Workers of one supervisor share the port; the
+    # kernel spreads connections among them.
+    try:
+        sock = bind_listener(settings.host, settings.port, reuse_port=worker is not None)
+    except OSError as exc:
+        raise StartupError(
+            f"server.host/port: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from exc
     try:
         await runner.setup()
         # Proxied requests are served by the front protocol; the API by aiohttp behind it.
-        # Workers of one supervisor share the port; the kernel spreads connections among them.
         site = FrontSite(
             runner,
             front_router(app[PIPELINE]),
             host=settings.host,
-            port=settings.port,
-            reuse_port=worker is not None,
+            sock=sock,
             drain_timeout=settings.drain_timeout,
         )
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(
-                f"server.host/port: cannot listen on {settings.host}:{settings.port}: "
-                f"{exc.strerror}"
-            ) from exc
+        await site.start()
         port = site.port
         settle_heap()  # after start-up: what it made lives as long as the process
         log.info("gateway_listening", host=settings.host, port=port, version=__version__)
@@ -215,7 +216,10 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         if settings.drain_delay:
             await asyncio.sleep(settings.drain_delay)
     finally:
-        await runner.cleanup()
+        try:
+            await runner.cleanup()
+        finally:
+            sock.close()  # the site's server closed it already, unless start-up failed first
     log.info("gateway_stopped")
     return 0
 
@@ -313,6 +317,9 @@ async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
         if not await store.revoke_token(args.id):
             raise CommandError(f"no active token with id {args.id}")
         print(f"token {args.id} revoked", file=sys.stderr)
+        if await remove_revoked_admin_token_file(store, settings.data_dir):
+            removed = settings.data_dir / ADMIN_TOKEN_FILE
+            print(f"removed {removed}: it held this token", file=sys.stderr)
         return 0
 
     return await _with_store(settings, action)

@@ -14,6 +14,7 @@
     │   ├── NameConflict, UidConflict
     │   └── VersionConflict
     ├── PayloadTooLarge             413  request too large
+    ├── HttpRefusal                 4xx/5xx              (refused by the HTTP layer itself)
     ├── Unavailable                 503  unavailable
     │   └── WriteSpoolFull          503  unavailable    (with Retry-After; names the source)
     ├── BadGateway                  502  unavailable
@@ -24,7 +25,9 @@ Each error carries a status and a message for each dialect. Grafana's API answer
 status taken from the code (InfluxDB maps `conflict` to 422). The functions here are the only
 ones that build an error body: `render_error` for aiohttp, the `*_parts` ones for the front
 server, which writes raw bytes (including its own refusals of requests it cannot parse or accept,
-`http_refusal_parts`, and the 500 of a handler that never answered, `unanswered_parts`).
+`http_refusal_parts`, and the 500 of a handler that never answered, `unanswered_parts`). A
+refusal is answered in the dialect of its path when that much of the request was read, else in
+Grafana's, like every other error.
 """
 
 from __future__ import annotations
@@ -289,18 +292,50 @@ def influx_error_parts(code: str, message: str) -> tuple[RawHeaders, bytes]:
     return headers, json.dumps({"code": code, "message": message}).encode()
 
 
-def http_refusal_parts(status: int) -> tuple[RawHeaders, bytes]:
-    """Headers and body of a request the HTTP layer itself refuses (malformed 400, head timeout
-    408, overlong target 414, oversized head 431, unsupported version 505, routing failure 500):
-    no route, and so no dialect, is known yet, so the body is the status's reason phrase as
-    plain text."""
-    return [(b"Content-Type", b"text/plain")], HTTPStatus(status).phrase.encode("ascii")
+class HttpRefusal(GatewayError):
+    """A request the HTTP layer refuses before any handler runs: malformed (400), a head that
+    did not arrive in time (408), too large (413), an overlong target (414), an oversized head
+    (431), an unsupported version (505), or a routing failure (500). `detail` is a fixed reason
+    from the parser (llhttp's or aiohttp's), never bytes of the request."""
+
+    def __init__(self, status: int, detail: str | None = None) -> None:
+        self.status = status
+        self.influx_code = _REFUSAL_INFLUX_CODE.get(
+            status, "invalid" if status < 500 else "internal error"
+        )
+        self.detail = detail
+        message = _REFUSAL_MESSAGES.get(status) or HTTPStatus(status).phrase
+        super().__init__(f"{message}: {detail}" if detail else message)
 
 
-def unanswered_parts() -> tuple[RawHeaders, bytes]:
-    """Headers and body of the 500 sent for a handler that returned (or failed) without starting
-    its response: empty, as what went wrong is for the log, not the client."""
-    return [], b""
+_REFUSAL_MESSAGES = {
+    400: "malformed request",
+    408: "request timeout: the request head did not arrive in time",
+    413: "request too large",
+    414: "request target (URI) too long",
+    431: "request header fields too large",
+    500: "Internal Server Error",
+    505: "HTTP version not supported: only HTTP/1.0 and HTTP/1.1",
+}
+_REFUSAL_INFLUX_CODE = {413: "request too large", 431: "request too large"}
+
+
+def http_refusal_parts(
+    status: int, path: str | None, request_id: str, detail: str | None = None
+) -> tuple[RawHeaders, bytes]:
+    """Headers and body of a request the HTTP layer itself refuses (see `HttpRefusal`), in the
+    dialect of `path` when the request line was read far enough to know it, else Grafana's;
+    with `X-Request-Id`. The status is the caller's: the refusal's own in either dialect."""
+    dialect = Dialect.GRAFANA if path is None else dialect_for(path)
+    _, headers, body = error_parts(HttpRefusal(status, detail), dialect)
+    headers.append((b"X-Request-Id", request_id.encode()))
+    return headers, body
+
+
+def unanswered_parts(path: str, request_id: str) -> tuple[RawHeaders, bytes]:
+    """Headers and body of the 500 sent for a handler that returned (or failed) without
+    starting its response, in the dialect of its path; what went wrong is for the log."""
+    return http_refusal_parts(500, path, request_id)
 
 
 def render_error(error: GatewayError, dialect: Dialect) -> web.Response:

@@ -83,6 +83,39 @@ def record_request(
     )
 
 
+# The longest path a refusal's log line quotes: the path of a refused request is the client's,
+# not a route template, and may be as long as the limit that refused it.
+_LOGGED_PATH_MAX = 200
+
+
+def record_refusal(
+    method: str | None, path: str | None, status: int, elapsed: float, request_id: str
+) -> None:
+    """The request line of a request refused before any handler ran (by the front server or by
+    aiohttp's parser): the method and path as far as they were read ("-" where not), never the
+    query string (InfluxDB 1.x clients send the password in it). Not in the API metrics: their
+    route label is a route template, and a refused request has none."""
+    if path is None:
+        logged_path = "-"
+    elif len(path) > _LOGGED_PATH_MAX:
+        logged_path = path[:_LOGGED_PATH_MAX] + "..."
+    else:
+        logged_path = path
+    logged_method = method or "-"
+    duration_ms = round(elapsed * 1000, 2)
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        if request_log.write(logged_method, logged_path, status, duration_ms, None):
+            return
+        log.info(
+            REQUEST_EVENT,
+            method=logged_method,
+            path=logged_path,
+            status=status,
+            duration_ms=duration_ms,
+            org=None,
+        )
+
+
 def v1_password(authorization: str | None, p_param: str | None) -> str | None:
     """The password of Basic auth, else the `p` query parameter."""
     scheme, _, encoded = (authorization or "").strip().partition(" ")

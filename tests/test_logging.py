@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from gateway.logging import configure_logging, request_log
 from gateway.metrics import GatewayMetrics
 from gateway.registry.models import Org, Principal, Role
-from gateway.requests import record_request
+from gateway.requests import record_refusal, record_request
 from tests.conftest import ADMIN_TOKEN
 from tests.types import AppClient
 
@@ -189,6 +189,22 @@ class TestRequestLine:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
         written = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
         assert abs(written.timestamp() - time.time()) < 5
+
+    def test_a_refusal_line_has_the_fields_of_a_request_line_and_its_own_id(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging("json", "info")
+        structlog.contextvars.bind_contextvars(worker=1)
+        self.record()
+        normal = self.last_line(capsys)
+        record_refusal("GET", "/x/" + "a" * 300, 414, 0.5, "refused-1")
+        refused = self.last_line(capsys)
+        assert set(refused) == {*normal, "request_id"}
+        assert refused["request_id"] == "refused-1"
+        assert (refused["method"], refused["status"], refused["org"]) == ("GET", 414, None)
+        assert refused["path"] == "/x/" + "a" * 197 + "..."
+        # The id was bound for that line only.
+        assert "request_id" not in structlog.contextvars.get_contextvars()
 
     def test_no_principal_is_org_null(self, capsys: pytest.CaptureFixture[str]) -> None:
         configure_logging("json", "info")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import aiosqlite
+import structlog
 
 from gateway import __version__
 from gateway.config import Settings
 from gateway.keys import LIFECYCLE, STORE
 from gateway.registry.sqlite import SqliteRegistry
+from tests.conftest import ADMIN_TOKEN
 from tests.types import AppClient
 
 
@@ -69,3 +71,14 @@ async def test_unknown_paths_answer_in_the_dialect_of_their_api(client: AppClien
     assert influx.status == 404
     assert await influx.json() == {"code": "not found", "message": "path not found"}
     assert influx.headers["X-Platform-Error-Code"] == "not found"
+
+
+async def test_health_with_a_token_logs_the_tokens_org(client: AppClient) -> None:
+    """/health is public, yet reads a token to list that org's sources: its line names the org
+    (issue 18 item 6)."""
+    with structlog.testing.capture_logs() as logs:
+        await client.get("/health", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        await client.get("/health")
+    with_token, anonymous = [entry for entry in logs if entry["event"] == "request"]
+    assert (with_token["path"], with_token["org"]) == ("/health", 1)
+    assert anonymous["org"] is None

@@ -10,7 +10,7 @@ from prometheus_client.exposition import choose_encoder
 
 from gateway import __version__
 from gateway.errors import INFLUX_CONTENT_TYPE, Unauthorized
-from gateway.keys import LIFECYCLE, METRICS, MONITOR, PRINCIPALS, SETTINGS, STORE
+from gateway.keys import LIFECYCLE, METRICS, MONITOR, PRINCIPAL, PRINCIPALS, SETTINGS, STORE
 from gateway.security.auth import token_from_header
 from gateway.version import commit
 
@@ -78,6 +78,8 @@ async def _source_checks(request: web.Request) -> list[dict[str, str]]:
     probe messages must not leak across orgs, so an anonymous caller gets one summary entry."""
     token = token_from_header(request.headers.get("Authorization"))
     principal = await request.app[PRINCIPALS].resolve(token) if token else None
+    if principal is not None:  # /health is public: no middleware resolved it for the log line
+        request[PRINCIPAL] = principal
     states = [
         state
         for state in request.app[MONITOR].states()

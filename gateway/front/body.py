@@ -55,7 +55,7 @@ class RequestBody:
         self._conn = conn
         self._loop = loop
         self._chunks: deque[bytes] = deque()
-        self._error: ConnectionResetError | None = None
+        self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._continue_allowed = True  # false once the response has started
         self.content_length = content_length
@@ -102,8 +102,10 @@ class RequestBody:
         self.complete = True
         wake(self._waiter)
 
-    def fail(self, error: ConnectionResetError) -> None:
-        """The connection is gone before the body ended: the reader gets `error`."""
+    def fail(self, error: Exception) -> None:
+        """The body cannot end: the reader gets `error` (ConnectionResetError when the
+        connection is gone, the refusal of a malformed body (a GatewayError) when llhttp
+        refused its framing)."""
         if not self.complete and self._error is None:
             self._error = error
             wake(self._waiter)
@@ -117,6 +119,11 @@ class RequestBody:
         size = sum(map(len, self._chunks))
         self._chunks.clear()
         return size
+
+    @property
+    def error(self) -> Exception | None:
+        """Why the body cannot end, once the protocol said so (`fail`)."""
+        return self._error
 
     # The exchange's side.
 

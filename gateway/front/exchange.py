@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Final, Protocol, TypeAlias
 
 from gateway.bodies import BodyTooLarge, read_limited
-from gateway.errors import RawHeaders, unanswered_parts
+from gateway.errors import HttpRefusal, RawHeaders, http_refusal_parts, unanswered_parts
 from gateway.front.body import RequestBody
 from gateway.front.limits import HTTP11, closing_error
+from gateway.requests import choose_request_id
 
 FastHandler: TypeAlias = Callable[["Exchange"], Awaitable[None]]
 Router: TypeAlias = Callable[[str, str], FastHandler | None]
@@ -222,7 +223,9 @@ class Exchange:
 
     def end_unanswered(self) -> None:
         """After the handler returned: a response it left unfinished is cut off (the client
-        must not take it for complete), and one it never started is an empty 500."""
+        must not take it for complete), and one it never started is a 500 in the dialect of
+        its path, or the refusal of its body when the protocol refused that (no log line: that
+        is its handler's to write)."""
         if self.finished:
             return
         self.finished = True
@@ -232,7 +235,22 @@ class Exchange:
         if self.response_started:
             conn.abort()
             return
-        self._transport.write(closing_error(500, unanswered_parts(), conn.date_header()))
+        # The id the client asked for, as the handler took it; else a new one (the handler's own
+        # is not known here).
+        request_id = choose_request_id(
+            *(
+                _text(self.header(name))
+                for name in (b"x-request-id", b"traceparent", b"zap-trace-span")
+            )
+        )
+        refusal = self.request_body.error
+        if isinstance(refusal, HttpRefusal):
+            status = refusal.status
+            parts = http_refusal_parts(status, self.path, request_id, refusal.detail)
+        else:
+            status = 500
+            parts = unanswered_parts(self.path, request_id)
+        self._transport.write(closing_error(status, parts, conn.date_header()))
         conn.close()
 
     def _prepare(
@@ -311,3 +329,7 @@ class Exchange:
         if self.version != HTTP11:
             return head + b"Connection: keep-alive\r\n\r\n"
         return head + b"\r\n"
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")

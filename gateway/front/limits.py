@@ -40,11 +40,13 @@ class Interrupt(Exception):
 
 
 class Refused(Interrupt):
-    """The request is refused with `status`, then the connection closes."""
+    """The request is refused with `status`, then the connection closes; `detail` says why
+    (a fixed text, never bytes of the request)."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, detail: str | None = None) -> None:
         super().__init__(status)
         self.status = status
+        self.detail = detail
 
 
 def head_size(url: bytes, headers: RawHeaders) -> int:
@@ -72,14 +74,16 @@ def check_framing(headers: RawHeaders, version: tuple[int, int]) -> tuple[int | 
                 # llhttp reads a body for "gzip, chunked" and rejects a bare "gzip" only
                 # after the head is complete: anything but plain chunked is refused here.
                 if value.strip().lower() != b"chunked" or chunked:
-                    raise Refused(400)
+                    raise Refused(400, "only a plain Transfer-Encoding: chunked is accepted")
                 chunked = True
         elif size == 6 and name.lower() == b"expect":
             expect = value.strip().lower() == b"100-continue"
     if chunked and content_length is not None:
-        raise Refused(400)  # llhttp refuses it before this point; kept explicit
+        # llhttp refuses it before this point; kept explicit
+        raise Refused(400, "Transfer-Encoding and Content-Length together")
     if hosts > 1 or (hosts == 0 and version == HTTP11):
-        raise Refused(400)  # RFC 9112 §3.2 (and aiohttp would refuse it too)
+        # RFC 9112 §3.2 (and aiohttp would refuse it too)
+        raise Refused(400, "an HTTP/1.1 request needs exactly one Host field")
     return content_length, chunked, expect
 
 

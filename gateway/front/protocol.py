@@ -28,10 +28,16 @@ or a plain `Transfer-Encoding: chunked`. llhttp itself refuses Transfer-Encoding
 Content-Length and a repeated chunked, but it reads a body for "gzip, chunked" and refuses a
 bare "gzip" only after the head was reported complete, so the protocol checks these itself
 before any routing (no smuggled second request can follow). An oversized head gets 431, an
-overlong target 414, an HTTP version other than 1.0 and 1.1 505; the connection then closes. If a
-response is already in progress, no error response is sent: the responses ahead are finished and
-the connection closes. An upgrade request is what llhttp calls one (an Upgrade field named in
-Connection, or CONNECT); a lone Upgrade field is ignored, as RFC 9110 §7.8 asks.
+overlong target 414, an HTTP version other than 1.0 and 1.1 505; the connection then closes. Each
+refusal is gateway/errors.py's JSON error in the dialect of the request's path when its request
+line was read (Grafana's otherwise), with the request id its fields ask for (or a new one), and
+writes the request's log line (`record_refusal`). If a response is already in progress, no error
+response is sent: the responses ahead are finished and the connection closes. A malformed body
+of the request being served is its handler's to answer: reading the body raises the refusal (a
+GatewayError) unless the response has started, when the connection is cut instead.
+
+An upgrade request is what llhttp calls one (an Upgrade field named in Connection, or CONNECT);
+a lone Upgrade field is ignored, as RFC 9110 §7.8 asks.
 
 A request head must arrive within `head_timeout` (408, then close); an idle keep-alive connection
 closes after `keepalive_timeout`. Whenever request bytes may still be on their way when the
@@ -51,7 +57,7 @@ from typing import Final
 
 import httptools
 
-from gateway.errors import RawHeaders, http_refusal_parts
+from gateway.errors import HttpRefusal, RawHeaders, http_refusal_parts
 from gateway.front.body import RequestBody
 from gateway.front.clock import HEAD, IDLE, LINGERING, ConnectionTimer, http_date
 from gateway.front.connections import FrontConnections
@@ -68,6 +74,7 @@ from gateway.front.limits import (
     head_size,
 )
 from gateway.front.waiting import wake
+from gateway.requests import choose_request_id, record_refusal
 
 # Re-exported: the names a handler module or a test imports along with the protocol.
 __all__ = ["Exchange", "FastHandler", "FrontConnections", "FrontProtocol", "Router", "ServerLimits"]
@@ -234,8 +241,8 @@ class FrontProtocol(asyncio.Protocol):
             parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             self._interrupted(exc.__context__)
-        except httptools.HttpParserError:
-            self._interrupted(Refused(400))
+        except httptools.HttpParserError as exc:
+            self._interrupted(Refused(400, str(exc)))
         else:
             if self._in_head:
                 self._head_fed += len(data)
@@ -271,8 +278,6 @@ class FrontProtocol(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._timer.deadline = None
         parser = self._parser
         assert parser is not None
         url = self._url
@@ -288,6 +293,10 @@ class FrontProtocol(asyncio.Protocol):
         if version is None:
             raise Refused(505)
         content_length, chunked, expect = check_framing(headers, version)
+        # Only now: a refusal above is one of a request whose head was read, answered in its
+        # route's dialect, and timed from the head's deadline (see `_refuse`).
+        self._in_head = False
+        self._timer.deadline = None
         if parser.should_upgrade():
             raise _HandOff
         raw_method = parser.get_method()
@@ -363,8 +372,9 @@ class FrontProtocol(asyncio.Protocol):
             await ex.handler(ex)
         except (asyncio.CancelledError, ConnectionError):
             pass  # the client went away, or the connection was shut down
-        except Exception:
-            _logger.exception("front handler failed for %s %s", ex.method, ex.path)
+        except Exception as exc:
+            if exc is not ex.request_body.error:  # a refused body is answered just below
+                _logger.exception("front handler failed for %s %s", ex.method, ex.path)
         ex.end_unanswered()
         self._task = None
         if self.closed:
@@ -459,6 +469,9 @@ class FrontProtocol(asyncio.Protocol):
     # Interruptions: hand-off, rejection, stop
 
     def _interrupted(self, cause: BaseException | None) -> None:
+        parser = self._parser
+        in_head = self._in_head
+        deadline = self._timer.deadline
         self._parser = None  # llhttp is in an error state now; it is never fed again
         self._in_head = False
         self._timer.deadline = None
@@ -473,15 +486,24 @@ class FrontProtocol(asyncio.Protocol):
             else:  # after the responses ahead of it
                 self._handoff = raw
                 self._handoff_size = sum(map(len, raw))
-        elif isinstance(cause, Refused):
-            self._refuse(cause.status)
-        elif isinstance(cause, _Stop):
+            return
+        if isinstance(cause, _Stop):
             self._stop()
+            return
+        if isinstance(cause, Refused):
+            status, detail = cause.status, cause.detail
         elif isinstance(cause, httptools.HttpParserError):  # raised by httptools itself
-            self._refuse(400)
+            status, detail = 400, str(cause)
         else:  # the router raised
             _logger.error("front request routing failed", exc_info=cause)
-            self._refuse(500)
+            status, detail = 500, None
+        if status == 408:
+            elapsed = self._head_timeout
+        elif deadline is not None and in_head:
+            elapsed = max(0.0, self._head_timeout - (deadline - self._loop.time()))
+        else:
+            elapsed = 0.0
+        self._refuse(status, detail, parser if in_head else None, elapsed)
 
     def _stop(self) -> None:
         if self._task is None:
@@ -489,20 +511,50 @@ class FrontProtocol(asyncio.Protocol):
         else:
             self._stopped = True
 
-    def _refuse(self, status: int) -> None:
+    def _refuse(
+        self,
+        status: int,
+        detail: str | None,
+        head_parser: httptools.HttpRequestParser | None,
+        elapsed: float,
+    ) -> None:
+        """Answer a request the connection cannot serve, then close. `head_parser` is given
+        while the refused request's head is being (or was just) read: its method, target and
+        fields so far are then this request's, so the answer takes the dialect of its path
+        and the request id its fields ask for, and its log line names them."""
         incoming = self._incoming
         if incoming is not None:  # the error is in a request body
             self._incoming = None
             if incoming is not self._exchange:
                 self._queue.pop()  # queued last: never served
             elif self._task is not None:
-                self.abort()  # its handler is reading the body that went wrong
+                if incoming.response_started:
+                    self.abort()  # too late to answer: the client must see it cut off
+                else:
+                    # Its handler answers, as for any other error of the request it reads.
+                    incoming.close_after_response()
+                    incoming.request_body.fail(HttpRefusal(status, detail))
                 return
         if self._exchange is not None:
             self._stop()
             return
-        self.transport.write(closing_error(status, http_refusal_parts(status), self.date_header()))
+        method = path = None
+        headers: RawHeaders = []
+        if head_parser is not None:
+            headers = self._headers
+            if self._url:
+                path = self._url.partition(b"#")[0].partition(b"?")[0].decode("latin-1")
+                raw_method = head_parser.get_method()
+                method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
+        request_id = choose_request_id(
+            _field(headers, b"x-request-id"),
+            _field(headers, b"traceparent"),
+            _field(headers, b"zap-trace-span"),
+        )
+        parts = http_refusal_parts(status, path, request_id, detail)
+        self.transport.write(closing_error(status, parts, self.date_header()))
         self.close()
+        record_refusal(method, path, status, elapsed, request_id)
 
     def _hand_off(self, raw: list[bytes]) -> None:
         self._handoff = None
@@ -557,3 +609,11 @@ class FrontProtocol(asyncio.Protocol):
             self.close()
         else:
             self.transport.close()
+
+
+def _field(headers: RawHeaders, lower_name: bytes) -> str | None:
+    """The first value of a request field of a refused request, or None."""
+    for name, value in headers:
+        if name.lower() == lower_name:
+            return value.decode("latin-1")
+    return None

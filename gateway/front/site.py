@@ -2,7 +2,8 @@
 
 Requests the router claims (the proxied routes) are served by the front protocol itself; a
 connection whose request is anything else is handed to the runner's aiohttp server for good
-(see `protocol.py`). The runner stays in charge of the application's lifecycle: `runner.cleanup()`
+(see `protocol.py`), whose handlers answer what aiohttp's parser refuses in the gateway's JSON
+(see `fallback.py`). The runner stays in charge of the application's lifecycle: `runner.cleanup()`
 stops this site, which closes the listening socket and drains the front connections, before
 aiohttp drains its own and runs the app's cleanup contexts (the upstream pool, the store).
 """
@@ -16,8 +17,30 @@ from aiohttp import web
 
 from gateway.front.connections import FrontConnections
 from gateway.front.exchange import Router
+from gateway.front.fallback import json_errors_handlers
 from gateway.front.limits import ServerLimits
 from gateway.front.protocol import FrontProtocol
+
+
+def bind_listener(
+    host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
+) -> socket.socket:
+    """A socket listening on `host:port` now, before the application starts (provisioning,
+    `gateway_ready`): a port that is taken fails the start first, with nothing done yet. Until
+    the site serves it, connections wait in its backlog. OSError if it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # the workers of one supervisor share the port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class FrontSite(web.BaseSite):
@@ -69,9 +92,10 @@ class FrontSite(web.BaseSite):
         aiohttp_server = self._front_runner.server
         assert aiohttp_server is not None, "runner.setup() first"
         router, connections, limits = self._router, self.connections, self._limits
+        fallback = json_errors_handlers(aiohttp_server)
 
         def connection() -> FrontProtocol:
-            return FrontProtocol(router, aiohttp_server, connections, limits)
+            return FrontProtocol(router, fallback, connections, limits)
 
         loop = asyncio.get_running_loop()
         if self._sock is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -833,8 +834,9 @@ async def test_handler_raising_before_the_response_gets_500(
     reader, writer = await srv.connect()
     writer.write(get("/broken"))
     response = await read_response(reader)
-    assert (response.status, response.body) == (500, b"")
-    assert response.header("content-length") == "0"
+    # What went wrong is for the log: the client gets the bare 500 in its path's dialect.
+    assert (response.status, response.body) == (500, b'{"message": "Internal Server Error"}')
+    assert response.header("x-request-id")
     assert response.header("connection") == "close"
     await assert_closed(reader)
     assert "front handler failed for GET /broken" in caplog.text
@@ -1037,7 +1039,8 @@ async def test_malformed_request_gets_400(front: StartFront, raw: bytes) -> None
     writer.write(raw)
     response = await read_response(reader)
     assert response.status == 400
-    assert response.header("content-type") == "text/plain"
+    assert response.header("content-type") == "application/json; charset=utf-8"
+    assert response.header("x-request-id")
     assert response.header("connection") == "close"
     assert response.body
     await assert_closed(reader)
@@ -1123,11 +1126,46 @@ async def test_unsupported_http_version_gets_505(front: StartFront) -> None:
     assert response.status == 505
 
 
-async def test_malformed_body_of_the_exchange_in_progress_aborts_it(front: StartFront) -> None:
+async def test_malformed_body_of_the_exchange_in_progress_is_refused_to_its_handler(
+    front: StartFront,
+) -> None:
+    """Its handler reads the refusal (a 400 GatewayError) from the body; one that lets it
+    escape unanswered gets it as the response, in the dialect of its path, then close."""
+    got = asyncio.Event()
+    errors: list[BaseException] = []
+
+    async def reads(ex: Exchange) -> None:
+        body = ex.body()
+        await anext(body)
+        got.set()
+        try:
+            await anext(body)
+        except Exception as exc:
+            errors.append(exc)
+            raise
+
+    srv = await front({"/upload": reads})
+    reader, writer = await srv.connect()
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    writer.write(b"3\r\nabc\r\n")
+    await asyncio.wait_for(got.wait(), T)
+    writer.write(b"zz\r\n")  # not a chunk size
+    response = await read_response(reader)
+    assert (response.status, response.header("connection")) == (400, "close")
+    assert json.loads(response.body) == {
+        "message": "malformed request: Invalid character in chunk size"
+    }
+    await assert_closed(reader)
+    assert [type(error).__name__ for error in errors] == ["HttpRefusal"]
+
+
+async def test_malformed_body_after_the_response_started_aborts_it(front: StartFront) -> None:
     got = asyncio.Event()
     events: list[str] = []
 
     async def reads(ex: Exchange) -> None:
+        ex.start_response(200, "OK", [])
+        await ex.write(b"partial")
         body = ex.body()
         await anext(body)
         got.set()
@@ -1143,7 +1181,10 @@ async def test_malformed_body_of_the_exchange_in_progress_aborts_it(front: Start
     writer.write(b"3\r\nabc\r\n")
     await asyncio.wait_for(got.wait(), T)
     writer.write(b"zz\r\n")  # not a chunk size
-    await assert_closed(reader)
+    response = await read_head(reader)
+    assert (response.status, response.header("transfer-encoding")) == (200, "chunked")
+    rest = await asyncio.wait_for(reader.read(), T)
+    assert not rest.endswith(b"0\r\n\r\n")  # cut off, never complete
     await eventually(lambda: events == ["cancelled"])
 
 

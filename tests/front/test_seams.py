@@ -100,45 +100,96 @@ async def hello(ex: Exchange) -> None:
     ex.respond(200, "OK", [], b"hello")
 
 
-# Refusals: the exact bytes come from errors.py's parts.
+# Refusals: the exact bytes come from errors.py's parts, in the dialect of the path when the
+# head was read that far, with the request id the request asked for (else a new one).
 
 
 @pytest.mark.parametrize(
-    ("status", "request_bytes", "limits"),
+    ("status", "request_bytes", "limits", "path", "detail"),
     [
-        (400, b"GET /hello HTTP/1.1\r\nbad header\r\n\r\n", ServerLimits()),
-        (400, b"GET /hello HTTP/1.1\r\n\r\n", ServerLimits()),  # no Host
         (
             400,
-            b"POST /hello HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"GET /hello HTTP/1.1\r\nbad header\r\n\r\n",
             ServerLimits(),
+            "/hello",
+            "Invalid header token",
+        ),
+        (
+            400,
+            b"GET /write?p=x HTTP/1.1\r\nX-Request-Id: seam-1\r\n\r\n",  # no Host
+            ServerLimits(),
+            "/write",
+            "an HTTP/1.1 request needs exactly one Host field",
+        ),
+        (
+            400,
+            b"POST /hello HTTP/1.1\r\nHost: t\r\nX-Request-Id: seam-1\r\n"
+            b"Transfer-Encoding: gzip, chunked\r\n\r\n",
+            ServerLimits(),
+            "/hello",
+            "only a plain Transfer-Encoding: chunked is accepted",
         ),
         (
             414,
-            b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"GET /api/v2/" + b"a" * 200 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
             ServerLimits(max_target_length=100),
+            "/api/v2/" + "a" * 93,
+            None,
         ),
         (
             431,
-            b"GET /hello HTTP/1.1\r\nHost: t\r\nX: " + b"v" * 9000 + b"\r\n\r\n",
+            b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Request-Id: seam-1\r\nX: "
+            + b"v" * 9000
+            + b"\r\n\r\n",
             ServerLimits(max_head_size=8192),
+            "/hello",
+            None,
         ),
-        (505, b"GET /hello HTTP/2.0\r\n\r\n", ServerLimits()),
-        (408, b"GET /hello HTTP/1.1\r\nHost: t\r\nHo", ServerLimits(head_timeout=0.1)),
+        (
+            505,
+            b"GET /query HTTP/2.0\r\nX-Request-Id: seam-1\r\n\r\n",
+            ServerLimits(),
+            "/query",
+            None,
+        ),
+        (
+            408,
+            b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Request-Id: seam-1\r\nHo",
+            ServerLimits(head_timeout=0.1),
+            "/hello",
+            None,
+        ),
+        (400, b"G@T /hello HTTP/1.1\r\n\r\n", ServerLimits(), None, "Invalid method encountered"),
     ],
 )
 async def test_a_refusal_is_the_errors_module_response_then_close(
-    serve: StartServer, status: int, request_bytes: bytes, limits: ServerLimits
+    serve: StartServer,
+    status: int,
+    request_bytes: bytes,
+    limits: ServerLimits,
+    path: str | None,
+    detail: str | None,
 ) -> None:
     server = await serve({"/hello": hello}, limits)
     reader, writer = await server.connect()
     writer.write(request_bytes)
-    expected = closing_error(status, http_refusal_parts(status), DATE)
-    assert await read_all(reader) == expected
-    headers, body = http_refusal_parts(status)
+    received = await read_all(reader)
+    request_id = "seam-1" if b"seam-1" in request_bytes else _request_id(received)
+    parts = http_refusal_parts(status, path, request_id, detail)
+    expected = closing_error(status, parts, DATE)
+    assert received == expected
+    headers, body = parts
     assert expected.endswith(b"\r\n\r\n" + body)
     assert b"Connection: close\r\n" in expected
     assert all(b"%s: %s\r\n" % field in expected for field in headers)
+
+
+def _request_id(response: bytes) -> str:
+    for line in response.split(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b": ")
+        if name.lower() == b"x-request-id":
+            return value.decode()
+    raise AssertionError(f"no X-Request-Id in {response!r}")
 
 
 async def test_a_handler_that_never_answers_gets_the_errors_module_500(
@@ -149,8 +200,8 @@ async def test_a_handler_that_never_answers_gets_the_errors_module_500(
 
     server = await serve({"/silent": silent})
     reader, writer = await server.connect()
-    writer.write(b"GET /silent HTTP/1.1\r\nHost: t\r\n\r\n")
-    assert await read_all(reader) == closing_error(500, unanswered_parts(), DATE)
+    writer.write(b"GET /silent HTTP/1.1\r\nHost: t\r\nX-Request-Id: seam-2\r\n\r\n")
+    assert await read_all(reader) == closing_error(500, unanswered_parts("/silent", "seam-2"), DATE)
 
 
 # The request body: flow control and 100 Continue.
