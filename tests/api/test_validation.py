@@ -205,3 +205,27 @@ async def test_the_source_query_id_is_16_hex_digits_or_404(
         404,
         {"code": "not found", "message": "source not found"},
     )
+
+
+async def test_the_readmes_examples_are_true(client: AppClient, admin_headers: Headers) -> None:
+    """README, "Validation: one set of rules for every writer"."""
+    grafana = await client.post(
+        "/api/datasources",
+        data=b'{"name":"p","type":"prometheus","access":"bogus"}',
+        headers={**admin_headers, "Content-Type": "application/json"},
+    )
+    assert (grafana.status, await grafana.text()) == (
+        400,
+        '{"message": "access: must be \\"proxy\\" or \\"direct\\", got \\"bogus\\"; '
+        'url: required"}',
+    )
+    influx = await client.post(
+        "/api/v2/sources",
+        data=b'{"name":"i","url":"http://i:8086","default":"yes"}',
+        headers={**admin_headers, "Content-Type": "application/json"},
+    )
+    assert (influx.status, await influx.text()) == (
+        400,
+        '{"code": "invalid", "message": "default: must be a boolean, got a string"}',
+    )
+    assert await client.app[STORE].list_sources(DEFAULT_ORG_ID) == []
