@@ -267,7 +267,7 @@ class TestEnvironment:
         # os.environ turns a byte that is not UTF-8 into a lone surrogate.
         write(folder, "e.yaml", "apiVersion: 1\ndatasources: [{name: $NAME, type: x}]\n")
         assert problems_in(folder, {"NAME": "caf\udce9"}) == [
-            "e.yaml:2: name contains a NUL or an invalid character"
+            "e.yaml:2: name: must not contain NUL characters or lone surrogates"
         ]
 
     def test_no_message_shows_a_value_from_the_environment(self, folder: Path) -> None:
@@ -329,10 +329,10 @@ class TestProblems:
             'bad.yaml:8: uid: must be 1 to 40 letters, digits, "-" or "_"',
             'bad.yaml:9: access: must be "proxy" or "direct", got "server"',
             "bad.yaml:10: url: must be an absolute http or https URL with a host",
-            "bad.yaml:11: isDefault must be true or false, not 'maybe'",
-            "bad.yaml:12: orgId must be a whole number, not 'first'",
-            "bad.yaml:13: jsonData must be a mapping",
-            "bad.yaml:14: secureJsonData.password must be a single value, not a list or mapping",
+            "bad.yaml:11: isDefault: must be true or false, got 'maybe'",
+            "bad.yaml:12: orgId: must be a whole number, got 'first'",
+            "bad.yaml:13: jsonData: must be a mapping",
+            "bad.yaml:14: secureJsonData.password: must be a single value, got a list or mapping",
             "bad.yaml:15: unknown field 'orgName' in a data source (not supported: give orgId)",
             "bad.yaml:16: unknown field 'bogus' in a data source",
             "bad.yaml:18: name: required",
@@ -342,10 +342,10 @@ class TestProblems:
         ("text", "problem"),
         [
             ("datasources: []\n", "1: apiVersion: 1 is missing (older formats are not read)"),
-            ("apiVersion: 2\n", "1: apiVersion must be 1, not '2'"),
+            ("apiVersion: 2\n", "1: apiVersion: must be 1, got '2'"),
             ("- apiVersion: 1\n", "1: the file must be a mapping"),
             ("apiVersion: 1\ndatasources: {name: x}\n", "2: datasources must be a list"),
-            ("apiVersion: 1\nprune: maybe\n", "2: prune must be true or false, not 'maybe'"),
+            ("apiVersion: 1\nprune: maybe\n", "2: prune: must be true or false, got 'maybe'"),
             ("apiVersion: 1\norg_id: 1\n", "2: unknown field 'org_id' in the file"),
             ("apiVersion: 1\napiVersion: 1\n", "2: duplicate key 'apiVersion' in the file"),
         ],
@@ -379,13 +379,13 @@ class TestProblems:
     @pytest.mark.parametrize(
         ("json_data", "problem"),
         [
-            ("{a: .nan}", "jsonData.a must be a finite number (JSON has no NaN or infinity)"),
+            ("{a: .nan}", "jsonData.a: must be a finite number (JSON has no NaN or infinity)"),
             ("{a: !!binary aGk=}",
              "jsonData.a: YAML tag 'tag:yaml.org,2002:binary' is not supported in jsonData"),
             ("{a: {b: 1, b: 2}}", "duplicate key 'b' in jsonData.a"),
             ("{? [x]: 1}", "a key in jsonData must be a plain value"),
-            ('{a: "nul\\0"}', "jsonData.a contains a NUL or an invalid character"),
-            ("&loop {a: *loop}", f"jsonData{'.a' * 65} is nested too deeply (or contains itself)"),
+            ('{a: "nul\\0"}', "jsonData.a: must not contain NUL characters or lone surrogates"),
+            ("&loop {a: *loop}", f"jsonData{'.a' * 65}: nested too deeply (or contains itself)"),
         ],
     )  # fmt: skip
     def test_json_data_must_be_json(self, folder: Path, json_data: str, problem: str) -> None:

@@ -103,7 +103,7 @@ def test_start_up_applies_the_files_and_sighup_applies_them_all_or_nothing(
         assert (failed["problems"], failed["registry"]) == (2, "unchanged")
         problems = [nth_event(gateway, "provisioning_problem", n)["problem"] for n in (1, 2)]
         assert problems == [
-            f"{folder}/main.yaml:5: isDefault must be true or false, not '$DSG_TEST_SECRET'",
+            f"{folder}/main.yaml:5: isDefault: must be true or false, got '$DSG_TEST_SECRET'",
             f"{folder}/main.yaml:5: type: required",
         ]
         assert registry(gateway) == before
@@ -178,7 +178,7 @@ class TestCheckCommand:
         result = run_cli("provision", "--check", data_dir=data, env=env)
         assert result.returncode == 1
         assert result.stdout.splitlines() == [
-            f"{folder}/a.yaml:5: isDefault must be true or false, not '$DSG_TEST_SECRET'",
+            f"{folder}/a.yaml:5: isDefault: must be true or false, got '$DSG_TEST_SECRET'",
             f"{folder}/a.yaml:5: type: required",
             f'{folder}/b.yml:2: uid: must be 1 to 40 letters, digits, "-" or "_"',
         ]

@@ -145,10 +145,10 @@ def _has_api_version_1(reader: NodeReader, root: Node, field: Field | None) -> b
         return False
     node = field.value
     if not isinstance(node, ScalarNode):
-        reader.report(node, f"apiVersion must be {API_VERSION}, not a list or mapping")
+        reader.report(node, f"apiVersion: must be {API_VERSION}, got a list or mapping")
         return False
     if node.tag != INT or node.value != str(API_VERSION):
-        reader.report(node, f"apiVersion must be {API_VERSION}, not {shown(node.value)}")
+        reader.report(node, f"apiVersion: must be {API_VERSION}, got {shown(node.value)}")
         return False
     return True
 
@@ -257,7 +257,9 @@ class _Entry:
     def org_id(self) -> int:
         number = self.integer("orgId")
         if number is not None and number < 0:
-            self.report("orgId", f"orgId must be a positive number, not {shown(self.raw('orgId'))}")
+            self.report(
+                "orgId", f"orgId: must be a positive number, got {shown(self.raw('orgId'))}"
+            )
         # Grafana reads an absent orgId, or 0, as the default org.
         return number or DEFAULT_ORG_ID
 
