@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.errors import BadRequest
 from gateway.registry.models import MAX_URL_LENGTH, REPLICA_URLS, UNSTORABLE_TEXT
 
 # How Grafana's frontend reaches a source; the gateway proxies either way.
@@ -63,13 +62,6 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def check_url(url: str, field: str = "url") -> None:
-    """400 `url: <problem>` unless `url_problem` finds nothing."""
-    problem = url_problem(url)
-    if problem is not None:
-        raise BadRequest(f"{field}: {problem}")
-
-
 # Replicas and how requests are spread over them (read by gateway/proxy/targets.py and retry.py).
 LOAD_BALANCING = "loadBalancing"
 LOAD_BALANCING_MODES = ("failover", "round_robin")
@@ -84,14 +76,6 @@ WRITE_BUFFER_MAX_AGE = "maxAge"
 WRITE_MIRROR = "writeMirror"
 # One metric series per target URL: a bound keeps a source's series (and its probes) bounded.
 MAX_REPLICAS = 16
-
-
-def check_targets(json_data: Mapping[str, Any], url: str = "") -> None:
-    """400 naming the first bad field of `jsonData.replicaUrls`, `loadBalancing` or `retry`
-    (`url`: the source's primary URL, which a replica must not repeat)."""
-    problems = target_problems(json_data, url)
-    if problems:
-        raise BadRequest(problems[0])
 
 
 def target_problems(json_data: Mapping[str, Any], url: str = "") -> list[str]:
