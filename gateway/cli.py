@@ -37,6 +37,11 @@ from gateway.registry.secrets import (
     generate_key_text,
     write_private_file,
 )
+from gateway.registry.validation import (
+    Violation,
+    org_name_violations,
+    token_description_violations,
+)
 from gateway.security.auth import hash_token, new_token
 from gateway.spool import SpoolStore, commands as spool_commands, spool_path
 from gateway.supervisor import WORKER_INDEX_ENV, supervise
@@ -278,6 +283,8 @@ async def _with_store(
 
 
 async def token_create(settings: Settings, args: argparse.Namespace) -> int:
+    _check(token_description_violations(args.description))
+
     async def action(store: Registry) -> int:
         try:
             org = await store.find_org(name=args.org)
@@ -296,6 +303,13 @@ async def token_create(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     return await _with_store(settings, action)
+
+
+def _check(violations: list[Violation]) -> None:
+    """The registry's own rules (gateway/registry/validation.py), worded as the APIs word them:
+    `name: must not contain control characters`."""
+    if violations:
+        raise CommandError("; ".join(violation.message() for violation in violations))
 
 
 async def token_list(settings: Settings, _: argparse.Namespace) -> int:
@@ -326,10 +340,10 @@ async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def org_create(settings: Settings, args: argparse.Namespace) -> int:
+    name = args.name.strip()
+    _check(org_name_violations(name))
+
     async def action(store: Registry) -> int:
-        name = args.name.strip()
-        if not name:
-            raise CommandError("an org name must not be empty")
         try:
             org = await store.create_org(name)
         except OrgNameTaken as exc:

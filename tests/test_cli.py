@@ -5,6 +5,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
+
 from gateway.registry.secrets import KEY_FILE_NAME
 from tests.process import GatewayProcess, run_cli
 
@@ -112,3 +114,28 @@ def test_the_data_directory_and_database_are_private(data_dir: Path) -> None:
         ("gateway.db", "secret.key") if (data_dir / "secret.key").exists() else ("gateway.db",)
     ):
         assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o600, name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("org", "create", " "), "name: required"),
+        (("org", "create", "Team\tB"), "name: must not contain control characters"),
+        (("org", "create", "n" * 191), "name: must be at most 190 characters, got 191"),
+        (
+            ("token", "create", "--org", "Main Org.", "--role", "viewer",
+             "--description", "ci\x1b[31m"),
+            "description: must not contain control characters",
+        ),
+    ],
+)  # fmt: skip
+def test_org_names_and_token_descriptions_follow_the_registry_rules(
+    data_dir: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = run_cli(*args, data_dir=data_dir)
+    # Refused before the registry is opened: nothing logged, nothing written.
+    assert (result.returncode, result.stderr.strip()) == (1, f"gateway: {message}")
+    listed = run_cli("org", "list", data_dir=data_dir).stdout.splitlines()
+    assert [line.split("\t")[2] for line in listed] == ["Main Org."]
+    tokens = run_cli("token", "list", data_dir=data_dir).stdout.splitlines()
+    assert len(tokens) == 1  # the header: no token was made

@@ -223,6 +223,7 @@ class TestIdempotence:
               - {name: Loki, type: loki, uid: loki, url: "http://loki:3100", editable: true}
               - name: Influx
                 type: influxdb
+                url: http://influx:8086
                 orgId: 2
                 access: direct
                 basicAuth: true
@@ -368,7 +369,7 @@ class TestAllOrNothing:
         write(folder, "b.yaml", "apiVersion: 1\ndatasources: [{name: broken}]")
         with pytest.raises(ProvisioningFailed) as failure:
             await provision(store, folder)
-        assert failure.value.problems == [Problem(f"{folder}/b.yaml", 2, "type is required")]
+        assert failure.value.problems == [Problem(f"{folder}/b.yaml", 2, "type: required")]
         assert await store.list_sources() == []
 
 

@@ -128,10 +128,10 @@ class TestFormat:
         )
 
     def test_defaults_are_grafanas(self, folder: Path) -> None:
-        write(folder, "min.yaml", "apiVersion: 1\ndatasources: [{name: P, type: prometheus}]\n")
+        write(folder, "min.yaml", "apiVersion: 1\ndatasources: [{name: P, type: testdata}]\n")
         [source] = only_file(folder).sources
         assert source.org_id == 1
-        assert source.spec == DataSourceSpec(name="P", type="prometheus", read_only=True)
+        assert source.spec == DataSourceSpec(name="P", type="testdata", read_only=True)
 
     def test_org_id_0_is_the_default_org_as_in_grafana(self, folder: Path) -> None:
         write(folder, "a.yaml", "apiVersion: 1\ndatasources: [{name: P, type: x, orgId: 0}]\n")
@@ -166,6 +166,7 @@ class TestFormat:
               - &base
                 name: one
                 type: prometheus
+                url: http://prom:9090
                 jsonData: &json {httpMethod: POST, timeInterval: 15s}
               - <<: *base
                 name: two
@@ -236,8 +237,12 @@ class TestEnvironment:
 
     def test_a_value_cannot_add_structure(self, folder: Path) -> None:
         write(folder, "e.yaml", "apiVersion: 1\ndatasources: [{name: $NAME, type: x}]\n")
-        spec = only_spec(folder, {"NAME": "a\nuid: injected\n- name: b"})
-        assert spec.name == "a\nuid: injected\n- name: b"
+        # The one problem is the name's own (a newline has no place in it): no uid, no entry.
+        assert problems_in(folder, {"NAME": "a\nuid: injected\n- name: b"}) == [
+            "e.yaml:2: name: must not contain control characters"
+        ]
+        spec = only_spec(folder, {"NAME": "a uid: injected - name: b"})
+        assert spec.name == "a uid: injected - name: b"
         assert spec.uid == ""
 
     def test_unset_variables_are_problems_with_file_and_line(self, folder: Path) -> None:
@@ -248,7 +253,7 @@ class TestEnvironment:
             apiVersion: 1
             datasources:
               - name: P
-                type: prometheus
+                type: testdata
                 secureJsonData:
                   password: $PROM_PASSWORD
             """,
@@ -262,7 +267,7 @@ class TestEnvironment:
         # os.environ turns a byte that is not UTF-8 into a lone surrogate.
         write(folder, "e.yaml", "apiVersion: 1\ndatasources: [{name: $NAME, type: x}]\n")
         assert problems_in(folder, {"NAME": "caf\udce9"}) == [
-            "e.yaml:2: name contains a NUL or an invalid character"
+            "e.yaml:2: name: must not contain NUL characters or lone surrogates"
         ]
 
     def test_no_message_shows_a_value_from_the_environment(self, folder: Path) -> None:
@@ -318,28 +323,29 @@ class TestProblems:
             """,
         )
         assert problems_in(folder) == [
-            "bad.yaml:3: name is required",
-            "bad.yaml:5: type is required",
-            "bad.yaml:8: uid 'has*star' is invalid: 1 to 40 letters, digits, '-' or '_'",
-            "bad.yaml:9: access must be proxy or direct, not 'server'",
-            "bad.yaml:10: url is not valid: Validation error, invalid URL",
-            "bad.yaml:11: isDefault must be true or false, not 'maybe'",
-            "bad.yaml:12: orgId must be a whole number, not 'first'",
-            "bad.yaml:13: jsonData must be a mapping",
-            "bad.yaml:14: secureJsonData.password must be a single value, not a list or mapping",
+            "bad.yaml:3: name: required",
+            "bad.yaml:3: url: required",
+            "bad.yaml:5: type: required",
+            'bad.yaml:8: uid: must be 1 to 40 letters, digits, "-" or "_"',
+            'bad.yaml:9: access: must be "proxy" or "direct", got "server"',
+            "bad.yaml:10: url: must be an absolute http or https URL with a host",
+            "bad.yaml:11: isDefault: must be true or false, got 'maybe'",
+            "bad.yaml:12: orgId: must be a whole number, got 'first'",
+            "bad.yaml:13: jsonData: must be a mapping",
+            "bad.yaml:14: secureJsonData.password: must be a single value, got a list or mapping",
             "bad.yaml:15: unknown field 'orgName' in a data source (not supported: give orgId)",
             "bad.yaml:16: unknown field 'bogus' in a data source",
-            "bad.yaml:18: name is required",
+            "bad.yaml:18: name: required",
         ]
 
     @pytest.mark.parametrize(
         ("text", "problem"),
         [
             ("datasources: []\n", "1: apiVersion: 1 is missing (older formats are not read)"),
-            ("apiVersion: 2\n", "1: apiVersion must be 1, not '2'"),
+            ("apiVersion: 2\n", "1: apiVersion: must be 1, got '2'"),
             ("- apiVersion: 1\n", "1: the file must be a mapping"),
             ("apiVersion: 1\ndatasources: {name: x}\n", "2: datasources must be a list"),
-            ("apiVersion: 1\nprune: maybe\n", "2: prune must be true or false, not 'maybe'"),
+            ("apiVersion: 1\nprune: maybe\n", "2: prune: must be true or false, got 'maybe'"),
             ("apiVersion: 1\norg_id: 1\n", "2: unknown field 'org_id' in the file"),
             ("apiVersion: 1\napiVersion: 1\n", "2: duplicate key 'apiVersion' in the file"),
         ],
@@ -373,13 +379,13 @@ class TestProblems:
     @pytest.mark.parametrize(
         ("json_data", "problem"),
         [
-            ("{a: .nan}", "jsonData.a must be a finite number (JSON has no NaN or infinity)"),
+            ("{a: .nan}", "jsonData.a: must be a finite number (JSON has no NaN or infinity)"),
             ("{a: !!binary aGk=}",
              "jsonData.a: YAML tag 'tag:yaml.org,2002:binary' is not supported in jsonData"),
             ("{a: {b: 1, b: 2}}", "duplicate key 'b' in jsonData.a"),
             ("{? [x]: 1}", "a key in jsonData must be a plain value"),
-            ('{a: "nul\\0"}', "jsonData.a contains a NUL or an invalid character"),
-            ("&loop {a: *loop}", f"jsonData{'.a' * 65} is nested too deeply (or contains itself)"),
+            ('{a: "nul\\0"}', "jsonData.a: must not contain NUL characters or lone surrogates"),
+            ("&loop {a: *loop}", f"jsonData{'.a' * 65}: nested too deeply (or contains itself)"),
         ],
     )  # fmt: skip
     def test_json_data_must_be_json(self, folder: Path, json_data: str, problem: str) -> None:
@@ -409,8 +415,8 @@ class TestProblems:
             """
             apiVersion: 1
             datasources:
-              - {name: Prom, type: prometheus, uid: p1, isDefault: true}
-              - {name: Other, type: prometheus, uid: p2, orgId: 2, isDefault: true}
+              - {name: Prom, type: x, uid: p1, isDefault: true}
+              - {name: Other, type: x, uid: p2, orgId: 2, isDefault: true}
             """,
         )
         write(
@@ -419,10 +425,10 @@ class TestProblems:
             """
             apiVersion: 1
             datasources:
-              - {name: PROM, type: prometheus}
-              - {name: Fresh, type: prometheus, uid: p1}
-              - {name: Fine, type: prometheus, uid: p1, orgId: 2}
-              - {name: Also default, type: prometheus, isDefault: true}
+              - {name: PROM, type: x}
+              - {name: Fresh, type: x, uid: p1}
+              - {name: Fine, type: x, uid: p1, orgId: 2}
+              - {name: Also default, type: x, isDefault: true}
             """,
         )
         first = f"(also at {folder}/a.yaml:3)"
@@ -436,7 +442,7 @@ class TestProblems:
         write(folder, "a.yaml", "apiVersion: 1\ndatasources: [{type: x}]\n")
         write(folder, "b.yaml", "apiVersion: 1\ndatasources: [{name: y}]\n")
         write(folder, "c.yaml", "apiVersion: 1\ndatasources: [{name: z, type: z}]\n")
-        assert problems_in(folder) == ["a.yaml:2: name is required", "b.yaml:2: type is required"]
+        assert problems_in(folder) == ["a.yaml:2: name: required", "b.yaml:2: type: required"]
 
     def test_bytes_that_are_not_text(self, folder: Path) -> None:
         (folder / "binary.yaml").write_bytes(b"apiVersion: 1\n\xff\xfe\n")

@@ -103,8 +103,8 @@ def test_start_up_applies_the_files_and_sighup_applies_them_all_or_nothing(
         assert (failed["problems"], failed["registry"]) == (2, "unchanged")
         problems = [nth_event(gateway, "provisioning_problem", n)["problem"] for n in (1, 2)]
         assert problems == [
-            f"{folder}/main.yaml:5: type is required",
-            f"{folder}/main.yaml:5: isDefault must be true or false, not '$DSG_TEST_SECRET'",
+            f"{folder}/main.yaml:5: isDefault: must be true or false, got '$DSG_TEST_SECRET'",
+            f"{folder}/main.yaml:5: type: required",
         ]
         assert registry(gateway) == before
 
@@ -143,7 +143,8 @@ def test_an_invalid_file_stops_start_up_with_file_line_and_exit_code_2(
     assert result.returncode == 2
     assert result.stderr.endswith(
         f"gateway: provisioning ({folder}): 2 problem(s), nothing was applied:\n"
-        f"  {folder}/bad.yaml:5: url is not valid: Validation error, invalid URL\n"
+        f"  {folder}/bad.yaml:5: url: must not contain spaces, control characters or "
+        "backslashes\n"
         f"  {folder}/bad.yaml:6: secureJsonData.token: environment variable DSG_TEST_MISSING "
         "is not set (write $$ for a literal $)\n"
     )
@@ -177,10 +178,9 @@ class TestCheckCommand:
         result = run_cli("provision", "--check", data_dir=data, env=env)
         assert result.returncode == 1
         assert result.stdout.splitlines() == [
-            f"{folder}/a.yaml:5: type is required",
-            f"{folder}/a.yaml:5: isDefault must be true or false, not '$DSG_TEST_SECRET'",
-            f"{folder}/b.yml:2: uid '$DSG_TEST_SECRET!' is invalid: "
-            "1 to 40 letters, digits, '-' or '_'",
+            f"{folder}/a.yaml:5: isDefault: must be true or false, got '$DSG_TEST_SECRET'",
+            f"{folder}/a.yaml:5: type: required",
+            f'{folder}/b.yml:2: uid: must be 1 to 40 letters, digits, "-" or "_"',
         ]
         assert result.stderr.strip() == f"3 problem(s) in {folder}"
         assert SECRET not in result.stdout + result.stderr

@@ -1,45 +1,42 @@
 """Grafana's data source JSON, both ways: request bodies in, DTOs out.
 
-Bodies are hostile input. They are checked field by field the way Grafana's binder decodes them
-into Go structs (a string field takes a string or null, a bool takes a bool or null, …): any other
-JSON type is `400 bad request data`, never a 500. Unknown fields are ignored, as Grafana does; so
-are `readOnly` (only provisioning sets it) and the legacy top-level `password` /
-`basicAuthPassword` (secrets live in `secureJsonData` only).
-
-Where the gateway is stricter than Grafana (uid charset, URL scheme), the issue says so; the
-messages are Grafana's own where it has one.
+Bodies are hostile input. They are decoded field by field the way Grafana's binder decodes them
+into Go structs (a string field takes a string or null, a bool takes a bool or null, …), then
+checked by the registry's one set of rules (gateway/registry/validation.py), which every writer
+shares. Each problem is a 400 naming the field (`isDefault: must be a boolean, got a string`),
+never a 500. Stricter than Grafana (the README lists each case): unknown fields are refused;
+`readOnly` and the other fields of our answers are accepted and ignored, so a client may send
+back what it was given; the legacy top-level `password` / `basicAuthPassword` are refused
+(secrets live in `secureJsonData` only).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from gateway.api.json_body import read_json_object
 from gateway.errors import BadRequest, InvalidId
 from gateway.registry.models import (
     SOURCE_FIELDS,
     DataSource,
     DataSourceSpec,
-    FieldKind,
     Role,
     merge_secrets,
 )
-from gateway.registry.rules import (
-    INT64_MAX,
-    INT64_MIN,
-    check_name,
-    check_targets,
-    check_uid,
-    check_url,
-    finite_float,
-    has_unstorable_text,
-    parse_int64,
-    reject_json_constant,
+from gateway.registry.rules import INT64_MAX, INT64_MIN, parse_int64
+from gateway.registry.validation import (
+    Violation,
+    decode_field,
+    json_type,
+    needs_url,
+    raise_violations,
+    source_violations,
+    unknown_field,
 )
 
 UID_CHANGED = "A data source's uid cannot be changed"
@@ -180,41 +177,38 @@ class DataSourceBody:
 
 
 async def read_body(request: web.Request) -> DataSourceBody:
-    """Decode and type-check a data source body; 400 "bad request data" for anything off."""
-    if request.content_type != "application/json":
-        raise BadRequest()
-    raw = await request.read()
-    try:
-        document = json.loads(raw, parse_constant=reject_json_constant, parse_float=finite_float)
-    except (ValueError, RecursionError) as exc:  # includes JSONDecodeError and bad UTF-8
-        raise BadRequest() from exc
-    if not isinstance(document, dict) or has_unstorable_text(document):
-        raise BadRequest()
-    fields = {field.attribute: _READERS[field.kind](document, field.json_name) for field in _BODY}
-    return DataSourceBody(spec=DataSourceSpec(**fields), version=_integer(document, "version"))
+    """Read and type-check a data source body: 400 naming every field of the wrong JSON type
+    and every unknown field (the source's rules come after, in `create_spec`/`check_update`)."""
+    document = await read_json_object(request)
+    values: dict[str, Any] = {}
+    problems: list[Violation] = []
+    for field in _BODY:
+        values[field.attribute], found = decode_field(
+            field.kind, field.json_name, document.get(field.json_name)
+        )
+        problems += found
+    version, found = _version(document.get("version"))
+    problems += found
+    for key in document:
+        if key in _LEGACY_SECRETS:
+            problems.append(Violation(key, f"not supported: put it in secureJsonData.{key}"))
+        elif key not in _ACCEPTED:
+            problems.append(unknown_field(key))
+    raise_violations(problems)
+    return DataSourceBody(spec=DataSourceSpec(**values), version=version)
 
 
 def create_spec(body: DataSourceBody) -> DataSourceSpec:
     """The spec to insert; an empty name or uid is left for the store to generate."""
     spec = body.spec
-    if not spec.type or not spec.access:
-        raise BadRequest()
-    _check_common(spec)
-    if spec.url:  # Grafana validates a create's URL only when one is given
-        check_url(spec.url)
-    check_targets(spec.json_data, spec.url)
+    raise_violations(source_violations(spec))
     return dataclasses.replace(spec, secure_json_data=merge_secrets({}, spec.secure_json_data))
 
 
 def check_update(body: DataSourceBody) -> None:
-    """What a PUT body must satisfy before the stored source is even looked up."""
-    spec = body.spec
-    if not spec.name or not spec.type or not spec.access:
-        raise BadRequest()
-    _check_common(spec)
-    if spec.url:  # an empty url keeps the stored one
-        check_url(spec.url)
-    check_targets(spec.json_data, spec.url)  # jsonData is replaced whole
+    """What a PUT body must satisfy before the stored source is even looked up: all the rules
+    but a required url (an empty one keeps the stored url; `updated_spec` checks the result)."""
+    raise_violations(source_violations(body.spec, name_required=True, url_required=False))
 
 
 def updated_spec(body: DataSourceBody, current: DataSource) -> DataSourceSpec:
@@ -227,7 +221,7 @@ def updated_spec(body: DataSourceBody, current: DataSource) -> DataSourceSpec:
     spec = body.spec
     if spec.uid and spec.uid != current.uid:
         raise BadRequest(UID_CHANGED)
-    return dataclasses.replace(
+    updated = dataclasses.replace(
         spec,
         url=spec.url or current.url,
         basic_auth_user=spec.basic_auth_user or current.basic_auth_user,
@@ -235,69 +229,33 @@ def updated_spec(body: DataSourceBody, current: DataSource) -> DataSourceSpec:
         uid=current.uid,
         read_only=current.read_only,
     )
+    if not updated.url and needs_url(updated):  # a type that needs one, and none stored
+        raise_violations([Violation("url", "required")])
+    return updated
 
 
-def _check_common(spec: DataSourceSpec) -> None:
-    check_name(spec.name)
-    check_uid(spec.uid)
-
-
-# Go's decoder leaves a field at its zero value for JSON null; any other mismatch is an error.
-
-
-def _string(document: Mapping[str, Any], key: str) -> str:
-    value = document.get(key)
+def _version(value: object) -> tuple[int, list[Violation]]:
+    """The optimistic lock: a signed 64-bit whole number (Go's int64), null is 0."""
     if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest()
-    return value
-
-
-def _boolean(document: Mapping[str, Any], key: str) -> bool:
-    value = document.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise BadRequest()
-    return value
-
-
-def _integer(document: Mapping[str, Any], key: str) -> int:
-    value = document.get(key)
-    if value is None:
-        return 0
+        return 0, []
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest()
+        return 0, [Violation("version", "must be a whole number", json_type(value))]
     if not INT64_MIN <= value <= INT64_MAX:
-        raise BadRequest()
-    return value
+        return 0, [Violation("version", "must be a whole number of 64 bits")]
+    return value, []
 
 
-def _object(document: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = document.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BadRequest()
-    return value
-
-
-def _secrets(document: Mapping[str, Any], key: str) -> dict[str, str]:
-    values = _object(document, key)
-    if not all(value is None or isinstance(value, str) for value in values.values()):
-        raise BadRequest()
-    return {name: value or "" for name, value in values.items()}
-
-
-_READERS: Mapping[FieldKind, Callable[[Mapping[str, Any], str], Any]] = {
-    FieldKind.TEXT: _string,
-    FieldKind.FLAG: _boolean,
-    FieldKind.OBJECT: _object,
-    FieldKind.SECRETS: _secrets,
-}
 # What a body may set: every field but readOnly, which only provisioning sets (Grafana ignores it).
 _BODY = tuple(field for field in SOURCE_FIELDS if field.attribute != "read_only")
+# Read-only fields of the DTOs we answer with: a client may send back what it was given
+# (grafana-client updates that way), so they are accepted and ignored.
+_ECHOED = frozenset(
+    {"id", "orgId", "typeName", "typeLogoUrl", "secureJsonFields", "readOnly", "accessControl"}
+)
+_ACCEPTED = frozenset({field.json_name for field in _BODY} | {"version"} | _ECHOED)
+# Grafana's legacy top-level secrets: refused rather than dropped, so no one believes a
+# password was stored.
+_LEGACY_SECRETS = frozenset({"password", "basicAuthPassword"})
 
 
 __all__ = [
@@ -306,7 +264,6 @@ __all__ = [
     "Plugin",
     "access_control_for",
     "check_update",
-    "check_url",
     "create_spec",
     "list_dto",
     "parse_id",

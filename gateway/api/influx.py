@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.api import influx_dto as dto
 from gateway.api.influx_dto import SourceType
+from gateway.api.json_body import read_json_object
 from gateway.errors import (
     INFLUX_CONTENT_TYPE,
     Forbidden,
@@ -49,7 +50,7 @@ async def list_sources(request: web.Request) -> web.Response:
 @routes.post(dto.SOURCES_PATH)
 async def create_source(request: web.Request) -> web.Response:
     principal = _writer(request)
-    fields = dto.parse_source(await request.read())
+    fields = dto.parse_source(await read_json_object(request))
     spec = dto.new_source_spec(fields, principal.org.influx_id)
     await request.app[SSRF].check_source_url(spec.url)
     source = await request.app[STORE].create_source(principal.org.id, spec)
@@ -67,7 +68,7 @@ async def get_source(request: web.Request) -> web.Response:
 async def patch_source(request: web.Request) -> web.Response:
     source_id = dto.parse_source_id(request.match_info["source_id"])
     principal = _writer(request)
-    fields = dto.parse_source(await request.read())
+    fields = dto.parse_source(await read_json_object(request))
     await request.app[SSRF].check_source_url(fields.url)
     org_influx_id = principal.org.influx_id
     source = await request.app[STORE].update_source(

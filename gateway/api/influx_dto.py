@@ -1,9 +1,12 @@
 """InfluxDB v2 `Source` ⇔ the canonical registry record. No I/O.
 
-Decoding treats every byte as hostile: the body must be a JSON object, keys match
-case-insensitively (as Go's decoder does: `metaURL` is `metaUrl`), `null` means "not sent", and a
-value of the wrong type or shape is a 400 `invalid` naming the field. Unknown keys and the
-read-only `links`/`languages` are ignored, so a client may send back a Source it was given.
+Decoding treats every byte as hostile: the body must be a JSON object (gateway/api/json_body.py),
+keys match case-insensitively (as Go's decoder does: `metaURL` is `metaUrl`), `null` means "not
+sent", and a value of the wrong type, an unknown key or a key given twice is a 400 `invalid`
+naming the field (`default: must be a boolean, got a string`). The read-only `links` and
+`languages` are ignored, so a client may send back a Source it was given. The record a body
+makes is then checked by the registry's one set of source rules
+(gateway/registry/validation.py), the same as every other writer's, in this API's field names.
 
 Rendering never includes `password`, `token` or `sharedSecret`, and answers like InfluxDB's Go
 encoder: keys in the struct's order, `&<>` escaped, a trailing newline.
@@ -13,31 +16,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import yarl
-
 from gateway.errors import BadRequest, DataSourceNotFound, Forbidden, InvalidId, ReadOnlySource
 from gateway.registry.models import (
-    MAX_NAME_LENGTH,
-    MAX_URL_LENGTH,
     DataSource,
     DataSourceSpec,
     influx_id,
     merge_secrets,
 )
-from gateway.registry.rules import finite_float, reject_json_constant
+from gateway.registry.rules import url_problem
+from gateway.registry.validation import (
+    Violation,
+    json_type,
+    parse_hex16,
+    raise_violations,
+    shown,
+    source_violations,
+    text_violations,
+    unknown_field,
+)
 from gateway.upstream.influx import Bucket
 
 SOURCES_PATH = "/api/v2/sources"
 INFLUX_TYPE = "influxdb"  # the Grafana plugin id of every source this API shows
-MAX_TEXT_LENGTH = 255
-MAX_SECRET_LENGTH = 8192
-_HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 # SQLite integers are signed 64-bit: a larger 16-hex id names no stored source.
 _MAX_STORED_ID = 2**63 - 1
 
@@ -62,7 +67,8 @@ def parse_id(text: str) -> int:
     """InfluxDB's platform.ID decoding: exactly 16 hex digits (either case), not zero."""
     if len(text) != 16:
         raise BadRequest(influx_message="id must have a length of 16 bytes")
-    if not _HEX16.fullmatch(text) or (number := int(text, 16)) == 0:
+    number = parse_hex16(text)
+    if number is None:
         raise InvalidId()
     return number
 
@@ -216,75 +222,75 @@ class SourceInput:
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
-def parse_source(raw: bytes) -> SourceInput:
-    """A Source request body, validated (see the module docstring)."""
-    return _source_fields(_decode_object(raw))
-
-
-def _decode_object(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or 400 invalid saying what is wrong with it."""
-    if not raw.strip():
-        raise BadRequest(influx_message="request body is empty: expected a JSON object")
-    try:
-        data = json.loads(
-            raw.decode("utf-8"), parse_float=finite_float, parse_constant=reject_json_constant
-        )
-    except UnicodeDecodeError:
-        raise BadRequest(influx_message="request body is not UTF-8 text") from None
-    except ValueError as exc:  # JSONDecodeError, or a number json cannot hold
-        raise BadRequest(influx_message=f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest(influx_message="request body is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise BadRequest(
-            influx_message=f"request body must be a JSON object, not {_json_type(data)}"
-        )
-    return data
-
-
-def _source_fields(data: Mapping[str, Any]) -> SourceInput:
+def parse_source(document: Mapping[str, Any]) -> SourceInput:
+    """A Source request body (a JSON object), type-checked: 400 naming every field of the
+    wrong type or shape, every unknown field, every field given twice."""
     values: dict[str, Any] = {}
     secrets: dict[str, str] = {}
     seen: dict[str, str] = {}
-    for key, value in data.items():
+    problems: list[Violation] = []
+    for key, value in document.items():
         spec = _FIELDS.get(key.lower())
-        if spec is None or value is None:
+        if spec is None:
+            if key.lower() not in _ECHOED:
+                problems.append(unknown_field(key))
             continue
         canonical, attribute, parse = spec
         if canonical in seen:
-            raise BadRequest(
-                influx_message=f'"{canonical}" is given twice (as "{seen[canonical]}" and "{key}")'
+            problems.append(
+                Violation(canonical, f'given twice (as "{seen[canonical]}" and {shown(key)})')
             )
+            continue
         seen[canonical] = key
-        parsed = parse(canonical, value)
+        if value is None:
+            continue
+        try:
+            parsed = parse(canonical, value)
+        except _Wrong as wrong:
+            problems.append(wrong.violation)
+            continue
         if attribute == "secret":
             secrets[canonical] = parsed
         else:
             values[attribute] = parsed
+    raise_violations(problems)
     return SourceInput(**values, secrets=secrets)
 
 
-def _string(name: str, value: object, *, limit: int = MAX_TEXT_LENGTH) -> str:
+class _Wrong(Exception):
+    def __init__(self, violation: Violation) -> None:
+        super().__init__(violation.message())
+        self.violation = violation
+
+
+def _string(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise _wrong_type(name, "a string", value)
-    if len(value) > limit:
-        raise BadRequest(influx_message=f'"{name}" must be at most {limit} characters')
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" decodes but cannot be stored
-        raise BadRequest(influx_message=f'"{name}" is not valid Unicode text') from None
     return value
 
 
-def _name_field(name: str, value: object) -> str:
-    text = _string(name, value, limit=MAX_NAME_LENGTH)
-    if not text.strip():
-        raise BadRequest(influx_message=f'"{name}" must not be empty')
+def _json_data_text(name: str, value: object) -> str:
+    """A text kept in jsonData, which the source rules leave to the plugin: checked here."""
+    text = _string(name, value)
+    for violation in text_violations(name, text):
+        raise _Wrong(violation)
     return text
 
 
-def _secret_field(name: str, value: object) -> str:
-    return _string(name, value, limit=MAX_SECRET_LENGTH)
+def _url_field(name: str, value: object) -> str:
+    """Checked when decoded, by the source rules' own URL rule, so that a PATCH's URL is
+    valid before the SSRF policy looks at it."""
+    text = _string(name, value)
+    if text and (problem := url_problem(text)):
+        raise _Wrong(Violation(name, problem))
+    return text
+
+
+def _name_field(name: str, value: object) -> str:
+    text = _string(name, value)
+    if not text.strip():  # absent: generated; empty: a mistake
+        raise _Wrong(Violation(name, "must not be blank"))
+    return text
 
 
 def _bool_field(name: str, value: object) -> bool:
@@ -294,9 +300,11 @@ def _bool_field(name: str, value: object) -> bool:
 
 
 def _id_field(name: str, value: object) -> int:
-    if not isinstance(value, str):
-        raise _wrong_type(name, "a string", value)
-    return parse_id(value)
+    text = _string(name, value)
+    number = parse_hex16(text)
+    if number is None:
+        raise _Wrong(Violation(name, "must be 16 hex digits, not all zero"))
+    return number
 
 
 def _org_id_field(name: str, value: object) -> str:
@@ -308,55 +316,16 @@ def _type_field(name: str, value: object) -> SourceType:
     try:
         return SourceType(text)
     except ValueError:
-        raise BadRequest(
-            influx_message=f'"{name}" must be one of "v1", "v2", "self", not {json.dumps(text)}'
-        ) from None
+        raise _Wrong(Violation(name, 'must be "v1", "v2" or "self"', shown(text))) from None
 
 
-def _url_field(name: str, value: object) -> str:
-    text = _string(name, value, limit=MAX_URL_LENGTH)
-    if text and not _is_http_url(text):
-        raise BadRequest(
-            influx_message=f'"{name}" must be an absolute http(s) URL without credentials'
-        )
-    return text
+def _wrong_type(name: str, expected: str, value: object) -> _Wrong:
+    return _Wrong(Violation(name, f"must be {expected}", json_type(value)))
 
 
-def _is_http_url(text: str) -> bool:
-    if text != text.strip() or any(ord(c) < 0x20 or c == "\x7f" for c in text):
-        return False
-    try:
-        url = yarl.URL(text)
-        return (
-            url.scheme in ("http", "https")
-            and bool(url.host)
-            and url.user is None
-            and url.password is None
-            and url.explicit_port != 0
-        )
-    except ValueError:  # yarl rejects bad ports and hosts when parsing or reading them
-        return False
-
-
-def _wrong_type(name: str, expected: str, value: object) -> BadRequest:
-    return BadRequest(influx_message=f'"{name}" must be {expected}, not {_json_type(value)}')
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return "null"
-
-
-# lowercased key → (name in messages, SourceInput attribute or "secret", parser)
+# lowercased key → (name in messages, SourceInput attribute or "secret", parser). Lengths,
+# characters and URLs are the source rules' (gateway/registry/validation.py), checked on the
+# record the body makes.
 _FIELDS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
     key.lower(): (key, attribute, parser)
     for key, attribute, parser in (
@@ -367,14 +336,28 @@ _FIELDS: dict[str, tuple[str, str, Callable[[str, Any], Any]]] = {
         ("type", "type", _type_field),
         ("url", "url", _url_field),
         ("insecureSkipVerify", "insecure_skip_verify", _bool_field),
-        ("telegraf", "telegraf", _string),
+        ("telegraf", "telegraf", _json_data_text),
         ("username", "username", _string),
         ("metaUrl", "meta_url", _url_field),
-        ("defaultRP", "default_rp", _string),
-        ("password", "secret", _secret_field),
-        ("token", "secret", _secret_field),
-        ("sharedSecret", "secret", _secret_field),
+        ("defaultRP", "default_rp", _json_data_text),
+        ("password", "secret", _string),
+        ("token", "secret", _string),
+        ("sharedSecret", "secret", _string),
     )
+}
+# Read-only fields of a Source we answer with: a client may send back what it was given.
+_ECHOED = frozenset({"links", "languages"})
+# The source rules speak Grafana's field names (the registry's); this API says its own.
+INFLUX_NAMES: Mapping[str, str] = {
+    "isDefault": "default",
+    "user": "username",
+    "jsonData.tlsSkipVerify": "insecureSkipVerify",
+    "jsonData.metaUrl": "metaUrl",
+    "jsonData.telegraf": "telegraf",
+    "jsonData.defaultRP": "defaultRP",
+    "secureJsonData.password": "password",
+    "secureJsonData.token": "token",
+    "secureJsonData.sharedSecret": "sharedSecret",
 }
 
 
@@ -388,19 +371,18 @@ def new_source_spec(source: SourceInput, org_influx_id: str) -> DataSourceSpec:
     json_data: dict[str, Any] = {}
     _set_type(json_data, kind)
     _apply_json_data(json_data, source)
-    secrets = merge_secrets({}, source.secrets)
-    url = source.url or ""
-    _check_url_present(kind, url)
-    return DataSourceSpec(
+    spec = DataSourceSpec(
         name=source.name or "",
         type=INFLUX_TYPE,
         access="proxy",
-        url=url,
+        url=source.url or "",
         user=source.username or "",
         is_default=bool(source.default),
         json_data=json_data,
-        secure_json_data=secrets,
+        secure_json_data=merge_secrets({}, source.secrets),
     )
+    raise_violations(source_violations(spec), INFLUX_NAMES)
+    return spec
 
 
 def patched_spec(current: DataSource, patch: SourceInput, org_influx_id: str) -> DataSourceSpec:
@@ -410,25 +392,24 @@ def patched_spec(current: DataSource, patch: SourceInput, org_influx_id: str) ->
         raise ReadOnlySource()
     _check_org(patch, org_influx_id)
     if patch.id is not None and patch.id != current.id:
-        raise BadRequest(influx_message='"id" in the body does not match the source in the path')
+        raise BadRequest(influx_message="id: does not match the source in the path")
     spec = current.spec()
     json_data = dict(spec.json_data)
     if patch.type is not None and patch.type is not kind:
         kind = patch.type
         _set_type(json_data, kind)
     _apply_json_data(json_data, patch)
-    secrets = merge_secrets(spec.secure_json_data, patch.secrets)
-    url = spec.url if patch.url is None else patch.url
-    _check_url_present(kind, url)
-    return dataclasses.replace(
+    patched = dataclasses.replace(
         spec,
         name=spec.name if patch.name is None else patch.name,
-        url=url,
+        url=spec.url if patch.url is None else patch.url,
         user=spec.user if patch.username is None else patch.username,
         is_default=spec.is_default if patch.default is None else patch.default,
         json_data=json_data,
-        secure_json_data=secrets,
+        secure_json_data=merge_secrets(spec.secure_json_data, patch.secrets),
     )
+    raise_violations(source_violations(patched), INFLUX_NAMES)
+    return patched
 
 
 def _check_org(source: SourceInput, org_influx_id: str) -> None:
@@ -436,11 +417,6 @@ def _check_org(source: SourceInput, org_influx_id: str) -> None:
         raise Forbidden(
             influx_message=f"this token cannot write sources of organization {source.org_id}"
         )
-
-
-def _check_url_present(kind: SourceType, url: str) -> None:
-    if kind is not SourceType.SELF and not url:
-        raise BadRequest(influx_message=f'"url" is required for a {kind.value} source')
 
 
 def _set_type(json_data: dict[str, Any], kind: SourceType) -> None:

@@ -7,6 +7,7 @@ taken by a source the files do not manage) are found when applying.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,7 +15,6 @@ from typing import Any, TypeVar
 import yaml
 from yaml import Node, ScalarNode, SequenceNode
 
-from gateway.errors import BadRequest
 from gateway.provisioning.model import (
     DeleteRef,
     DesiredSource,
@@ -27,14 +27,12 @@ from gateway.provisioning.model import (
 from gateway.provisioning.nodes import INT, NULL, Field, NodeReader, shown
 from gateway.registry.models import (
     DEFAULT_ORG_ID,
-    MAX_NAME_LENGTH,
     SOURCE_FIELDS,
-    UID_PATTERN,
     DataSourceSpec,
     FieldKind,
     SourceField,
 )
-from gateway.registry.rules import ACCESS_MODES, check_url, target_problems
+from gateway.registry.validation import Violation, shown as shown_json, source_violations
 
 SUFFIXES = (".yaml", ".yml")
 API_VERSION = 1
@@ -147,10 +145,10 @@ def _has_api_version_1(reader: NodeReader, root: Node, field: Field | None) -> b
         return False
     node = field.value
     if not isinstance(node, ScalarNode):
-        reader.report(node, f"apiVersion must be {API_VERSION}, not a list or mapping")
+        reader.report(node, f"apiVersion: must be {API_VERSION}, got a list or mapping")
         return False
     if node.tag != INT or node.value != str(API_VERSION):
-        reader.report(node, f"apiVersion must be {API_VERSION}, not {shown(node.value)}")
+        reader.report(node, f"apiVersion: must be {API_VERSION}, got {shown(node.value)}")
         return False
     return True
 
@@ -181,6 +179,7 @@ def _source(reader: NodeReader, node: Node) -> DesiredSource | None:
     entry = _Entry(reader, node, fields)
     values = {field.attribute: entry.read(field) for field in _FILE_FIELDS}
     spec = DataSourceSpec(**values, read_only=not entry.flag("editable"))  # Grafana's default
+    _check_source(entry, spec)
     # Grafana's per-source `version` is checked and otherwise ignored: the registry keeps its own.
     entry.integer("version")
     return DesiredSource(reader.place(node), entry.org_id(), spec)
@@ -242,10 +241,11 @@ class _Entry:
         return {} if field is None else self._reader.secrets(field.value, key)
 
     def read(self, field: SourceField) -> Any:
-        """A source field, read by its kind and checked by the rule for it, if any."""
-        special = _SPECIAL_FIELDS.get(field.attribute)
-        if special is not None:
-            return special(self)
+        """A source field, read by its kind (its rules are checked on the whole source)."""
+        if field.attribute == "name":
+            return _required(self, "name")
+        if field.attribute == "access":
+            return self.text("access") or "proxy"  # Grafana's default in a file
         if field.kind is FieldKind.FLAG:
             return self.flag(field.json_name)
         if field.kind is FieldKind.OBJECT:
@@ -257,7 +257,9 @@ class _Entry:
     def org_id(self) -> int:
         number = self.integer("orgId")
         if number is not None and number < 0:
-            self.report("orgId", f"orgId must be a positive number, not {shown(self.raw('orgId'))}")
+            self.report(
+                "orgId", f"orgId: must be a positive number, got {shown(self.raw('orgId'))}"
+            )
         # Grafana reads an absent orgId, or 0, as the default org.
         return number or DEFAULT_ORG_ID
 
@@ -265,63 +267,28 @@ class _Entry:
 def _required(entry: _Entry, key: str) -> str:
     value = entry.text(key)
     if not value and key not in entry.failed:
-        entry.report(key, f"{key} is required")
+        entry.report(key, f"{key}: required")
     return value
 
 
-def _name(entry: _Entry) -> str:
-    name = _required(entry, "name")
-    if len(name) > MAX_NAME_LENGTH:
-        entry.report("name", f"name is longer than {MAX_NAME_LENGTH} characters")
-    return name
+def _check_source(entry: _Entry, spec: DataSourceSpec) -> None:
+    """The registry's source rules, the APIs' own (gateway/registry/validation.py), each
+    problem reported on its field's line. A field that already had a problem (a bad variable,
+    a wrong YAML type) is not judged again."""
+    for violation in source_violations(spec):
+        key = _TOP_KEY.match(violation.field)
+        field = key.group(0) if key else violation.field
+        if field in entry.failed:
+            continue
+        if violation.field == "access" and violation.got:
+            # The file's own text, not the expanded value (which may come from a secret).
+            violation = Violation(
+                violation.field, violation.problem, shown_json(entry.raw("access"))
+            )
+        entry.report(field, violation.message())
 
 
-def _uid(entry: _Entry) -> str:
-    uid = entry.text("uid")
-    if uid and not UID_PATTERN.fullmatch(uid):
-        entry.report(
-            "uid",
-            f"uid {shown(entry.raw('uid'))} is invalid: 1 to 40 letters, digits, '-' or '_'",
-        )
-    return uid
-
-
-def _access(entry: _Entry) -> str:
-    access = entry.text("access") or "proxy"
-    if access not in ACCESS_MODES:
-        entry.report("access", f"access must be proxy or direct, not {shown(entry.raw('access'))}")
-    return access
-
-
-def _url(entry: _Entry) -> str:
-    url = entry.text("url")
-    if url:
-        try:
-            check_url(url)  # the Grafana API's own rule: an absolute http(s) URL with a host
-        except BadRequest as exc:
-            # The URL itself is not quoted: it may carry credentials.
-            entry.report("url", f"url is not valid: {exc.message}")
-    return url
-
-
-def _json_data(entry: _Entry) -> dict[str, Any]:
-    json_data = entry.json("jsonData")
-    # The same rules as the APIs' for replicaUrls, loadBalancing and retry; each message names
-    # its entry (`jsonData.replicaUrls[1]: ...`) and never quotes a URL.
-    for problem in target_problems(json_data):
-        entry.report("jsonData", problem)
-    return json_data
-
-
-# Fields with a rule beyond their kind's.
-_SPECIAL_FIELDS: dict[str, Callable[[_Entry], Any]] = {
-    "name": _name,
-    "type": lambda entry: _required(entry, "type"),
-    "access": _access,
-    "url": _url,
-    "uid": _uid,
-    "json_data": _json_data,
-}
+_TOP_KEY = re.compile(r"[A-Za-z]+")
 
 
 # --- across files -----------------------------------------------------------------------------

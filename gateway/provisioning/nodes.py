@@ -124,7 +124,7 @@ class NodeReader:
     def text(self, node: Node, field: str) -> str | None:
         """A string field: any scalar's text, variables expanded; null is ""."""
         if not isinstance(node, ScalarNode):
-            self.report(node, f"{field} must be a single value, not a list or mapping")
+            self.report(node, f"{field}: must be a single value, got a list or mapping")
             return None
         if node.tag == NULL:
             return ""
@@ -132,7 +132,7 @@ class NodeReader:
         for problem in expansion.problems:
             self.report(node, f"{field}: {problem}")
         if UNSTORABLE_TEXT.search(expansion.text):
-            self.report(node, f"{field} contains a NUL or an invalid character")
+            self.report(node, f"{field}: must not contain NUL characters or lone surrogates")
             return None
         return expansion.text
 
@@ -142,7 +142,7 @@ class NodeReader:
         if not text:
             return None
         if text not in _BOOL_SPELLINGS:
-            self.report(node, f"{field} must be true or false, not {shown(node.value)}")
+            self.report(node, f"{field}: must be true or false, got {shown(node.value)}")
             return None
         return SafeConstructor.bool_values[text.lower()]
 
@@ -153,7 +153,7 @@ class NodeReader:
             return None
         number = parse_int64(text)
         if number is None:
-            self.report(node, f"{field} must be a whole number, not {shown(node.value)}")
+            self.report(node, f"{field}: must be a whole number, got {shown(node.value)}")
         return number
 
     # --- jsonData and secureJsonData ----------------------------------------------------------
@@ -163,7 +163,7 @@ class NodeReader:
         if isinstance(node, ScalarNode) and node.tag == NULL:
             return {}
         if not isinstance(node, MappingNode):
-            self.report(node, f"{field} must be a mapping")
+            self.report(node, f"{field}: must be a mapping")
             return {}
         value = self._json(node, field, 0)
         return value if isinstance(value, dict) else {}
@@ -175,7 +175,7 @@ class NodeReader:
         if self._values_left <= 0:
             return None
         if depth > MAX_DEPTH:
-            self.report(node, f"{field} is nested too deeply (or contains itself)")
+            self.report(node, f"{field}: nested too deeply (or contains itself)")
             return None
         if isinstance(node, MappingNode):
             pairs = self.mapping(node, field, depth) or {}
@@ -198,7 +198,7 @@ class NodeReader:
         if node.tag in (BOOL, INT, FLOAT):
             value = self._constructor.construct_object(node)
             if isinstance(value, float) and not math.isfinite(value):
-                self.report(node, f"{field} must be a finite number (JSON has no NaN or infinity)")
+                self.report(node, f"{field}: must be a finite number (JSON has no NaN or infinity)")
                 return None
             return value
         self.report(node, f"{field}: YAML tag {shown(node.tag)} is not supported in jsonData")

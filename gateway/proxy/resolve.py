@@ -26,6 +26,7 @@ from gateway.proxy.policy import (
 )
 from gateway.registry.cache import Snapshot, SourceCache
 from gateway.registry.models import UID_PATTERN, DataSource, Principal, Role
+from gateway.registry.validation import parse_hex16
 from gateway.requests import query_param
 from gateway.security.org import ORG_HEADER, acting_org_id
 from gateway.upstream.credentials import InfluxQueryLanguage, influx_query_language
@@ -191,15 +192,12 @@ def influx_source(snapshot: Snapshot, org_id: int, wanted: str) -> DataSource:
 
 
 def source_by_influx_id(snapshot: Snapshot, org_id: int, text: str) -> DataSource:
+    """The path's source: exactly 16 hex digits, as every other id parser reads them (`int(text,
+    16)` alone would also take `0x…`, `_` and a sign); any other 16 characters name no source."""
     if len(text) != 16:
         raise BadRequest(influx_message="id must have a length of 16 bytes")
-    try:
-        source_id = int(text, 16)
-    except ValueError:
-        raise BadRequest(influx_message="invalid ID") from None
-    if source_id == 0:
-        raise BadRequest(influx_message="invalid ID")
-    source = snapshot.get(org_id, id=source_id)
+    source_id = parse_hex16(text)
+    source = snapshot.get(org_id, id=source_id) if source_id else None
     if source is None or source.type != "influxdb":
         raise NotFound(influx_message="source not found")
     return source

@@ -1,9 +1,9 @@
-"""The rules a data source must meet, whoever writes it: both APIs, provisioning files, the CLI.
+"""The low-level rules of a data source's values: what a URL may be, replica, load balancing,
+retry and write-buffer settings, numbers JSON and SQLite can hold.
 
-Each writer decodes its own dialect (Grafana JSON, InfluxDB JSON, YAML) and reports problems in its
-own words, but the rules themselves — what a URL, a name or a uid may be, which numbers and
-strings can be stored — are declared here once, below the APIs, so that no writer imports
-another's dialect module.
+`gateway/registry/validation.py` composes these into the rules of a whole source, which every
+writer (both APIs, provisioning files, the CLI) applies; nothing here knows a dialect. Each
+problem is worded once, as `<field>: <problem>`, so every writer says the same thing.
 """
 
 from __future__ import annotations
@@ -14,24 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.errors import BadRequest
-from gateway.registry.models import (
-    MAX_NAME_LENGTH,
-    MAX_URL_LENGTH,
-    REPLICA_URLS,
-    UID_PATTERN,
-    UNSTORABLE_TEXT,
-)
-
-# Grafana's own messages (the Grafana API answers with them; provisioning quotes them).
-INVALID_NAME = "Invalid datasource name."
-INVALID_URL = "Validation error, invalid URL"
-URL_TOO_LONG = "Invalid datasource url."
-URL_WITH_CREDENTIALS = (
-    "Validation error, credentials in the URL are not allowed: "
-    "use basicAuthUser and secureJsonData.basicAuthPassword"
-)
-INVALID_UID = "Invalid datasource UID."
+from gateway.registry.models import MAX_URL_LENGTH, REPLICA_URLS, UNSTORABLE_TEXT
 
 # How Grafana's frontend reaches a source; the gateway proxies either way.
 ACCESS_MODES = ("proxy", "direct")
@@ -41,25 +24,42 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # some of them, and a backslash is read differently by different parsers (an SSRF classic).
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
 _URL_SCHEMES = frozenset({"http", "https"})
+# What is wrong with a URL: the same words from every writer. A URL is never quoted back: it
+# may carry credentials.
+URL_TOO_LONG = f"must be at most {MAX_URL_LENGTH} characters"
+URL_FORBIDDEN_CHARACTERS = "must not contain spaces, control characters or backslashes"
+URL_NOT_HTTP = "must be an absolute http or https URL with a host"
+URL_BAD_PORT = "port must be a number from 1 to 65535"
+URL_WITH_CREDENTIALS = (
+    "must not contain a user or password: give credentials as the source's basic auth "
+    "user and password"
+)
 
 
-def check_url(url: str) -> None:
-    """Stricter than Grafana: an absolute http(s) URL with a host, or 400."""
+def url_problem(url: str) -> str | None:
+    """What is wrong with a source URL (stricter than Grafana: an absolute http(s) URL with a
+    host, a port from 1 to 65535, no credentials), or None."""
     if len(url) > MAX_URL_LENGTH:
-        raise BadRequest(URL_TOO_LONG)
+        return URL_TOO_LONG
     if _URL_FORBIDDEN.search(url):
-        raise BadRequest(INVALID_URL)
+        return URL_FORBIDDEN_CHARACTERS
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - reading it validates the port (ValueError when out of range)
-    except ValueError as exc:
-        raise BadRequest(INVALID_URL) from exc
+    except ValueError:  # an unclosed IPv6 bracket, for one
+        return URL_NOT_HTTP
     if parts.scheme.lower() not in _URL_SCHEMES or not parts.hostname:
-        raise BadRequest(INVALID_URL)
+        return URL_NOT_HTTP
+    try:
+        port = parts.port  # ValueError when not a number or out of range
+    except ValueError:
+        return URL_BAD_PORT
+    if port == 0:  # nothing listens on port 0; urlsplit takes it
+        return URL_BAD_PORT
     if parts.username is not None or parts.password is not None:
         # A URL is shown to every viewer (and in InfluxDB's view): credentials go where they
         # are encrypted and never returned.
-        raise BadRequest(URL_WITH_CREDENTIALS)
+        return URL_WITH_CREDENTIALS
+    return None
 
 
 # Replicas and how requests are spread over them (read by gateway/proxy/targets.py and retry.py).
@@ -76,14 +76,6 @@ WRITE_BUFFER_MAX_AGE = "maxAge"
 WRITE_MIRROR = "writeMirror"
 # One metric series per target URL: a bound keeps a source's series (and its probes) bounded.
 MAX_REPLICAS = 16
-
-
-def check_targets(json_data: Mapping[str, Any], url: str = "") -> None:
-    """400 naming the first bad field of `jsonData.replicaUrls`, `loadBalancing` or `retry`
-    (`url`: the source's primary URL, which a replica must not repeat)."""
-    problems = target_problems(json_data, url)
-    if problems:
-        raise BadRequest(problems[0])
 
 
 def target_problems(json_data: Mapping[str, Any], url: str = "") -> list[str]:
@@ -119,10 +111,9 @@ def _replica_problems(replicas: object, url: str) -> list[str]:
         if not isinstance(replica, str) or not replica:
             problems.append(f"{field}[{index}]: must be a URL string")
             continue
-        try:
-            check_url(replica)
-        except BadRequest as exc:
-            problems.append(f"{field}[{index}]: {exc.message}")
+        problem = url_problem(replica)
+        if problem is not None:
+            problems.append(f"{field}[{index}]: {problem}")
             continue
         if replica == url or replica in replicas[:index]:
             problems.append(f"{field}[{index}]: repeats the source's url or an earlier replica")
@@ -178,18 +169,6 @@ def _write_buffer_problems(buffer: object) -> list[str]:
     ):
         problems.append(f"{field}.{WRITE_BUFFER_MAX_AGE}: must be a number of seconds above 0")
     return problems
-
-
-def check_name(name: str) -> None:
-    if len(name) > MAX_NAME_LENGTH:
-        raise BadRequest(INVALID_NAME)
-
-
-def check_uid(uid: str) -> None:
-    """A given uid (an empty one is generated). A uid becomes an RBAC scope in Grafana
-    (CVE-2024-1442: "*" granted every source): only the plain charset is ever stored."""
-    if uid and not UID_PATTERN.fullmatch(uid):
-        raise BadRequest(INVALID_UID)
 
 
 def parse_int64(text: str) -> int | None:

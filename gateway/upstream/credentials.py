@@ -101,9 +101,12 @@ def custom_headers(source: DataSource) -> list[tuple[str, str]]:
 
 
 def tls_skip_verify(source: DataSource) -> bool:
-    """Grafana's `jsonData.tlsSkipVerify`, as a boolean or the string "true"."""
-    value = source.json_data.get("tlsSkipVerify")
-    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+    """Grafana's `jsonData.tlsSkipVerify`: only a JSON `true` turns certificate checks off.
+
+    Every writer refuses any other type at save time (gateway/registry/validation.py), so the
+    proxy, the probes and the bucket listings read it one way; a string stored before that
+    rule (`"true"`) keeps verification on, the safe reading."""
+    return source.json_data.get("tlsSkipVerify") is True
 
 
 def url_without_userinfo(url: URL) -> URL:

@@ -42,6 +42,7 @@ from gateway.upstream.credentials import (
     AUTHORIZATION,
     custom_headers,
     source_credentials,
+    tls_skip_verify,
     url_without_userinfo,
 )
 
@@ -319,11 +320,9 @@ class _Upstream:
         self._base = url_without_userinfo(_base_url(source.url))
         self._timeouts = timeouts
         self._headers = headers
-        # insecureSkipVerify ⇔ jsonData.tlsSkipVerify (ssl=False turns certificate checks off).
-        # Only a JSON `true` counts here, as in the InfluxDB API's `insecureSkipVerify`
-        # (api/influx_dto.py), whereas credentials.tls_skip_verify, used by the proxy and the
-        # probes, also takes the string "true": a known difference, kept until it is decided.
-        self._ssl = source.json_data.get("tlsSkipVerify") is not True
+        # insecureSkipVerify ⇔ jsonData.tlsSkipVerify (ssl=False turns certificate checks off),
+        # read as the proxy and the probes read it.
+        self._ssl = not tls_skip_verify(source)
 
     async def query(self, statement: str) -> object:
         return await self._request("POST", "/query", {}, form={"q": statement})

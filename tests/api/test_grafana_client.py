@@ -187,7 +187,7 @@ async def test_duplicate_name_is_a_409_then_the_example_flow_updates_it(
 async def test_invalid_input_is_a_bad_input_error(grafana: GrafanaApi) -> None:
     with pytest.raises(GrafanaBadInputError) as raised:
         await call(grafana.datasource.create_datasource, prometheus(uid="*"))
-    assert raised.value.response == {"message": "Invalid datasource UID."}
+    assert raised.value.response == {"message": 'uid: must be 1 to 40 letters, digits, "-" or "_"'}
 
 
 async def test_deletes_by_id_name_and_uid(grafana: GrafanaApi) -> None:

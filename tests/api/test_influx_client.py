@@ -170,7 +170,7 @@ async def test_errors_reach_the_client_as_influxdb_errors(
     error = await sources.fails("post_sources", {"name": "x", "url": "nope"})
     assert (error.status, error.message) == (
         400,
-        '"url" must be an absolute http(s) URL without credentials',
+        "url: must be an absolute http or https URL with a host",
     )
 
     await sources.call("post_sources", Source(name="dup", url="http://i:8086"))
