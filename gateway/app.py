@@ -241,9 +241,8 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
             tasks.append(asyncio.create_task(shared.run(monitor), name="shared-probing"))
         yield
         metrics.registry.unregister(collector)
-        for task in tasks:
+        for task in reversed(tasks):  # ownership stays put while the monitor stops
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

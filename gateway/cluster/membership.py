@@ -19,11 +19,11 @@ from asyncpg import Record
 Db: TypeAlias = "asyncpg.Connection[Record] | asyncpg.pool.PoolConnectionProxy[Record]"
 
 # Heartbeats come every interval / HEARTBEATS_PER_INTERVAL; a member is live while its latest
-# is younger than LIVE_INTERVALS intervals. A member that dies is then out of the list within
-# 1.5 intervals, seen so by the others within a third more: its share is probed again within
-# two intervals (see monitor.TAKEOVER_DELAY for the last bit).
-HEARTBEATS_PER_INTERVAL = 3
-LIVE_INTERVALS = 1.5
+# is younger than LIVE_INTERVALS intervals (five heartbeats missed in a row). A member that dies
+# is out of the list within 1.25 intervals, seen so by the others within a quarter more, and its
+# sources probed within a tenth more (monitor.TAKEOVER_DELAY): within two intervals in all.
+HEARTBEATS_PER_INTERVAL = 4
+LIVE_INTERVALS = 1.25
 FORGET_SECONDS = 3600.0  # rows of members dead this long are deleted
 
 

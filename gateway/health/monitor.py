@@ -31,7 +31,7 @@ Scheduling is one loop over a heap of due times, not a task per source, so 2,000
   owned source's state after every result, for storing. Without `owns` every source is owned.
 
 The scheduling clock, the jitter source and the wait between due times are parameters (real
-monotonic time, a fresh `random.Random` and `asyncio.wait_for` by default), so tests can drive
+monotonic time, a fresh `random.Random` and `wait_for_event` by default), so tests can drive
 the schedule with a fake clock instead of sleeping through it.
 """
 
@@ -80,7 +80,7 @@ WaitForEvent = Callable[[asyncio.Event, float | None], Awaitable[None]]
 
 NEW_SOURCE_DELAY = 1.0  # a new or changed source is probed within this many seconds
 # A source taken over from a member that left is probed within this many seconds, capped at a
-# sixth of its interval (members lose their share within two intervals: see gateway/cluster/).
+# tenth of its interval (members lose their share within two intervals: see gateway/cluster/).
 TAKEOVER_DELAY = 1.0
 JITTER = 0.15
 SYNC_RETRY_SECONDS = 1.0
@@ -261,7 +261,7 @@ class HealthMonitor:
             if not owned:
                 state.generation += 1  # its heap entry is skipped
             elif state.policy.enabled:
-                soon = min(TAKEOVER_DELAY, state.policy.interval / 6)
+                soon = min(TAKEOVER_DELAY, state.policy.interval / 10)
                 self._reschedule(state, delay=self._random.uniform(0, soon))
 
     def _transition(self, state: SourceState, event: str, result: HealthCheck) -> None:
@@ -428,8 +428,11 @@ async def _probe_once(prober: Prober, view: DataSource, seconds: float) -> Healt
 
 async def wait_for_event(event: asyncio.Event, seconds: float | None) -> None:
     """The real WaitForEvent: until `event` is set or `seconds` (None: no limit) have passed."""
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that comes
+    # as the event is set, and the monitor's loop would then never stop.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=seconds)
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 async def current_health(
