@@ -69,12 +69,18 @@ class SharedProbing:
         self._dirty_event.set()
 
     async def join(self) -> None:
-        """Heartbeat once and learn the members, before the monitor schedules anything."""
+        """Heartbeat once and learn the members, before the monitor schedules anything.
+
+        With others live this member owns nothing at first: its share is taken once the
+        monitor has adopted the stored states (`run`), so that a source failing for a while
+        does not look like a new failure (and is not logged again) because it changed hands."""
         async with self._pool.acquire() as db:
             await membership.heartbeat(db, self.member)
-            self._members = await self._live(db)
+            live = await self._live(db)
         self._last_heartbeat = time.monotonic()
-        log.info("cluster_joined", member=self.member, members=len(self._members))
+        others = tuple(member for member in live if member != self.member)
+        self._members = others or live
+        log.info("cluster_joined", member=self.member, members=len(live))
 
     async def run(self, monitor: HealthMonitor) -> None:
         """Until cancelled: heartbeats and adoption, and storing results."""
@@ -92,6 +98,7 @@ class SharedProbing:
             log.warning("cluster_leave_failed", member=self.member, error=str(exc))
 
     async def _keep_in_touch(self, monitor: HealthMonitor) -> None:
+        await monitor.synced()  # a state for each source, to adopt stored states into
         period = self._interval / membership.HEARTBEATS_PER_INTERVAL
         beats = 0
         while True:

@@ -137,6 +137,7 @@ class HealthMonitor:
         self._heap: list[tuple[float, int, int]] = []  # (due, source id, generation)
         self._wake = asyncio.Event()
         self._registry_changed = True
+        self._synced = asyncio.Event()
         self._probes: set[asyncio.Task[None]] = set()
         self._target_listeners: list[TargetListener] = []
         cache.subscribe(self._mark_registry_changed)
@@ -353,6 +354,11 @@ class HealthMonitor:
                 self._reschedule(state, delay=self._random.uniform(0, NEW_SOURCE_DELAY))
         for gone in set(self._states) - seen:
             del self._states[gone]
+        self._synced.set()
+
+    async def synced(self) -> None:
+        """Returns once the monitor has read the registry's sources (a state for each)."""
+        await self._synced.wait()
 
     def _reschedule(self, state: SourceState, delay: float) -> None:
         state.generation += 1
