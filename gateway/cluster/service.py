@@ -40,6 +40,7 @@ from gateway.registry.postgres.watch import CONNECTION_ERRORS  # TimeoutError am
 log = structlog.get_logger(__name__)
 
 PUBLISH_DELAY = 0.1  # results coming in together are stored together
+CLOSE_SECONDS = 2.0  # at most this long each to leave the cluster and close the pool on stop
 APPLICATION_NAME = "datasource-gateway-cluster"  # this pool's connections, in pg_stat_activity
 
 
@@ -91,7 +92,8 @@ class SharedProbing:
     async def leave(self) -> None:
         """Delete this member's row so the others take its share at their next look."""
         try:
-            async with asyncio.timeout(self._interval):
+            # Bounded: a gateway stopping while the database is away must not hang on it.
+            async with asyncio.timeout(min(self._interval, CLOSE_SECONDS)):
                 async with self._pool.acquire() as db:
                     await membership.leave(db, self.member)
         except CONNECTION_ERRORS as exc:
@@ -194,4 +196,7 @@ async def open_shared_probing(settings: Settings) -> AsyncIterator[SharedProbing
         finally:
             await probing.leave()
     finally:
-        await pool.close()
+        try:
+            await asyncio.wait_for(pool.close(), CLOSE_SECONDS)
+        except CONNECTION_ERRORS:  # TimeoutError among them
+            pool.terminate()
