@@ -1,5 +1,6 @@
 """Three `gateway serve` processes on one PostgreSQL registry share the probing (issue 20):
-each source probed by exactly one of them, the same health everywhere, each state change logged
+each source probed by exactly one of them, the same health everywhere (/health, the health
+route, gateway_source_up and gateway_target_up), each state change logged
 once, and the share of a gateway killed with SIGKILL probed again within two intervals."""
 
 from __future__ import annotations
@@ -115,6 +116,18 @@ def probe_counts(gateway: GatewayProcess) -> dict[str, float]:
     return counts
 
 
+def up_gauges(gateway: GatewayProcess) -> list[tuple[str, str, float]]:
+    """gateway_source_up and gateway_target_up, by source uid, as the gateway serves them."""
+    with urllib.request.urlopen(f"{gateway.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sorted(
+        (sample.name, sample.labels["source_uid"], sample.value)
+        for family in text_string_to_metric_families(text)
+        if family.name in ("gateway_source_up", "gateway_target_up")
+        for sample in family.samples
+    )
+
+
 def probers(gateways: list[GatewayProcess], seconds: float) -> dict[str, list[int]]:
     """For each source, which gateways (by index) probed it during the next `seconds`."""
     before = [probe_counts(gateway) for gateway in gateways]
@@ -132,7 +145,7 @@ def source_checks(gateway: GatewayProcess) -> list[dict[str, Any]]:
     return [check for check in health["checks"] if check["name"] in SOURCES]
 
 
-def agree(answers: list[list[dict[str, Any]]]) -> bool:
+def agree(answers: list[Any]) -> bool:
     return all(answer == answers[0] for answer in answers)
 
 
@@ -165,6 +178,8 @@ def test_each_source_is_probed_by_one_gateway_and_all_agree(
     )
     # Every gateway serves the same checks (the owner's results, adopted by the others) ...
     wait_until(lambda: agree([source_checks(g) for g in gateways]), "the same /health")
+    wait_until(lambda: agree([up_gauges(g) for g in gateways]), "the same gateway_*_up")
+    assert ("gateway_source_up", "s0", 0.0) in up_gauges(gateways[0])
     # ... and the state change was logged once, by the gateway that saw it happen.
     time.sleep(INTERVAL)
     events = [event for g in gateways for event in g.events() if event.get("source_uid") == "s0"]
