@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from gateway import __version__
 from gateway.api import ds_query, grafana, influx, ops
 from gateway.bootstrap import ensure_admin_token, open_registry
+from gateway.cluster import open_shared_probing
 from gateway.config import Settings
 from gateway.health.monitor import HealthMonitor, Prober, SourceState
 from gateway.health.probes import HealthCheck, probe_source
@@ -214,29 +215,36 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
         labels = metrics.source_labels(source.org_id, source.uid, source.type)
         metrics.transitions.labels(*labels, "down" if event == "source_unhealthy" else "up").inc()
 
-    # With several workers each one probes, but only worker 0 counts and logs what it sees:
-    # the shared counters would otherwise multiply every probe and state change by N.
-    reporting = os.environ.get(WORKER_INDEX_ENV, "0") == "0"
-    monitor = HealthMonitor(
-        app[SOURCES],
-        app[PROBER],
-        interval=settings.health_interval,
-        timeout=settings.health_timeout,
-        on_probe=count_probe if reporting else None,
-        on_transition=count_transition if reporting else None,
-        on_target_transition=metrics.count_target_transition if reporting else None,
-        log_transitions=reporting,
-    )
-    app[MONITOR] = monitor
-    collector = SourceStateCollector(monitor.states)
-    metrics.registry.register(collector)
-    metrics.served = exposition_registry(metrics, collector, app[SPOOL_COLLECTOR])
-    task = asyncio.create_task(monitor.run(), name="health-monitor")
-    yield
-    metrics.registry.unregister(collector)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with open_shared_probing(settings) as shared:
+        # With several workers each one probes, but only worker 0 counts and logs what it sees:
+        # the shared counters would otherwise multiply every probe and state change by N. In a
+        # cluster (PostgreSQL) each worker is a member probing only its share: each reports.
+        reporting = shared is not None or os.environ.get(WORKER_INDEX_ENV, "0") == "0"
+        monitor = HealthMonitor(
+            app[SOURCES],
+            app[PROBER],
+            interval=settings.health_interval,
+            timeout=settings.health_timeout,
+            on_probe=count_probe if reporting else None,
+            on_transition=count_transition if reporting else None,
+            on_target_transition=metrics.count_target_transition if reporting else None,
+            log_transitions=reporting,
+            owns=shared.owns if shared is not None else None,
+            on_result=shared.stored_changed if shared is not None else None,
+        )
+        app[MONITOR] = monitor
+        collector = SourceStateCollector(monitor.states)
+        metrics.registry.register(collector)
+        metrics.served = exposition_registry(metrics, collector, app[SPOOL_COLLECTOR])
+        tasks = [asyncio.create_task(monitor.run(), name="health-monitor")]
+        if shared is not None:
+            tasks.append(asyncio.create_task(shared.run(monitor), name="shared-probing"))
+        yield
+        metrics.registry.unregister(collector)
+        for task in reversed(tasks):  # ownership stays put while the monitor stops
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:

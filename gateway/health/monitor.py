@@ -23,9 +23,15 @@ Scheduling is one loop over a heap of due times, not a task per source, so 2,000
   makes the source due now, or probes just that target early when it names one of several;
   the state still changes only through the thresholds.
 - A deleted source is dropped from the schedule and the state.
+- Shared probing (a cluster of gateways on one PostgreSQL registry, gateway/cluster/): `owns`
+  says which sources this gateway probes; the others are never scheduled, and their state is
+  what their owner stored (`adopt`: the proxy's target listeners hear of its changes, nothing
+  is logged or counted). `ownership_changed` re-reads `owns` after the members changed: a
+  source newly owned is probed soon, from the state adopted so far. `on_result` hears of each
+  owned source's state after every result, for storing. Without `owns` every source is owned.
 
 The scheduling clock, the jitter source and the wait between due times are parameters (real
-monotonic time, a fresh `random.Random` and `asyncio.wait_for` by default), so tests can drive
+monotonic time, a fresh `random.Random` and `wait_for_event` by default), so tests can drive
 the schedule with a fake clock instead of sleeping through it.
 """
 
@@ -49,6 +55,7 @@ from gateway.health.state import (
     Change,
     ProbePolicy,
     SourceState,
+    StoredSource,
     TargetState,
     combined_check,
     target_views,
@@ -63,12 +70,18 @@ TransitionHook = Callable[["SourceState", str], None]
 ProbeHook = Callable[[DataSource, HealthCheck, float], None]
 # Called when one target (a URL of a source) changes health state: (source, url, healthy).
 TargetListener = Callable[[DataSource, str, bool], None]
+# Whether this gateway probes the source (shared probing); always, when not given.
+Ownership = Callable[[DataSource], bool]
+ResultHook = Callable[["SourceState"], None]
 Clock = Callable[[], float]  # monotonic seconds
 # Returns once the event is set or the given seconds (None: no limit) of the clock have passed;
 # it may return earlier, so callers re-check what they wait for.
 WaitForEvent = Callable[[asyncio.Event, float | None], Awaitable[None]]
 
 NEW_SOURCE_DELAY = 1.0  # a new or changed source is probed within this many seconds
+# A source taken over from a member that left is probed within this many seconds, capped at a
+# tenth of its interval (members lose their share within two intervals: see gateway/cluster/).
+TAKEOVER_DELAY = 1.0
 JITTER = 0.15
 SYNC_RETRY_SECONDS = 1.0
 PASSIVE_MIN_GAP = 1.0  # at most one passive-triggered probe a second per source or target
@@ -100,6 +113,8 @@ class HealthMonitor:
         on_probe: ProbeHook | None = None,
         on_target_transition: TargetListener | None = None,
         log_transitions: bool = True,
+        owns: Ownership | None = None,
+        on_result: ResultHook | None = None,
         clock: Clock = time.monotonic,
         random: Random | None = None,
         wait: WaitForEvent | None = None,
@@ -113,6 +128,8 @@ class HealthMonitor:
         self._on_probe = on_probe
         self._on_target_transition = on_target_transition
         self._log_transitions = log_transitions
+        self._owns = owns
+        self._on_result = on_result
         self._clock = clock
         self._random = random if random is not None else Random()
         self._wait = wait if wait is not None else wait_for_event
@@ -120,6 +137,7 @@ class HealthMonitor:
         self._heap: list[tuple[float, int, int]] = []  # (due, source id, generation)
         self._wake = asyncio.Event()
         self._registry_changed = True
+        self._synced = asyncio.Event()
         self._probes: set[asyncio.Task[None]] = set()
         self._target_listeners: list[TargetListener] = []
         cache.subscribe(self._mark_registry_changed)
@@ -157,8 +175,8 @@ class HealthMonitor:
         """Passive health: a proxied request to `url` (None: the source) failed to connect or
         timed out. Probe it now: that target alone when it is one of several, else the source."""
         state = self._states.get(source_id)
-        if state is None or not state.policy.enabled:
-            return
+        if state is None or not state.policy.enabled or not state.owned:
+            return  # unknown, not monitored, or probed by its owner on its own schedule
         target = state.targets.get(url) if url is not None and state.single is None else None
         if target is not None:
             self._report_target_failure(state, target)
@@ -191,9 +209,15 @@ class HealthMonitor:
         """Apply one probe result of target `url` (None: the primary URL) — from the schedule
         or an on-demand probe — to the state."""
         state = self._states.get(source.id)
-        if state is None or state.source.version != source.version or not state.policy.enabled:
-            # Deleted or changed meanwhile (the result describes something else), or not
-            # monitored: a disabled source is probed on demand each time, never remembered.
+        if (
+            state is None
+            or state.source.version != source.version
+            or not state.policy.enabled
+            or not state.owned
+        ):
+            # Deleted or changed meanwhile (the result describes something else), not
+            # monitored (a disabled source is probed on demand each time, never remembered),
+            # or another gateway's to probe: its state is the one that gateway stores.
             return
         if url is None:
             target: TargetState | None = next(iter(state.targets.values()))
@@ -215,6 +239,31 @@ class HealthMonitor:
             # With several targets the reason is the source's: which of them fail.
             served = result if state.single is not None else state.health_check()
             self._transition(state, event, served or result)
+        if self._on_result is not None:
+            self._on_result(state)
+
+    def adopt(self, stored: StoredSource) -> None:
+        """Take the state the owner of a source stored, unless this gateway owns it or knows
+        another version of it; tell the target listeners what changed."""
+        state = self._states.get(stored.source_id)
+        if state is None or state.owned or state.source.version != stored.version:
+            return
+        for target, change in state.adopt(stored):
+            self._notify(state.source, target, healthy=change is not Change.DOWN)
+
+    def ownership_changed(self) -> None:
+        """The members of the cluster changed: re-read `owns` for every source. One newly
+        owned is probed soon; one no longer owned leaves the schedule."""
+        for state in self._states.values():
+            owned = self._owns is None or self._owns(state.source)
+            if owned == state.owned:
+                continue
+            state.owned = owned
+            if not owned:
+                state.generation += 1  # its heap entry is skipped
+            elif state.policy.enabled:
+                soon = min(TAKEOVER_DELAY, state.policy.interval / 10)
+                self._reschedule(state, delay=self._random.uniform(0, soon))
 
     def _transition(self, state: SourceState, event: str, result: HealthCheck) -> None:
         """Log each state change once, with the probe message that caused it."""
@@ -299,11 +348,17 @@ class HealthMonitor:
                 continue
             policy = ProbePolicy.for_source(source, self._interval, self._timeout)
             state = SourceState.new(source, policy)
+            state.owned = self._owns is None or self._owns(source)
             self._states[source.id] = state
-            if policy.enabled:
+            if policy.enabled and state.owned:
                 self._reschedule(state, delay=self._random.uniform(0, NEW_SOURCE_DELAY))
         for gone in set(self._states) - seen:
             del self._states[gone]
+        self._synced.set()
+
+    async def synced(self) -> None:
+        """Returns once the monitor has read the registry's sources (a state for each)."""
+        await self._synced.wait()
 
     def _reschedule(self, state: SourceState, delay: float) -> None:
         state.generation += 1
@@ -318,7 +373,12 @@ class HealthMonitor:
         while heap and heap[0][0] <= now:
             _, source_id, generation = heapq.heappop(heap)
             state = self._states.get(source_id)
-            if state is None or state.generation != generation or state.round_in_flight:
+            if (
+                state is None
+                or state.generation != generation
+                or state.round_in_flight
+                or not state.owned
+            ):
                 continue
             state.round_in_flight = True
             self._start(self._probe_round(state), f"probe-{source_id}")
@@ -339,7 +399,7 @@ class HealthMonitor:
             await asyncio.gather(*(self._probe_target(state, target) for target in targets))
         finally:
             state.round_in_flight = False
-            if self._states.get(state.source.id) is state:
+            if self._states.get(state.source.id) is state and state.owned:
                 factor = self._random.uniform(1 - JITTER, 1 + JITTER)
                 self._reschedule(state, delay=state.policy.interval * factor)
 
@@ -353,7 +413,8 @@ class HealthMonitor:
                 result = await _probe_once(self._prober, target.view, state.policy.timeout)
                 if self._on_probe is not None:
                     self._on_probe(source, result, time.perf_counter() - started)
-            if self._states.get(source.id) is state:  # not deleted or changed meanwhile
+            # Not deleted or changed meanwhile, nor taken over by another gateway.
+            if self._states.get(source.id) is state and state.owned:
                 self._apply(state, target, result)
         finally:
             target.probing = False
@@ -373,8 +434,11 @@ async def _probe_once(prober: Prober, view: DataSource, seconds: float) -> Healt
 
 async def wait_for_event(event: asyncio.Event, seconds: float | None) -> None:
     """The real WaitForEvent: until `event` is set or `seconds` (None: no limit) have passed."""
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that comes
+    # as the event is set, and the monitor's loop would then never stop.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=seconds)
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 async def current_health(

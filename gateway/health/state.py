@@ -11,6 +11,9 @@ What a source serves (`SourceState.health_check`):
 - with several, one entry per target — `{"name": target_label(url), "status", "message",
   "checks": [that target's probe checks]}` — under a message naming the targets that fail.
 
+In a cluster (gateway/cluster/) a source is probed by one gateway, its owner; the others take
+its state as the owner stored it (`StoredSource`, through `SourceState.adopt`).
+
 Pure state and threshold logic: no clock, no I/O; the monitor (monitor.py) feeds it.
 """
 
@@ -75,6 +78,22 @@ class TargetState:
     probing: bool = False
     last_started: float | None = None  # monitor clock time the latest probe of it began
 
+    def adopt(self, stored: StoredTarget) -> Change | None:
+        """Take the state another gateway stored for this target; the change it made, judged
+        as `apply` judges one result (so the proxy's listeners hear of the same things)."""
+        status_before, failures_before = self.status, self.consecutive_failures
+        self.status, self.since = stored.status, stored.since
+        self.last_result, self.last_checked = stored.last_result, stored.checked_at
+        self.consecutive_failures = stored.consecutive_failures
+        self.consecutive_passes = stored.consecutive_passes
+        if self.status == status_before or self.status is None:
+            if self.status == "pass" and failures_before > 0 and self.consecutive_failures == 0:
+                return Change.PASS_AFTER_FAILURE
+            return None
+        if self.status == "fail":
+            return Change.DOWN
+        return None if status_before is None else Change.UP
+
     def apply(self, result: HealthCheck, policy: ProbePolicy, now: datetime) -> Change | None:
         """Count one probe result against the thresholds; the change it made, if any."""
         self.last_result, self.last_checked = result, now
@@ -128,6 +147,7 @@ class SourceState:
     round_in_flight: bool = False  # a scheduled probe of the targets is running
     next_due: float = 0.0  # monitor clock time of the scheduled probe
     last_started: float | None = None  # monitor clock time the latest probe of a target began
+    owned: bool = True  # this gateway probes it (always, but in a cluster: see the module doc)
 
     @classmethod
     def new(cls, source: DataSource, policy: ProbePolicy) -> SourceState:
@@ -190,6 +210,42 @@ class SourceState:
             return "source_unhealthy"
         return None if before is None else "source_recovered"
 
+    def adopt(self, stored: StoredSource) -> list[tuple[TargetState, Change]]:
+        """Take the state the owner stored (for this version of the source); each target's
+        change, for the monitor to tell the proxy. Nothing is logged or counted for it: the
+        owner that observed a change did that, once for the cluster."""
+        targets = list(self.targets.values())
+        changes = []
+        for stored_target in stored.targets:
+            if 0 <= stored_target.position < len(targets):
+                target = targets[stored_target.position]
+                change = target.adopt(stored_target)
+                if change is not None:
+                    changes.append((target, change))
+        self.status, self.since = stored.status, stored.since
+        return changes
+
+    def stored(self) -> StoredSource:
+        """This state as the owner stores it for the other gateways."""
+        return StoredSource(
+            source_id=self.source.id,
+            version=self.source.version,
+            status=self.status,
+            since=self.since,
+            targets=tuple(
+                StoredTarget(
+                    position=position,
+                    status=target.status,
+                    since=target.since,
+                    last_result=target.last_result,
+                    checked_at=target.last_checked,
+                    consecutive_failures=target.consecutive_failures,
+                    consecutive_passes=target.consecutive_passes,
+                )
+                for position, target in enumerate(self.targets.values())
+            ),
+        )
+
     def health_check(self) -> HealthCheck | None:
         """The HealthCheck to serve: the state's status, the latest probes' checks."""
         if self.status is None:
@@ -202,6 +258,31 @@ class SourceState:
             judged = target.health_check(self.policy)
             entries.append((target.label, judged if judged is not None else _NOT_PROBED))
         return combined_check(self.source.name, entries, len(entries))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTarget:
+    """One target's state as stored for a cluster; `position` is its index in the source's
+    targets (url first, then each replica), so no URL (which may hold userinfo) is stored."""
+
+    position: int
+    status: str | None
+    since: datetime | None
+    last_result: HealthCheck | None
+    checked_at: datetime | None
+    consecutive_failures: int
+    consecutive_passes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSource:
+    """A source's state as its owner stored it; valid for that `version` of the source only."""
+
+    source_id: int
+    version: int
+    status: str | None
+    since: datetime | None
+    targets: tuple[StoredTarget, ...]
 
 
 # Seen only in the moment between one target's first result and another's: the monitor takes

@@ -68,6 +68,38 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX data_source_provisioned_by ON data_source (provisioned_by)
         WHERE provisioned_by IS NOT NULL;
     """,
+    # 3: shared probing (gateway/cluster/): the gateways of the cluster with their heartbeats,
+    # and each source's health state as the gateway that probes it stored it. Targets are
+    # numbered (url first, then each replica), not named: a URL may hold userinfo.
+    """
+    CREATE TABLE cluster_member (
+        id          text PRIMARY KEY,
+        hostname    text NOT NULL,
+        pid         integer NOT NULL,
+        started     timestamptz NOT NULL,
+        heartbeat   timestamptz NOT NULL
+    );
+    CREATE TABLE source_health (
+        source_id   bigint PRIMARY KEY REFERENCES data_source(id) ON DELETE CASCADE,
+        version     bigint NOT NULL,
+        status      text CHECK (status IN ('pass', 'fail')),
+        since       timestamptz,
+        owner       text NOT NULL,
+        updated     timestamptz NOT NULL
+    );
+    CREATE TABLE target_health (
+        source_id            bigint NOT NULL
+                             REFERENCES source_health(source_id) ON DELETE CASCADE,
+        position             integer NOT NULL CHECK (position >= 0),
+        status               text CHECK (status IN ('pass', 'fail')),
+        since                timestamptz,
+        last_result          text,
+        checked_at           timestamptz,
+        consecutive_failures integer NOT NULL DEFAULT 0,
+        consecutive_passes   integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (source_id, position)
+    );
+    """,
 )
 
 # The unique constraints whose violation is a domain error (see writes.py and registry.py).

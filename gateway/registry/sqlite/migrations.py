@@ -58,4 +58,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX data_source_provisioned_by ON data_source (provisioned_by)
         WHERE provisioned_by IS NOT NULL;
     """,
+    # 3: nothing. PostgreSQL's 3 holds a cluster's shared probing; a SQLite registry serves one
+    # gateway, which probes every source itself. Kept so both backends count versions alike.
+    "",
 )
