@@ -161,7 +161,9 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
     the health checks of the sources it holds writes for."""
     settings, metrics = app[SETTINGS], app[METRICS]
     path = spool_path(settings.data_dir)
-    async with SpoolStore.open(path, max_bytes=settings.spool_max_bytes) as store:
+    async with SpoolStore.open(
+        path, max_bytes=settings.spool_max_bytes, min_free_bytes=settings.spool_min_free_bytes
+    ) as store:
         spool = app[SPOOL] = WriteSpool(
             store,
             SpoolMetrics(metrics.registry),
