@@ -170,6 +170,7 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
             default_max_bytes=settings.spool_max_bytes,
             default_max_age=settings.spool_max_age,
             max_body_bytes=settings.spool_max_body_bytes,
+            default_forward_timeout=settings.spool_forward_timeout,
         )
         collector = app[SPOOL_COLLECTOR] = SpoolCollector(
             lambda: spool.snapshot, spool.source_labels

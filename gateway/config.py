@@ -69,6 +69,9 @@ class Settings:
     spool_max_body_bytes: int = 64 << 20
     # Appends are refused (503) before they would leave less free disk than this.
     spool_min_free_bytes: int = 256 << 20
+    # How long a write sent straight to its upstream waits for the answer before it is spooled:
+    # below the usual writer's timeout (Telegraf's is 5 s), so the writer hears 204, not a timeout.
+    spool_forward_timeout: float = 4.0
 
     @property
     def db_path(self) -> Path:
@@ -378,6 +381,14 @@ FIELDS: tuple[Field, ...] = (
         "GATEWAY_SPOOL_MIN_FREE_BYTES",
         _integer(minimum=0, maximum=2**62),
         "free disk bytes the spool leaves; a write that would go below gets 503 (0: none)",
+    ),
+    Field(
+        "spool_forward_timeout",
+        "spool.forward_timeout",
+        "GATEWAY_SPOOL_FORWARD_TIMEOUT",
+        _seconds(minimum=0.1),
+        "seconds a write sent straight to its upstream waits for the answer before it is "
+        "spooled instead (jsonData.writeBuffer.forwardTimeout overrides)",
     ),
 )
 

@@ -21,7 +21,7 @@ from gateway.registry.models import DataSource
 from gateway.spool.errors import SpoolFull
 from gateway.spool.metrics import SpoolMetrics, StatusSnapshot
 from gateway.spool.models import SpooledWrite, TargetKey
-from gateway.spool.policy import WriteBuffer, write_buffer
+from gateway.spool.policy import DEFAULT_FORWARD_TIMEOUT, WriteBuffer, write_buffer
 from gateway.spool.store import SpoolStore
 
 AppendListener = Callable[[TargetKey], None]
@@ -36,12 +36,14 @@ class WriteSpool:
         default_max_bytes: int,
         default_max_age: float,
         max_body_bytes: int,
+        default_forward_timeout: float = DEFAULT_FORWARD_TIMEOUT,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self._default_max_bytes = default_max_bytes
         self._default_max_age = default_max_age
+        self._default_forward_timeout = default_forward_timeout
         self._buffers: dict[int, tuple[int, WriteBuffer | None]] = {}  # id → (version, buffer)
         self._backlog: set[TargetKey] = set()
         # Appends started by this process per target: a status read before an append must not
@@ -60,7 +62,9 @@ class WriteSpool:
         cached = self._buffers.get(source.id)
         if cached is not None and cached[0] == source.version:
             return cached[1]
-        buffer = write_buffer(source, self._default_max_bytes, self._default_max_age)
+        buffer = write_buffer(
+            source, self._default_max_bytes, self._default_max_age, self._default_forward_timeout
+        )
         self._buffers[source.id] = (source.version, buffer)
         return buffer
 
@@ -68,7 +72,10 @@ class WriteSpool:
         """The source's settings, or the defaults when its spool was turned off meanwhile:
         what is already queued is still delivered."""
         return self.buffer(source) or WriteBuffer(
-            self._default_max_bytes, self._default_max_age, mirror=False
+            self._default_max_bytes,
+            self._default_max_age,
+            mirror=False,
+            forward_timeout=self._default_forward_timeout,
         )
 
     def queued(self, key: TargetKey) -> bool:

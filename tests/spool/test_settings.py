@@ -1,5 +1,6 @@
-"""The spool's settings: the free-disk floor (`spool.min_free_bytes`), parsed and validated
-like every setting, and applied by the running app."""
+"""The spool's settings: the free-disk floor (`spool.min_free_bytes`) and the direct write's
+answer timeout (`spool.forward_timeout`), parsed and validated like every setting; the floor
+applied by the running app (the timeout's test is in test_intercept.py: it proxies)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,9 @@ from prometheus_client import CollectorRegistry
 from gateway.app import create_app
 from gateway.config import Settings, SettingsError, load_settings
 from gateway.keys import SPOOL
+from gateway.registry.models import DataSource
 from gateway.spool import TargetKey
+from gateway.spool.policy import write_buffer
 from tests.conftest import GatewayClient
 from tests.spool.influx import StartInflux
 from tests.spool.sources import TOKEN, add_influx_source, lines
@@ -25,12 +29,34 @@ from tests.spool.writes import eventually
 def test_the_spool_settings_have_their_defaults_and_env_names(tmp_path: Path) -> None:
     defaults = load_settings(None, {})
     assert defaults.spool_min_free_bytes == 256 << 20
-    settings = load_settings(None, {"GATEWAY_SPOOL_MIN_FREE_BYTES": "0"})
+    assert defaults.spool_forward_timeout == 4.0
+    environ = {"GATEWAY_SPOOL_MIN_FREE_BYTES": "0", "GATEWAY_SPOOL_FORWARD_TIMEOUT": "2.5"}
+    settings = load_settings(None, environ)
     assert settings.spool_min_free_bytes == 0  # no floor: the disk's own limit
+    assert settings.spool_forward_timeout == 2.5
     toml = tmp_path / "gateway.toml"
-    toml.write_text("[spool]\nmin_free_bytes = 1073741824\n")
+    toml.write_text("[spool]\nmin_free_bytes = 1073741824\nforward_timeout = 3\n")
     from_file = load_settings(toml, {})
     assert from_file.spool_min_free_bytes == 1 << 30
+    assert from_file.spool_forward_timeout == 3.0
+
+
+def test_a_sources_forward_timeout_overrides_the_setting() -> None:
+    spool_defaults = (1 << 30, 3600.0, 7.0)
+    now = datetime.now(UTC)
+    source = DataSource(
+        id=1, org_id=1, uid="u", name="n", type="influxdb", access="proxy",
+        url="http://influx:8086", user="", database="db", basic_auth=False, basic_auth_user="",
+        with_credentials=False, is_default=False,
+        json_data={"writeBuffer": {"forwardTimeout": 1.5}}, secure_json_data={}, version=1,
+        read_only=False, api_version="", created=now, updated=now,
+    )  # fmt: skip
+    buffer = write_buffer(source, *spool_defaults)
+    assert buffer is not None
+    assert buffer.forward_timeout == 1.5
+    plain = write_buffer(dataclasses.replace(source, json_data={}), *spool_defaults)
+    assert plain is not None
+    assert plain.forward_timeout == 7.0
 
 
 @pytest.mark.parametrize(
@@ -39,6 +65,9 @@ def test_the_spool_settings_have_their_defaults_and_env_names(tmp_path: Path) ->
         ("GATEWAY_SPOOL_MIN_FREE_BYTES", "-1"),
         ("GATEWAY_SPOOL_MIN_FREE_BYTES", "256MiB"),
         ("GATEWAY_SPOOL_MIN_FREE_BYTES", "1.5"),
+        ("GATEWAY_SPOOL_FORWARD_TIMEOUT", "0"),
+        ("GATEWAY_SPOOL_FORWARD_TIMEOUT", "soon"),
+        ("GATEWAY_SPOOL_FORWARD_TIMEOUT", "inf"),
     ],
 )
 def test_invalid_spool_settings_stop_start_up_naming_the_key(env: str, value: str) -> None:
