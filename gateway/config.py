@@ -70,8 +70,8 @@ class Settings:
     # Appends are refused (503) before they would leave less free disk than this.
     spool_min_free_bytes: int = 256 << 20
     # How long a write sent straight to its upstream waits for the answer before it is spooled:
-    # below the usual writer's timeout (Telegraf's is 5 s), so the writer hears 204, not a timeout.
-    spool_forward_timeout: float = 4.0
+    # below the writers' own timeout, so they hear 204, not a timeout (gateway/spool/policy.py).
+    spool_forward_timeout: float = 8.0
 
     @property
     def db_path(self) -> Path:

@@ -29,7 +29,7 @@ from tests.spool.writes import eventually
 def test_the_spool_settings_have_their_defaults_and_env_names(tmp_path: Path) -> None:
     defaults = load_settings(None, {})
     assert defaults.spool_min_free_bytes == 256 << 20
-    assert defaults.spool_forward_timeout == 4.0
+    assert defaults.spool_forward_timeout == 8.0
     environ = {"GATEWAY_SPOOL_MIN_FREE_BYTES": "0", "GATEWAY_SPOOL_FORWARD_TIMEOUT": "2.5"}
     settings = load_settings(None, environ)
     assert settings.spool_min_free_bytes == 0  # no floor: the disk's own limit
