@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.spool import SpoolStore, spool_path
 from tests.conftest import ADMIN_TOKEN
@@ -141,6 +142,9 @@ async def test_two_workers_share_the_spool_and_deliver_each_write_once(
         await asyncio.to_thread(workers.stop)
 
 
+# Two workers and an influxd starting, then four freeze-thaw rounds: under a busy machine's load
+# that has taken over 30 s.
+@pytest.mark.timeout(120)
 async def test_writes_through_two_workers_keep_their_order_per_target(
     data_dir: Path, start_influx: StartInflux
 ) -> None:
