@@ -569,6 +569,11 @@ class Bench:
             )
             print(f"  => {line}", flush=True)
             self.summary.append(line)
+        # Pass-through measures the direct path only if no write took the spool's way (an
+        # answer slower than forwardTimeout, or a failed try, queues it and what follows).
+        metrics = await gateway_metrics(self.http, self.gateway)
+        spooled = metrics.get("gateway_spool_appended_total", 0.0)
+        print(f"  writes spooled during pass-through: {spooled:,.0f}", flush=True)
 
     async def spooling(self) -> None:
         print("\n2. spooling: influxd killed, the gateway acknowledges into its spool", flush=True)

@@ -162,13 +162,16 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
     the health checks of the sources it holds writes for."""
     settings, metrics = app[SETTINGS], app[METRICS]
     path = spool_path(settings.data_dir)
-    async with SpoolStore.open(path, max_bytes=settings.spool_max_bytes) as store:
+    async with SpoolStore.open(
+        path, max_bytes=settings.spool_max_bytes, min_free_bytes=settings.spool_min_free_bytes
+    ) as store:
         spool = app[SPOOL] = WriteSpool(
             store,
             SpoolMetrics(metrics.registry),
             default_max_bytes=settings.spool_max_bytes,
             default_max_age=settings.spool_max_age,
             max_body_bytes=settings.spool_max_body_bytes,
+            default_forward_timeout=settings.spool_forward_timeout,
         )
         collector = app[SPOOL_COLLECTOR] = SpoolCollector(
             lambda: spool.snapshot, spool.source_labels

@@ -67,6 +67,11 @@ class Settings:
     spool_max_bytes: int = 1 << 30
     spool_max_age: float = 7 * 24 * 3600.0
     spool_max_body_bytes: int = 64 << 20
+    # Appends are refused (503) before they would leave less free disk than this.
+    spool_min_free_bytes: int = 256 << 20
+    # How long a write sent straight to its upstream waits for the answer before it is spooled:
+    # below the writers' own timeout, so they hear 204, not a timeout (gateway/spool/policy.py).
+    spool_forward_timeout: float = 8.0
 
     @property
     def db_path(self) -> Path:
@@ -369,6 +374,21 @@ FIELDS: tuple[Field, ...] = (
         "GATEWAY_SPOOL_MAX_BODY_BYTES",
         _integer(minimum=1024, maximum=1 << 31),
         "largest write body the spool takes (read whole); a larger one gets 413",
+    ),
+    Field(
+        "spool_min_free_bytes",
+        "spool.min_free_bytes",
+        "GATEWAY_SPOOL_MIN_FREE_BYTES",
+        _integer(minimum=0, maximum=2**62),
+        "free disk bytes the spool leaves; a write that would go below gets 503 (0: none)",
+    ),
+    Field(
+        "spool_forward_timeout",
+        "spool.forward_timeout",
+        "GATEWAY_SPOOL_FORWARD_TIMEOUT",
+        _seconds(minimum=0.1),
+        "seconds a write sent straight to its upstream waits for the answer before it is "
+        "spooled instead (jsonData.writeBuffer.forwardTimeout overrides)",
     ),
 )
 

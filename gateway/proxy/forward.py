@@ -28,7 +28,8 @@ the order they run, and a new capability plugs in as a step rather than inside a
 InfluxDB writes of a source with a write buffer (gateway/spool/) take their own steps instead
 of 1 to 4: `_whole_body` (read whole, up to `spool.max_body_bytes`), `_write` (sent to its
 target when that is healthy and has nothing queued, relayed as above; else, or when the try
-fails or answers 5xx, queued by `_queue` and answered 204 once durable), with `_write_targets`
+fails, answers 5xx or has no answer within the source's `forwardTimeout`, queued by `_queue`
+and answered 204 once durable), with `_write_targets`
 saying which target takes it directly and which queue the others (`jsonData.writeMirror`:
 every target gets every write). `deliver` sends what the shippers replay.
 
@@ -49,9 +50,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import structlog
@@ -435,7 +436,9 @@ class Forwarder:
             return self._accepted(client, request)
         request.tried.append(direct)
         try:
-            upstream: UpstreamResponse | None = await self._try(prepared, direct, outcome, request)
+            upstream: UpstreamResponse | None = await self._try(
+                prepared, direct, outcome, request, deadline=buffer.forward_timeout
+            )
         except _TryFailed:
             upstream = None
         if upstream is None or upstream.status >= 500:
@@ -595,19 +598,26 @@ class Forwarder:
         target: Target,
         outcome: _Outcome,
         request: _Upstreaming,
+        *,
+        deadline: float | None = None,
     ) -> UpstreamResponse:
         """One exchange with `target` up to the response head, counted for the target;
-        an upstream failure raises `_TryFailed`, the others gateway errors."""
+        an upstream failure raises `_TryFailed`, the others gateway errors. `deadline`: seconds
+        the whole exchange may take (a write the spool can take instead), a timeout past it."""
+        exchange = self._pool.request(
+            target.origin,
+            outcome.method,
+            target.target(request.path),
+            request.headers,
+            request.body,
+            content_length=request.content_length,
+            timeouts=prepared.timeouts,
+        )
         try:
-            upstream = await self._pool.request(
-                target.origin,
-                outcome.method,
-                target.target(request.path),
-                request.headers,
-                request.body,
-                content_length=request.content_length,
-                timeouts=prepared.timeouts,
-            )
+            if deadline is None:
+                upstream = await exchange
+            else:
+                upstream = await _within(exchange, deadline)
         except TargetRefused as exc:
             target.meters.requests("refused").inc()
             raise Forbidden(f"Data source target is not allowed: {exc}") from exc
@@ -728,6 +738,20 @@ class Forwarder:
             if exc.kind in ("connect", "timeout") and self._health is not None:
                 self._health.report_failure(prepared.source.id, target.url)
         return 504 if isinstance(exc, UpstreamTimeout) else 502
+
+
+async def _within(
+    exchange: Coroutine[Any, Any, UpstreamResponse], seconds: float
+) -> UpstreamResponse:
+    """The exchange's response head within `seconds`, else an `UpstreamTimeout` (a failed try,
+    counted and fed to passive health as any timeout); cancelling it closes its connection."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await exchange
+    except TimeoutError as exc:
+        raise UpstreamTimeout(
+            f"no answer within {seconds:g} s (forwardTimeout)", phase="headers"
+        ) from exc
 
 
 def _outgoing_headers(

@@ -73,6 +73,7 @@ WRITE_BUFFER = "writeBuffer"
 WRITE_BUFFER_ENABLED = "enabled"
 WRITE_BUFFER_MAX_BYTES = "maxBytes"
 WRITE_BUFFER_MAX_AGE = "maxAge"
+WRITE_BUFFER_FORWARD_TIMEOUT = "forwardTimeout"
 WRITE_MIRROR = "writeMirror"
 # One metric series per target URL: a bound keeps a source's series (and its probes) bounded.
 MAX_REPLICAS = 16
@@ -146,11 +147,11 @@ def _write_buffer_problems(buffer: object) -> list[str]:
     if not isinstance(buffer, Mapping):
         return [
             f"{field}: must be an object ({WRITE_BUFFER_ENABLED}, {WRITE_BUFFER_MAX_BYTES}, "
-            f"{WRITE_BUFFER_MAX_AGE})"
+            f"{WRITE_BUFFER_MAX_AGE}, {WRITE_BUFFER_FORWARD_TIMEOUT})"
         ]
     problems = []
     for key in buffer:
-        if key not in (WRITE_BUFFER_ENABLED, WRITE_BUFFER_MAX_BYTES, WRITE_BUFFER_MAX_AGE):
+        if key not in _WRITE_BUFFER_KEYS:
             problems.append(f"{field}.{key}: unknown key")
     enabled = buffer.get(WRITE_BUFFER_ENABLED)
     if enabled is not None and not isinstance(enabled, bool):
@@ -160,15 +161,24 @@ def _write_buffer_problems(buffer: object) -> list[str]:
         isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0
     ):
         problems.append(f"{field}.{WRITE_BUFFER_MAX_BYTES}: must be a whole number above 0 (bytes)")
-    max_age = buffer.get(WRITE_BUFFER_MAX_AGE)
-    if max_age is not None and (
-        isinstance(max_age, bool)
-        or not isinstance(max_age, int | float)
-        or not math.isfinite(max_age)
-        or max_age <= 0
-    ):
-        problems.append(f"{field}.{WRITE_BUFFER_MAX_AGE}: must be a number of seconds above 0")
+    for key in (WRITE_BUFFER_MAX_AGE, WRITE_BUFFER_FORWARD_TIMEOUT):
+        seconds = buffer.get(key)
+        if seconds is not None and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds <= 0
+        ):
+            problems.append(f"{field}.{key}: must be a number of seconds above 0")
     return problems
+
+
+_WRITE_BUFFER_KEYS = (
+    WRITE_BUFFER_ENABLED,
+    WRITE_BUFFER_MAX_BYTES,
+    WRITE_BUFFER_MAX_AGE,
+    WRITE_BUFFER_FORWARD_TIMEOUT,
+)
 
 
 def parse_int64(text: str) -> int | None:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from gateway.spool import queries
 from gateway.spool.errors import SpoolClosed, SpoolError, SpoolFull
+from gateway.spool.marks import QueueMarks
 from gateway.spool.models import SpooledWrite
 
 T = TypeVar("T")
@@ -64,9 +65,15 @@ class _Outcomes:
 
 class Committer:
     def __init__(
-        self, conn: sqlite3.Connection, path: Path, min_free_bytes: int, name: str
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        min_free_bytes: int,
+        name: str,
+        marks: QueueMarks,
     ) -> None:
         self._conn = conn
+        self._marks = marks
         self._directory = path.parent
         self._min_free_bytes = min_free_bytes
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -141,6 +148,9 @@ class Committer:
                     refused.append((job, SpoolFull(write.target, "disk nearly full")))
                     continue
                 entry_id = queries.insert_entry(self._conn, target, write, job.enqueued_at)
+                # Before COMMIT, so before the writer's 204: every process's next write to the
+                # target queues behind this one (marks.py says why that keeps the order).
+                self._marks.mark(write.target)
                 batch_bytes += write.size
                 accepted.append((job, entry_id))
             self._conn.execute("COMMIT")
@@ -156,6 +166,7 @@ class Committer:
             outcomes.add(job.future, None, error)
 
     def _run_call(self, job: _Call, outcomes: _Outcomes) -> None:
+        changes = self._conn.total_changes
         try:
             self._conn.execute("BEGIN IMMEDIATE" if job.writes else "BEGIN")
             result = job.operation(self._conn)
@@ -164,7 +175,7 @@ class Committer:
             self._rollback()
             outcomes.add(job.future, None, _translate(exc, None))
             return
-        if job.writes:
+        if self._conn.total_changes != changes:  # one that changed nothing wrote no WAL
             self.commits += 1
         outcomes.add(job.future, result, None)
 

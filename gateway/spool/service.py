@@ -2,11 +2,11 @@
 
 - `buffer(source)`: a source's spool settings (gateway/spool/policy.py), None when it is off;
 - `queued(target)`: whether something is queued for a target — an in-memory answer, on the hot
-  path. A target is marked as soon as this process starts an append for it (before the append
-  is durable, so a write that arrives meanwhile queues behind it), and cleared when a shipper
-  found its queue empty or the status read from the file says so. Other workers' appends are
-  seen at the next refresh (`refresh`, about every second), so across workers the order of two
-  writes less than that apart is not guaranteed; within one process it is;
+  path: the spool's shared marks (marks.py), which every worker's appends set before their
+  writers hear 204 and only a shipper that found the queue empty clears, so a write never
+  overtakes one acknowledged before it through any worker. This process also counts a target
+  as queued from the moment it starts an append for it (before the append is durable), until
+  its shipper found the queue empty or a status read says so;
 - `append`: queue one write, durably, counted; the shippers hear of it at once;
 - `snapshot`: the spool's status (per target: queued entries, bytes, oldest entry, dead
   letters) as of the last refresh, for metrics and health checks.
@@ -21,7 +21,7 @@ from gateway.registry.models import DataSource
 from gateway.spool.errors import SpoolFull
 from gateway.spool.metrics import SpoolMetrics, StatusSnapshot
 from gateway.spool.models import SpooledWrite, TargetKey
-from gateway.spool.policy import WriteBuffer, write_buffer
+from gateway.spool.policy import DEFAULT_FORWARD_TIMEOUT, WriteBuffer, write_buffer
 from gateway.spool.store import SpoolStore
 
 AppendListener = Callable[[TargetKey], None]
@@ -36,12 +36,14 @@ class WriteSpool:
         default_max_bytes: int,
         default_max_age: float,
         max_body_bytes: int,
+        default_forward_timeout: float = DEFAULT_FORWARD_TIMEOUT,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self._default_max_bytes = default_max_bytes
         self._default_max_age = default_max_age
+        self._default_forward_timeout = default_forward_timeout
         self._buffers: dict[int, tuple[int, WriteBuffer | None]] = {}  # id → (version, buffer)
         self._backlog: set[TargetKey] = set()
         # Appends started by this process per target: a status read before an append must not
@@ -60,7 +62,9 @@ class WriteSpool:
         cached = self._buffers.get(source.id)
         if cached is not None and cached[0] == source.version:
             return cached[1]
-        buffer = write_buffer(source, self._default_max_bytes, self._default_max_age)
+        buffer = write_buffer(
+            source, self._default_max_bytes, self._default_max_age, self._default_forward_timeout
+        )
         self._buffers[source.id] = (source.version, buffer)
         return buffer
 
@@ -68,11 +72,14 @@ class WriteSpool:
         """The source's settings, or the defaults when its spool was turned off meanwhile:
         what is already queued is still delivered."""
         return self.buffer(source) or WriteBuffer(
-            self._default_max_bytes, self._default_max_age, mirror=False
+            self._default_max_bytes,
+            self._default_max_age,
+            mirror=False,
+            forward_timeout=self._default_forward_timeout,
         )
 
     def queued(self, key: TargetKey) -> bool:
-        return key in self._backlog
+        return key in self._backlog or self.store.queued(key)
 
     def add_append_listener(self, listener: AppendListener) -> None:
         self._listeners.append(listener)
@@ -108,10 +115,16 @@ class WriteSpool:
         before = dict(self._appends)
         statuses = await self.store.status()
         self.snapshot = StatusSnapshot(time.time(), statuses)
+        unmarked = False
         for status in statuses:
             key = status.target
             if status.queued_entries:
                 self._backlog.add(key)
+                unmarked = unmarked or not self.store.queued(key)
             elif self._appends.get(key, 0) == before.get(key, 0):
                 self._backlog.discard(key)
+        if unmarked:
+            # Drained and settled since the status was read, or a marks file that lost a mark
+            # (it should not): the counts decide, under the write lock.
+            await self.store.sync_marks()
         return self.snapshot

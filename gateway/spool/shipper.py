@@ -8,7 +8,9 @@ shipper, each round:
    target sends, the others leave it (the owner is the host and worker index, so a restarted
    worker takes its own queues back at once; another worker takes them over when the lease
    runs out);
-2. takes the head of the queue (`peek`); when it is empty, releases the lease and ends;
+2. takes the head of the queue (`peek`); when it is empty, clears the target's shared mark
+   (`settle`: later writes, through any worker, go straight to the target again), releases
+   the lease and ends;
 3. moves entries older than the source's maxAge to the dead letters (`expire`);
 4. sends the first batch: consecutive plain (uncompressed) entries with the same path,
    parameters and content type are joined into one body, as InfluxDB's write API takes many
@@ -215,6 +217,8 @@ class TargetShipper:
         if not entries:
             if self.appended.is_set():
                 return True  # queued meanwhile: look again
+            if await store.settle(key):
+                return True  # queued meanwhile by another process: look again
             self._spool.drained(key, appends)
             return False
         buffer = self._spool.defaults(source)

@@ -15,6 +15,11 @@ each target's queue is shipped by whoever holds its lease (`claim`), so one entr
 through one shipper, and in order. A lease expires, so a killed worker's targets are taken
 over. The store does not check the lease on `peek`/`ack`: the shipper renews it (`claim` again)
 before each round and stops shipping that target when renewal fails.
+
+Which targets have a queue is also kept in memory shared by those processes (`queued`, see
+marks.py): an append marks its target before it commits, and only `settle` — the shipper's
+"found it empty" — clears the mark, under the write lock. That is what keeps the order of writes
+to a target across processes.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import TypeVar
 
 from gateway.spool import queries, schema
 from gateway.spool.committer import Committer, Operation
+from gateway.spool.marks import QueueMarks, marks_path
 from gateway.spool.models import DeadLetter, SpooledWrite, SpoolEntry, TargetKey, TargetStatus
 
 T = TypeVar("T")
@@ -48,9 +54,10 @@ def spool_path(data_dir: Path) -> Path:
 
 
 class SpoolStore:
-    def __init__(self, committer: Committer, default_max_bytes: int) -> None:
+    def __init__(self, committer: Committer, default_max_bytes: int, marks: QueueMarks) -> None:
         self._committer = committer
         self._default_max_bytes = default_max_bytes
+        self._marks = marks
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -73,11 +80,21 @@ class SpoolStore:
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = await asyncio.to_thread(_connect, path, busy_timeout)
-        committer = Committer(conn, path, min_free_bytes, name=f"spool-committer:{path.name}")
         try:
-            yield cls(committer, max_bytes)
+            marks = QueueMarks(marks_path(path))
+        except BaseException:
+            conn.close()
+            raise
+        committer = Committer(
+            conn, path, min_free_bytes, name=f"spool-committer:{path.name}", marks=marks
+        )
+        try:
+            store = cls(committer, max_bytes, marks)
+            await store.sync_marks()  # the marks file is not durable: rebuilt before any write
+            yield store
         finally:
             await committer.close()
+            marks.close()
 
     @property
     def commits(self) -> int:
@@ -139,7 +156,13 @@ class SpoolStore:
         """
         wanted = list(ids)
         now = time.time()
-        return await self._write(lambda conn: queries.retry(conn, wanted, now))
+
+        def retry(conn: sqlite3.Connection) -> list[int]:
+            new_ids = queries.retry(conn, wanted, now)
+            self._marks.sync(conn)  # their queues have entries again: marked before COMMIT
+            return new_ids
+
+        return await self._write(retry)
 
     async def drop(self, ids: Iterable[int]) -> int:
         """Delete dead letters for good; returns how many existed."""
@@ -157,6 +180,20 @@ class SpoolStore:
     async def release(self, target: TargetKey, owner: str) -> bool:
         """Give up `owner`'s lease on `target`; False if `owner` did not hold it."""
         return await self._write(lambda conn: queries.release(conn, target, owner))
+
+    def queued(self, target: TargetKey) -> bool:
+        """Whether `target` may have a queue, appended by any process on this spool: the
+        question a write asks before it is sent straight to its target (no I/O)."""
+        return self._marks.marked(target)
+
+    async def settle(self, target: TargetKey) -> bool:
+        """The shipper found `target`'s queue empty: clear its mark, under the write lock, unless
+        something was queued since — then True (ship on)."""
+        return await self._write(lambda conn: self._marks.settle(conn, target))
+
+    async def sync_marks(self) -> None:
+        """Rebuild every mark from the queues' counts, under the write lock."""
+        await self._write(self._marks.sync)
 
     async def status(self) -> list[TargetStatus]:
         """Every target the spool has seen, with its queue's size and age, dead letters and

@@ -3,7 +3,8 @@ the session's `influxdb` is shared by a worker's tests and must stay up.
 
 Built from the session fixture's pieces (tests/services/influxdb.py): same generated config,
 auth on, an admin user. `kill()` is SIGKILL; `start()` runs it again on the same port, config
-and data (what it had acknowledged is still there).
+and data (what it had acknowledged is still there). `freeze()` is SIGSTOP (the kernel still
+accepts connections and takes request bytes, nothing answers) and `thaw()` SIGCONT.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ class InfluxProcess:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
+    def freeze(self) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
     def start(self) -> None:
         """Run influxd again on its config (same port and data)."""
         assert self.process.poll() is not None, "still running"
@@ -64,6 +72,7 @@ class InfluxProcess:
             raise RuntimeError(f"influxd did not start again: {problem}")
 
     def stop(self) -> None:
+        self.thaw()  # a stopped process would not act on SIGTERM
         _stop(self.process)
 
     async def create_database(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -198,6 +199,34 @@ async def test_a_full_queue_answers_503_and_loses_nothing_queued(
     await eventually(delivered, timeout=20, what="the queued writes delivered")
 
 
+async def test_a_frozen_upstream_gets_the_write_spooled_after_forward_timeout(
+    client: AppClient, start_influx: StartInflux
+) -> None:
+    influx = await start_influx()
+    db = await influx.create_database()
+    source = await add_influx_source(client, influx, db, writeBuffer={"forwardTimeout": 1})
+    assert await write(client, source, db, lines(0, 10)) == (204, "")  # directly
+    influx.freeze()  # SIGSTOP: connections are taken, nothing answers
+    try:
+        started = time.monotonic()
+        assert await write(client, source, db, lines(10, 10)) == (204, "")
+        # Given up on after forwardTimeout, not the 30 s response timeout, and queued.
+        assert 0.9 <= time.monotonic() - started < 3
+        started = time.monotonic()
+        assert await write(client, source, db, lines(20, 10)) == (204, "")
+        assert time.monotonic() - started < 0.5  # behind the queue: no wait for the upstream
+    finally:
+        influx.thaw()
+
+    async def all_there() -> bool:
+        rows = await influx.select(db, "SELECT value FROM $db.autogen.cpu GROUP BY host")
+        return sorted(value for _, value in rows) == list(range(30))
+
+    # The timed-out write may have been applied by influxd when it woke, and again on replay:
+    # the same points, overwritten with the same values.
+    await eventually(all_there, timeout=20, what="every write there after SIGCONT")
+
+
 async def test_mirror_delivers_to_every_replica_while_one_is_down(
     client: AppClient, start_influx: StartInflux
 ) -> None:
@@ -236,6 +265,7 @@ async def test_write_buffer_settings_are_checked_at_save(
     for json_data, field in (
         ({"writeBuffer": {"maxBytes": -1}}, "jsonData.writeBuffer.maxBytes"),
         ({"writeBuffer": {"maxAge": "7d"}}, "jsonData.writeBuffer.maxAge"),
+        ({"writeBuffer": {"forwardTimeout": 0}}, "jsonData.writeBuffer.forwardTimeout"),
         ({"writeBuffer": {"enabled": "yes"}}, "jsonData.writeBuffer.enabled"),
         ({"writeBuffer": []}, "jsonData.writeBuffer"),
         ({"writeMirror": 1}, "jsonData.writeMirror"),
