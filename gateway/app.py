@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
-from gateway.api import ds_query, grafana, influx, ops
+from gateway.api import ds_query, grafana, influx, openapi, ops
 from gateway.bootstrap import ensure_admin_token, open_registry
 from gateway.cluster import open_shared_probing
 from gateway.config import Settings
@@ -69,7 +69,15 @@ log = structlog.get_logger(__name__)
 # Paths that answer without a token: probes, and what Grafana serves before sign-in.
 # /metrics checks its own optional token (metrics.token), not an API token.
 PUBLIC_PATHS = frozenset(
-    {"/health", "/ready", "/ping", "/metrics", "/api/health", "/api/frontend/settings"}
+    {
+        "/health",
+        "/ready",
+        "/ping",
+        "/metrics",
+        "/api/health",
+        "/api/frontend/settings",
+        openapi.PATH,
+    }
 )
 CLIENT_MAX_SIZE = 16 * 1024 * 1024
 
@@ -113,6 +121,7 @@ def create_app(
         ]
     )
     app.add_routes(ops.routes)
+    app.add_routes(openapi.routes)
     app.add_routes(grafana.routes)
     app.add_routes(ds_query.routes)
     app.add_routes(influx.routes)
