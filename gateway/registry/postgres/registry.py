@@ -13,7 +13,9 @@ Losing the database is translated here, at the boundary: a query that cannot rea
 (refused, reset, no answer within the backend's query timeout) raises `RegistryUnavailable`, a
 503 with Retry-After in either API's dialect. Only API calls meet it: proxied requests are
 served from the caches, which keep their last snapshot while the change watch reports the
-database lost (`unavailable_for`, which /ready compares with its grace period).
+database lost (`unavailable_for`, which /ready compares with its grace period): lost since the
+change watch lost its connection or a query went unanswered, until a query is answered or the
+watch is back.
 """
 
 from __future__ import annotations
@@ -82,9 +84,11 @@ def _reachable(
     @functools.wraps(method)
     async def translated(self: PostgresRegistry, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await method(self, *args, **kwargs)
+            result = await method(self, *args, **kwargs)
         except UNREACHABLE_ERRORS as exc:
-            raise RegistryUnavailable(unreachable_reason(exc)) from exc
+            raise self.unreachable(exc) from exc
+        self.reached()
+        return result
 
     return translated
 
@@ -137,9 +141,19 @@ class PostgresRegistry:
             listener()
 
     def connection_lost(self) -> None:
-        """The change watch lost the server: count it unreachable until the watch is back."""
+        """The server did not answer (the change watch lost it, or a query failed): count it
+        unreachable until something reaches it again."""
         if self._lost_since is None:
             self._lost_since = time.monotonic()
+
+    def reached(self) -> None:
+        """A query was answered: the server is reachable, whatever the watch is doing."""
+        self._lost_since = None
+
+    def unreachable(self, exc: BaseException) -> RegistryUnavailable:
+        """The domain error for a query that did not reach the server, which counts as lost."""
+        self.connection_lost()
+        return RegistryUnavailable(unreachable_reason(exc))
 
     def connection_restored(self) -> None:
         """The change watch is LISTENing again: the server is back, and notifications sent
@@ -358,7 +372,8 @@ class PostgresRegistry:
                 if batch.changed:
                     await self._announce(db)
         except UNREACHABLE_ERRORS as exc:
-            raise RegistryUnavailable(unreachable_reason(exc)) from exc
+            raise self.unreachable(exc) from exc
+        self.reached()
         if batch.changed:
             self.notify_listeners()
 
@@ -377,7 +392,7 @@ class PostgresRegistry:
                     with contextlib.suppress(*UNREACHABLE_ERRORS):
                         await db.execute("SELECT pg_advisory_unlock($1)", PROVISIONING_LOCK)
         except UNREACHABLE_ERRORS as exc:
-            raise RegistryUnavailable(unreachable_reason(exc)) from exc
+            raise self.unreachable(exc) from exc
 
     # --- keys --------------------------------------------------------------------------------
 
