@@ -231,6 +231,26 @@ class TestChangeFanOut:
                 await asyncio.sleep(0.005)
 
 
+class TestListingEverySource:
+    async def test_a_reload_rebuilds_only_the_rows_that_changed(
+        self, backend: PostgresBackend
+    ) -> None:
+        async with backend.open(SecretBox("k")) as registry:
+            first = await registry.create_source(1, spec(name="one", secure_json_data={"a": "1"}))
+            await registry.create_source(1, spec(name="two"))
+            before = {source.name: source for source in await registry.list_sources()}
+            assert before["one"].is_default
+            assert before["one"].secure_json_data == {"a": "1"}
+            # A new default clears the flag on "one" without bumping its version: still seen.
+            await registry.create_source(1, spec(name="three", is_default=True))
+            after = {source.name: source for source in await registry.list_sources()}
+            assert after["two"] is before["two"]  # unchanged row: the same record, not rebuilt
+            assert after["one"] is not before["one"]
+            assert not after["one"].is_default
+            assert after["one"].version == first.version
+            assert after["three"].is_default
+
+
 class TestProvisioningInACluster:
     async def test_a_batch_that_changes_nothing_notifies_no_one(
         self, backend: PostgresBackend

@@ -38,7 +38,14 @@ from gateway.registry.interface import ChangeListener, Mutation, OrgNameTaken
 from gateway.registry.models import DataSource, DataSourceSpec, Org, Principal, Role, TokenInfo
 from gateway.registry.postgres import schema, writes
 from gateway.registry.postgres.batch import PostgresBatch
-from gateway.registry.postgres.rows import SOURCE_COLUMNS, list_sources_sql, now, org_of, source_of
+from gateway.registry.postgres.rows import (
+    SOURCE_COLUMNS,
+    RowReader,
+    list_sources_sql,
+    now,
+    org_of,
+    source_of,
+)
 from gateway.registry.secrets import SecretBox
 
 # A connection from the pool (generic only to the type checker).
@@ -105,6 +112,7 @@ class PostgresRegistry:
         self._pool = pool
         self._timeout = query_timeout
         self._box = box
+        self._reader = RowReader(box)
         self._channel = channel
         self._listeners: list[ChangeListener] = []
         self.instance = secrets.token_hex(8)  # the NOTIFY payload of this registry's writes
@@ -292,7 +300,10 @@ class PostgresRegistry:
     @_reachable
     async def list_sources(self, org_id: int | None = None) -> list[DataSource]:
         sql, params = list_sources_sql(org_id)
-        return [source_of(row, self._box) for row in await self._fetch(sql, *params)]
+        rows = await self._fetch(sql, *params)
+        if org_id is not None:
+            return [source_of(row, self._box) for row in rows]
+        return self._reader.sources(rows)  # every source: what a cache reload asks for
 
     @_reachable
     async def get_source(
@@ -411,6 +422,7 @@ class PostgresRegistry:
                 "UPDATE meta SET value = $1 WHERE key = $2", new_box.key_check(), schema.KEY_CHECK
             )
         self._box = new_box
+        self._reader = RowReader(new_box)
         return len(rows)
 
     # --- internals ---------------------------------------------------------------------------
