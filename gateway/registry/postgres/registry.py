@@ -116,7 +116,7 @@ class PostgresRegistry:
         self._channel = channel
         self._listeners: list[ChangeListener] = []
         self.instance = secrets.token_hex(8)  # the NOTIFY payload of this registry's writes
-        self._lost_since: float | None = None  # monotonic time the change watch lost the server
+        self._lost_since: float | None = None  # monotonic time the server was found unreachable
 
     # --- the backend itself ------------------------------------------------------------------
 
