@@ -40,6 +40,10 @@ class Settings:
     data_dir: Path = Path("./data")
     # None: the SQLite file in data_dir. May hold a password, so it stays out of repr.
     database_url: str | None = dataclasses.field(default=None, repr=False)
+    # PostgreSQL only: a query slower than this counts as the database being unreachable, and
+    # /ready says 503 once it has been unreachable for the grace period.
+    database_query_timeout: float = 5.0
+    database_outage_grace_period: float = 30.0
     workers: int = 1
     drain_delay: float = 0.0
     drain_timeout: float = 30.0
@@ -266,6 +270,21 @@ FIELDS: tuple[Field, ...] = (
         "GATEWAY_DATABASE_URL",
         _database_url,
         "the registry: unset or sqlite:///path for a SQLite file, postgresql://… to share one",
+    ),
+    Field(
+        "database_query_timeout",
+        "database.query_timeout",
+        "GATEWAY_DATABASE_QUERY_TIMEOUT",
+        _seconds(minimum=0.1),
+        "PostgreSQL: seconds a registry query (or connecting) may take before the database "
+        "counts as unreachable",
+    ),
+    Field(
+        "database_outage_grace_period",
+        "database.outage_grace_period",
+        "GATEWAY_DATABASE_OUTAGE_GRACE_PERIOD",
+        _seconds(minimum=0, allow_zero=True),
+        "PostgreSQL: seconds the database may be unreachable before /ready says 503",
     ),
     Field(
         "log_format",

@@ -16,7 +16,8 @@
     ├── PayloadTooLarge             413  request too large
     ├── HttpRefusal                 4xx/5xx              (refused by the HTTP layer itself)
     ├── Unavailable                 503  unavailable
-    │   └── WriteSpoolFull          503  unavailable    (with Retry-After; names the source)
+    │   ├── WriteSpoolFull          503  unavailable    (with Retry-After; names the source)
+    │   └── RegistryUnavailable     503  unavailable    (with Retry-After; database unreachable)
     ├── BadGateway                  502  unavailable
     └── GatewayTimeout              504  unavailable
 
@@ -225,6 +226,18 @@ class WriteSpoolFull(Unavailable):
         )
         super().__init__(message, influx_message=message)
         self.headers = ((b"Retry-After", str(retry_after).encode()),)
+
+
+class RegistryUnavailable(Unavailable):
+    """The registry's database (PostgreSQL) cannot be reached: API writes, and reads that need
+    it, are refused until it is back; proxied requests go on from the in-memory caches."""
+
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, reason: str) -> None:
+        message = f"registry database unavailable: {reason}"
+        super().__init__(message, influx_message=message)
+        self.headers = ((b"Retry-After", str(self.RETRY_AFTER_SECONDS).encode()),)
 
 
 class BadGateway(GatewayError):

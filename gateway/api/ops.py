@@ -31,6 +31,12 @@ async def ready(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if not lifecycle.ready:
         return web.json_response({"status": "starting"}, status=503)
+    # A short loss of the registry's database is ridden out (proxying goes on from memory);
+    # only a long one takes the gateway out of its balancer.
+    lost_for = request.app[STORE].unavailable_for()
+    if lost_for is not None and lost_for >= request.app[SETTINGS].database_outage_grace_period:
+        message = f"the registry database has been unreachable for {lost_for:.0f} s"
+        return web.json_response({"status": "database unavailable", "message": message}, status=503)
     return web.json_response({"status": "ready", "started": lifecycle.started.isoformat()})
 
 

@@ -59,7 +59,11 @@ class Provisioner:
         files, problems = await asyncio.to_thread(read_folder, self.folder, environ)
         if problems:
             raise ProvisioningFailed(problems)
-        counts = await apply_files(self._store, files) if files else Counts()
+        counts = Counts()
+        if files:
+            # One gateway at a time on a shared database: the next finds nothing left to do.
+            async with self._store.provisioning_lock():
+                counts = await apply_files(self._store, files)
         log.info(
             "provisioning_applied",
             trigger=trigger,

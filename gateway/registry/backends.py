@@ -17,6 +17,8 @@ from gateway.registry.interface import RegistryBackend
 from gateway.registry.postgres import PostgresBackend
 from gateway.registry.sqlite import SqliteBackend
 
+KEEPALIVE_SECONDS = 5.0
+
 
 def backend_for(settings: Settings) -> RegistryBackend:
     url = settings.database_url
@@ -26,7 +28,12 @@ def backend_for(settings: Settings) -> RegistryBackend:
     if scheme == "sqlite":
         return SqliteBackend(sqlite_path(url, settings))
     if scheme in ("postgresql", "postgres"):
-        return PostgresBackend(url)
+        timeout = settings.database_query_timeout
+        # The change watch checks its connection at least as often as a query may take, so a
+        # frozen server is noticed within about twice the query timeout.
+        return PostgresBackend(
+            url, query_timeout=timeout, keepalive_seconds=min(KEEPALIVE_SECONDS, timeout)
+        )
     # Settings validate the URL when they are loaded; this is for Settings built in code.
     raise StartupError(
         f"database.url: expected sqlite:///path or postgresql://user@host:port/db, not {scheme!r}"

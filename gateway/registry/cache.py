@@ -4,6 +4,10 @@ The registry tells the cache when anything was committed (here or by another pro
 only marks itself stale then, and the next reader reloads the whole table once. Readers after
 a write therefore always see it — no window in which a just-created source is unknown — and a
 read with no write in between costs a dictionary lookup.
+
+While the registry's database is unreachable (PostgreSQL restarting, a network partition) the
+last snapshot goes on being served rather than failing proxied requests: the registry refreshes
+everything once the database is back.
 """
 
 from __future__ import annotations
@@ -12,8 +16,13 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import structlog
+
+from gateway.errors import RegistryUnavailable
 from gateway.registry.interface import Registry
 from gateway.registry.models import DataSource
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,8 @@ class SourceCache:
         self._registry = registry
         self._snapshot = Snapshot()
         self._stale = True
+        self._loaded = False
+        self._failures = 0  # reloads that found the database unreachable
         self._lock = asyncio.Lock()
         self._subscribers: list[Callable[[], None]] = []
         registry.subscribe(self._invalidate)
@@ -65,17 +76,36 @@ class SourceCache:
             callback()
 
     async def snapshot(self) -> Snapshot:
+        if self._stale and self._keeps_last():
+            return self._snapshot  # no SQL while the database is known to be lost
         # A reader that arrives while another reloads waits for that reload: `_stale` is
         # already cleared then, and the snapshot in hand is the one from before the change.
         if self._stale or self._lock.locked():
+            failures = self._failures
             async with self._lock:
-                if self._stale:
+                # A reload that failed while this reader waited means the database is not
+                # answering: the reader takes the last snapshot instead of trying again.
+                if self._stale and not (self._failures != failures and self._loaded):
+                    if self._keeps_last():
+                        return self._snapshot
                     # Cleared before reading: a commit landing during the SELECT marks us stale
                     # again, so it is picked up by the next reader instead of being lost.
                     self._stale = False
                     try:
                         self._snapshot = Snapshot.of(await self._registry.list_sources())
+                    except RegistryUnavailable as exc:
+                        self._stale = True
+                        self._failures += 1
+                        if not self._loaded:
+                            raise
+                        log.warning("source_cache_kept", reason=exc.message)
                     except BaseException:
                         self._stale = True
                         raise
+                    else:
+                        self._loaded = True
         return self._snapshot
+
+    def _keeps_last(self) -> bool:
+        """Whether to serve the last snapshot as it is: the database is known to be lost."""
+        return self._loaded and self._registry.unavailable_for() is not None

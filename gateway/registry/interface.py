@@ -15,7 +15,8 @@ What every backend guarantees:
   through this registry and — while it is open — soon after a commit by another process (the CLI,
   another worker). They must be cheap and must not raise: callers mark caches stale in them.
 - Failures are the domain's errors: `OrgNotFound`, `DataSourceNotFound`, `NameConflict`,
-  `UidConflict`, `VersionConflict`, `ReadOnlySourceDelete` (gateway.errors), `OrgNameTaken`.
+  `UidConflict`, `VersionConflict`, `ReadOnlySourceDelete` (gateway.errors), `OrgNameTaken`,
+  and `RegistryUnavailable` (503) when a database server cannot be reached.
 """
 
 from __future__ import annotations
@@ -95,6 +96,17 @@ class Registry(Protocol):
 
     def subscribe(self, listener: ChangeListener) -> None:
         """Call `listener` whenever anything may have changed, here or in another process."""
+        ...
+
+    def unavailable_for(self) -> float | None:
+        """Seconds since the database server was found unreachable, while it still is; None
+        while it answers (always None for a file: it cannot go away). /ready's grace period
+        counts on it."""
+        ...
+
+    def provisioning_lock(self) -> AbstractAsyncContextManager[None]:
+        """Held around a provisioning apply, so that gateways sharing the database apply their
+        files one at a time. A no-op where writers are serialised anyway (SQLite)."""
         ...
 
     # --- orgs ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from gateway.errors import StartupError
 from gateway.registry.cache import SourceCache
 from gateway.registry.interface import StoreUnusable
 from gateway.registry.models import Role
-from gateway.registry.postgres import PostgresBackend
+from gateway.registry.postgres import PostgresBackend, PostgresRegistry
 from gateway.registry.postgres.backend import WATCH_APPLICATION_NAME
 from gateway.registry.postgres.migrations import MIGRATIONS
 from gateway.registry.secrets import SecretBox, SecretKeyMismatch
@@ -229,6 +229,63 @@ class TestChangeFanOut:
             while await principals.resolve("dsg_t") is not None:
                 assert time.monotonic() - start < FAN_OUT_SECONDS, "still accepted after 1 s"
                 await asyncio.sleep(0.005)
+
+
+class TestListingEverySource:
+    async def test_a_reload_rebuilds_only_the_rows_that_changed(
+        self, backend: PostgresBackend
+    ) -> None:
+        async with backend.open(SecretBox("k")) as registry:
+            first = await registry.create_source(1, spec(name="one", secure_json_data={"a": "1"}))
+            await registry.create_source(1, spec(name="two"))
+            before = {source.name: source for source in await registry.list_sources()}
+            assert before["one"].is_default
+            assert before["one"].secure_json_data == {"a": "1"}
+            # A new default clears the flag on "one" without bumping its version: still seen.
+            await registry.create_source(1, spec(name="three", is_default=True))
+            after = {source.name: source for source in await registry.list_sources()}
+            assert after["two"] is before["two"]  # unchanged row: the same record, not rebuilt
+            assert after["one"] is not before["one"]
+            assert not after["one"].is_default
+            assert after["one"].version == first.version
+            assert after["three"].is_default
+
+
+class TestProvisioningInACluster:
+    async def test_a_batch_that_changes_nothing_notifies_no_one(
+        self, backend: PostgresBackend
+    ) -> None:
+        """N gateways applying the same files: only the first one's apply makes the others
+        drop their caches."""
+        async with backend.open(SecretBox("k")) as writer, backend.open(SecretBox("k")) as reader:
+            heard: list[None] = []
+            reader.subscribe(lambda: heard.append(None))
+            async with writer.batch() as batch:
+                await batch.sources()
+            await asyncio.sleep(0.3)
+            assert heard == []
+            async with writer.batch() as batch:
+                await batch.create_source(1, spec())
+            await wait_until(lambda: bool(heard), FAN_OUT_SECONDS)
+
+    async def test_one_gateway_provisions_at_a_time(self, backend: PostgresBackend) -> None:
+        async with backend.open(SecretBox("k")) as first, backend.open(SecretBox("k")) as second:
+            order: list[str] = []
+
+            async def provision(registry: PostgresRegistry, name: str) -> None:
+                async with registry.provisioning_lock():
+                    order.append(f"{name} in")
+                    await asyncio.sleep(0.3)
+                    order.append(f"{name} out")
+
+            async with first.provisioning_lock():
+                waiting = asyncio.create_task(provision(second, "second"))
+                await asyncio.sleep(0.3)
+                assert order == [], "the second gateway applied while the first held the lock"
+            await waiting
+            assert order == ["second in", "second out"]
+            await asyncio.gather(provision(first, "a"), provision(second, "b"))
+            assert [entry.split()[1] for entry in order[2:]] == ["in", "out", "in", "out"]
 
 
 async def watch_pids(raw: asyncpg.Connection[asyncpg.Record]) -> list[int]:

@@ -27,7 +27,9 @@ WATCH_APPLICATION_NAME = "datasource-gateway-watch"  # the LISTEN connection, in
 class PostgresBackend:
     url: str  # postgresql://user[:password]@host[:port]/database[?options], as libpq takes it
     pool_size: int = 4
-    connect_timeout: float = 10.0
+    # Connecting, and each statement, may take this long; longer counts as the database being
+    # unreachable (a frozen server answers nothing, and no error would ever come).
+    query_timeout: float = 5.0
     # How often the change watch makes sure its connection is alive, and its first retry delay.
     keepalive_seconds: float = 5.0
     retry_seconds: float = 0.5
@@ -58,7 +60,8 @@ class PostgresBackend:
                 self.url,
                 min_size=1,
                 max_size=self.pool_size,
-                timeout=self.connect_timeout,
+                timeout=self.query_timeout,
+                command_timeout=self.query_timeout,
                 server_settings={"application_name": APPLICATION_NAME},
             )
         except CONNECT_ERRORS as exc:
@@ -75,14 +78,16 @@ class PostgresBackend:
                 raise StoreUnusable(
                     f"the PostgreSQL registry at {self.location} is not usable: {exc}"
                 ) from exc
-            registry = PostgresRegistry(pool, box, self.channel)
+            registry = PostgresRegistry(pool, box, self.channel, query_timeout=self.query_timeout)
             watch = ChangeWatch(
                 self._connect_watch,
                 self.channel,
                 on_notify=registry.heard,
-                on_reconnect=registry.notify_listeners,
+                on_lost=registry.connection_lost,
+                on_reconnect=registry.connection_restored,
                 keepalive_seconds=self.keepalive_seconds,
                 retry_seconds=self.retry_seconds,
+                query_timeout=self.query_timeout,
             )
             # LISTEN before anyone holds the registry: a commit by another gateway from here on
             # is heard, however soon it comes.
@@ -106,6 +111,6 @@ class PostgresBackend:
     async def _connect_watch(self) -> asyncpg.Connection[Record]:
         return await asyncpg.connect(
             self.url,
-            timeout=self.connect_timeout,
+            timeout=self.query_timeout,
             server_settings={"application_name": WATCH_APPLICATION_NAME},
         )

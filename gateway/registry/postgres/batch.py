@@ -17,6 +17,7 @@ class PostgresBatch:
     def __init__(self, db: PoolConnectionProxy[Record], box: SecretBox) -> None:
         self._db = db
         self._box = box
+        self.changed = False  # whether anything was written: only then are gateways told
 
     async def sources(self, org_id: int | None = None) -> list[DataSource]:
         sql, params = list_sources_sql(org_id)
@@ -28,6 +29,7 @@ class PostgresBatch:
     async def create_source(
         self, org_id: int, spec: DataSourceSpec, *, provisioned_by: str | None = None
     ) -> DataSource:
+        self.changed = True
         return await writes.create_source(
             self._db, self._box, org_id, spec, provisioned_by=provisioned_by
         )
@@ -40,6 +42,7 @@ class PostgresBatch:
         *,
         provisioned_by: str | None = None,
     ) -> DataSource:
+        self.changed = True
         return await writes.update_source(
             self._db,
             self._box,
@@ -51,6 +54,7 @@ class PostgresBatch:
         )
 
     async def delete_source(self, org_id: int, source_id: int) -> DataSource:
+        self.changed = True
         return await writes.delete_source(
             self._db, self._box, org_id, source_id, allow_read_only=True, check=None
         )

@@ -3,9 +3,11 @@
 Every write NOTIFYs the channel in its transaction (registry.py), so each gateway hears every
 other's commits as they happen. A lost connection (the server restarted, an operator terminated
 the backend, the network broke) is noticed through asyncpg's termination callback or, for a
-silent loss, a keep-alive query; the watch then reconnects with a growing delay, LISTENs again,
-and only then signals "changed": whatever was committed while nobody listened is picked up by
-the full refresh that signal causes (SourceCache reloads).
+silent loss (a frozen server, a dead network path), a keep-alive query that does not answer in
+time; the watch then reports the loss (the registry counts the database as unreachable from
+then on: /ready's grace period), reconnects with a growing delay, LISTENs again, and only then
+signals "changed": whatever was committed while nobody listened is picked up by the full
+refresh that signal causes (SourceCache reloads).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
-MAX_RETRY_SECONDS = 30.0
+# Short: how soon a restarted server is noticed (/ready back to 200, caches refreshed); a refused
+# connection costs the server next to nothing.
+MAX_RETRY_SECONDS = 5.0
 
 
 class ChangeWatch:
@@ -38,15 +42,19 @@ class ChangeWatch:
         channel: str,
         *,
         on_notify: Callable[[str], None],
+        on_lost: Callable[[], None],
         on_reconnect: Callable[[], None],
         keepalive_seconds: float,
         retry_seconds: float,
+        query_timeout: float,
     ) -> None:
         self._connect = connect
         self._channel = channel
         self._on_notify = on_notify
+        self._on_lost = on_lost
         self._on_reconnect = on_reconnect
         self._keepalive = keepalive_seconds
+        self._query_timeout = query_timeout
         self._retry = retry_seconds
         self._conn: asyncpg.Connection[Record] | None = None
         self._lost = asyncio.Event()
@@ -60,6 +68,7 @@ class ChangeWatch:
         while True:
             await self._wait_for_loss()
             log.warning("registry_change_watch_lost", channel=self._channel)
+            self._on_lost()
             await self._close()
             self._conn = await self._reconnect()
             log.info("registry_change_watch_restored", channel=self._channel)
@@ -92,7 +101,7 @@ class ChangeWatch:
             if conn is None or conn.is_closed():
                 return
             try:
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), self._keepalive)
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), self._query_timeout)
             except CONNECTION_ERRORS as exc:
                 log.warning("registry_change_watch_keepalive_failed", error=str(exc))
                 return
@@ -114,7 +123,7 @@ class ChangeWatch:
         if conn is None or conn.is_closed():
             return
         try:
-            await asyncio.wait_for(conn.close(), self._keepalive)
+            await asyncio.wait_for(conn.close(), self._query_timeout)
         except CONNECTION_ERRORS:
             conn.terminate()  # a broken connection is dropped, not closed politely
         except asyncio.CancelledError:

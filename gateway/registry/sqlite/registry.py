@@ -12,9 +12,10 @@ processes such as `gateway token revoke`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiosqlite
@@ -63,6 +64,13 @@ class SqliteRegistry:
 
     def subscribe(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
+
+    def unavailable_for(self) -> float | None:
+        return None  # a file does not go away while open
+
+    def provisioning_lock(self) -> AbstractAsyncContextManager[None]:
+        # BEGIN IMMEDIATE already serialises every writer of the file, the batch included.
+        return contextlib.nullcontext()
 
     def _notify(self) -> None:
         for listener in self._listeners:
