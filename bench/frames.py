@@ -6,9 +6,15 @@ builds such an answer as Prometheus writes it, then times `convert_prometheus_re
 `results_json` (the whole `/api/ds/query` body) and traces the peak of Python allocations
 during that work (tracemalloc: the upstream body, built before, is not counted in the peak;
 it is printed beside it). The full-parse path (what the converter falls back to for shapes
-the fast path does not know) is measured the same way, for comparison.
+the fast path does not know) is measured the same way, for comparison. Times are wall clock and
+CPU (process time, which a loaded machine disturbs less).
 
-    .venv/bin/python bench/frames.py [--points 10000] [--series 100] [--rounds 3]
+With `--prometheus`, the upstream's side is measured too: the same series are backfilled into a
+fresh TSDB with `promtool tsdb create-blocks-from openmetrics`, Debian's Prometheus is started on
+it, and the time it takes to answer the query_range (the whole body received, over loopback) is
+timed over the same rounds; the answer it gives is then the one converted.
+
+    .venv/bin/python bench/frames.py [--points 10000] [--series 100] [--rounds 3] [--prometheus]
 
 A benchmark, not a test: it prints figures and fails on nothing.
 """
@@ -18,9 +24,17 @@ from __future__ import annotations
 import argparse
 import gc
 import random
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import orjson
 
@@ -83,12 +97,14 @@ def full_parse(body: bytes) -> int:
 def measure(name: str, convert: Callable[[bytes], int], body: bytes, rounds: int) -> None:
     """`convert` answers the size of the answer it made (and keeps nothing)."""
     timings = []
+    cpu_timings = []
     output_size = 0
     for _ in range(rounds):
         gc.collect()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         output_size = convert(body)
         timings.append(time.perf_counter() - started)
+        cpu_timings.append(time.process_time() - cpu_started)
     gc.collect()
     tracemalloc.start()
     convert(body)
@@ -96,11 +112,96 @@ def measure(name: str, convert: Callable[[bytes], int], body: bytes, rounds: int
     tracemalloc.stop()
     mib = 1024 * 1024
     print(
-        f"{name:<11} best {min(timings) * 1000:7.0f} ms  median "
-        f"{sorted(timings)[len(timings) // 2] * 1000:7.0f} ms  peak {peak / mib:7.1f} MiB "
+        f"{name:<11} best {min(timings) * 1000:6.0f} ms  median "
+        f"{sorted(timings)[len(timings) // 2] * 1000:6.0f} ms  cpu best "
+        f"{min(cpu_timings) * 1000:6.0f} ms  peak {peak / mib:6.1f} MiB "
         f"({peak / len(body):4.1f}x the upstream body, {peak / output_size:4.1f}x the answer)  "
         f"answer {output_size / mib:.1f} MiB"
     )
+
+
+def openmetrics_text(points: int, series: int, end_s: int) -> Iterator[str]:
+    """The same series as `matrix_body`, as OpenMetrics for promtool's backfill."""
+    rng = random.Random(19)
+    start_s = end_s - (points - 1) * 15
+    yield "# TYPE node_cpu_seconds_total gauge\n"
+    for index in range(series):
+        for step in range(points):
+            value = repr(round(rng.uniform(0, 1000), rng.randint(0, 6)))
+            stamp = start_s + step * 15
+            yield f'node_cpu_seconds_total{{cpu="{index}",mode="idle"}} {value} {stamp}\n'
+    yield "# EOF\n"
+
+
+@contextmanager
+def backfilled_prometheus(points: int, series: int, end_s: int) -> Iterator[str]:
+    """Debian's Prometheus serving the series from a TSDB backfilled by promtool; its URL."""
+    with tempfile.TemporaryDirectory(prefix="bench-frames-") as directory:
+        root = Path(directory)
+        source = root / "series.om"
+        with source.open("w") as out:
+            out.writelines(openmetrics_text(points, series, end_s))
+        data = root / "data"
+        subprocess.run(
+            ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(data)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        source.unlink()
+        (root / "prometheus.yml").write_text("scrape_configs: []\n")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={root / 'prometheus.yml'}",
+                f"--storage.tsdb.path={data}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as ready:
+                        if ready.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def prometheus_answer(url: str, points: int, end_s: int, rounds: int) -> bytes:
+    """Time Prometheus answering the query_range; its body."""
+    form = urllib.parse.urlencode(
+        {
+            "query": "node_cpu_seconds_total",
+            "start": end_s - (points - 1) * 15,
+            "end": end_s,
+            "step": 15,
+        }
+    ).encode()
+    timings = []
+    body = b""
+    for _ in range(rounds + 1):  # the first one warms Prometheus's caches: not counted
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"{url}/api/v1/query_range", data=form, timeout=60) as answer:
+            body = answer.read()
+        timings.append(time.perf_counter() - started)
+    timings = timings[1:]
+    print(
+        f"{'prometheus':<11} best {min(timings) * 1000:6.0f} ms  median "
+        f"{sorted(timings)[len(timings) // 2] * 1000:6.0f} ms  (query_range answered, "
+        f"{len(body) / 2**20:.1f} MiB)"
+    )
+    return body
 
 
 def main() -> None:
@@ -108,8 +209,17 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=10_000)
     parser.add_argument("--series", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prometheus", action="store_true", help="time Prometheus too")
     options = parser.parse_args()
-    body = matrix_body(options.points, options.series)
+    if options.prometheus:
+        if shutil.which("prometheus") is None or shutil.which("promtool") is None:
+            raise SystemExit("--prometheus needs Debian's prometheus and promtool")
+        end_s = (int(time.time()) - 3 * 3600) // 15 * 15  # inside retention, out of the head
+        with backfilled_prometheus(options.points, options.series, end_s) as url:
+            body = prometheus_answer(url, options.points, end_s, options.rounds)
+            gc.collect()
+    else:
+        body = matrix_body(options.points, options.series)
     print(
         f"matrix: {options.series} series x {options.points} points = "
         f"{options.series * options.points:,} points, upstream body {len(body) / 2**20:.1f} MiB"

@@ -398,7 +398,27 @@ def test_the_matrix_fast_path_reads_pairs_only() -> None:
 
     assert fast_columns('[[1.5,"2"],[3,"4e3"]]') == ([1500, 3000], [2, 4000])
     assert fast_columns("[]") == ([], [])
-    for odd in ("[[1],[2,3,4]]", '[[1,"2",3]]', '[[1,"x"]]', '[ [1, "2"] ]'):
-        assert _read_matrix_fast(matrix(odd), dataplane=True) is None
+    # whole seconds are made milliseconds in the text; zero, negative or fractional seconds
+    # go through timeFromFloat's arithmetic
+    assert fast_columns('[[0,"1"],[15,"2.5"]]') == ([0, 15000], [1, 2.5])
+    assert fast_columns('[[-15,"1"],[10,"-2"]]') == ([-15000, 10000], [1, -2])
+    assert fast_columns('[[1700000000,"1"],[1700000015,"0.5"]]') == (
+        [1700000000000, 1700000015000],
+        [1, 0.5],
+    )
+    odd_values = (
+        "[[1],[2,3,4]]",
+        '[[1,"2",3]]',
+        '[[1,"x"]]',
+        '[ [1, "2"] ]',
+        '[[1,"2"],[2,"3","4"]]',
+        '[[1,"2"],[true,"3"]]',
+        '[[1,"null"]]',
+        '[[{},"1"]]',
+        '[["1",2]]',
+        '[[1,"2,3"]]',
+    )
+    for odd in odd_values:
+        assert _read_matrix_fast(matrix(odd), dataplane=True) is None, odd
     (spaced,) = read_prom_style(matrix('[ [1, "2"] ]'), dataplane=True).frames
     assert list(spaced.fields[1].values) == [2]
