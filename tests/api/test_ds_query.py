@@ -723,11 +723,88 @@ async def test_influxql_relative_time_table_format_and_errors(
     assert got["broken"]["errorSource"] == "downstream"
     assert got["broken"]["error"].startswith("InfluxDB returned error: error parsing query")
     assert got["builder"] == {
-        "error": "queries[2].rawQuery: only raw InfluxQL queries are supported; "
-        "set rawQuery and query",
+        "error": "queries[2].measurement: required",
         "errorSource": "plugin",
         "status": 400,
     }
+
+
+async def test_influxql_from_grafanas_visual_editor(
+    client: AppClient, admin_headers: Headers, influxdb: InfluxDB1
+) -> None:
+    """A query as Grafana's InfluxQL editor saves it: field, aggregation, math, alias, tags
+    with OR and a regex, GROUP BY time(auto)/tag/fill, a retention policy, ORDER BY time;
+    rendered as Grafana renders it and answered by the real InfluxDB 1.x."""
+    database = await influxdb.create_database(retention_policies={"forever": "INF"})
+    await add_source(
+        client,
+        uid="influx-editor",
+        type="influxdb",
+        url=influxdb.url,
+        database=database,
+        user=influxdb.admin_user,
+        secure_json_data={"password": influxdb.admin_password},
+    )
+    lines = (
+        f"cpu,host=a,dc=eu value=1 {T0 + 10_000}\n"
+        f"cpu,host=a,dc=eu value=3 {T0 + 20_000}\n"
+        f"cpu,host=b,dc=us value=5 {T0 + 70_000}\n"
+        f"cpu,host=c,dc=ap value=100 {T0 + 80_000}\n"
+    )
+    auth = aiohttp.encode_basic_auth(influxdb.admin_user, influxdb.admin_password)
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": auth}) as session,
+        session.post(
+            f"{influxdb.url}/write",
+            params={"db": database, "rp": "forever", "precision": "ms"},
+            data=lines,
+        ) as response,
+    ):
+        assert response.status == 204, await response.text()
+    query = {
+        "refId": "editor",
+        "datasource": {"uid": "influx-editor"},
+        "intervalMs": 60000,
+        "rawQuery": False,
+        "query": "",
+        "policy": "forever",
+        "measurement": "cpu",
+        "resultFormat": "time_series",
+        "orderByTime": "ASC",
+        "select": [
+            [
+                {"type": "field", "params": ["value"]},
+                {"type": "mean", "params": []},
+                {"type": "math", "params": ["* 10"]},
+                {"type": "alias", "params": ["ten"]},
+            ]
+        ],
+        "tags": [
+            {"key": "host", "operator": "=", "value": "a"},
+            {"key": "host", "operator": "=~", "value": "/^b$/", "condition": "OR"},
+        ],
+        "groupBy": [
+            {"type": "time", "params": ["auto"]},
+            {"type": "tag", "params": ["host"]},
+            {"type": "fill", "params": ["0"]},
+        ],
+    }
+    body = {"from": str(T0), "to": str(T0 + 2 * MINUTE - 1), "queries": [query]}
+    status, answer = await ds_query(client, admin_headers, body)
+    assert status == 200, answer
+    executed = (
+        'SELECT mean("value") * 10 AS "ten" FROM "forever"."cpu" WHERE ("host" = \'a\' OR '
+        f'"host" =~ /^b$/) AND time >= {T0}ms and time <= {T0 + 2 * MINUTE - 1}ms '
+        'GROUP BY time(1m), "host" fill(0) ORDER BY time ASC'
+    )
+    frames = results(answer)["editor"]["frames"]
+    assert frames[0]["schema"]["meta"]["executedQueryString"] == executed
+    assert [f["schema"]["name"] for f in frames] == ["cpu.ten { host: a }", "cpu.ten { host: b }"]
+    assert [f["data"]["values"] for f in frames] == [
+        [[T0, T0 + MINUTE], [20, 0]],
+        [[T0, T0 + MINUTE], [0, 50]],
+    ]
+    assert frames[1]["schema"]["fields"][1]["labels"] == {"host": "b"}
 
 
 # --- mixed ---------------------------------------------------------------------------------------
