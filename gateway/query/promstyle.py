@@ -9,7 +9,12 @@ both Grafana's Prometheus and Loki backends use, with its options as Grafana run
   `timeseries-multi` (Loki);
 - scalar: one frame `Time`/`Value` with `labels: {}`, `type: numeric-multi`;
 - string: one frame `Time`/`Value` (a string field), `type: timeseries-multi`;
+- native histograms (`histogram` / `histograms` in a series): a `heatmap-cells` frame of
+  buckets (`xMax`, `yMin`, `yMax`, `count`, `yLayout`);
+- exemplars (`data` a list of `{seriesLabels, exemplars}`): one frame per series, meta
+  `custom: {resultType: exemplar}`, an exemplar label per string field;
 - streams (Loki): one frame `__labels` (json), `Time`, `Line`, `TS` (nanoseconds as text);
+  with Loki's `categorize-labels` encoding also `__labelTypes` (readCategorizedStream);
 - `typeVersion` [0, 1] under the dataplane option, else [0, 0];
 - `status: error` becomes the error "<errorType>: <error>"; `warnings` and `infos` become
   notices on every frame (a frame named "Warnings" when there is none);
@@ -31,6 +36,10 @@ from typing import Any
 import orjson
 
 from gateway.query.frames import Column, EncodedColumn, Field, FieldType, Frame, frame_meta
+
+# Loki's response encoding flag (header X-Loki-Response-Encoding-Flags, echoed in
+# `data.encodingFlags`): structured metadata and parsed labels apart from the stream's labels.
+CATEGORIZE_LABELS = "categorize-labels"
 
 
 class PromStyleError(ValueError):
@@ -99,7 +108,11 @@ def _read_data(data: Mapping[str, Any], *, dataplane: bool) -> PromStyleAnswer:
     if result_type in ("matrix", "vector"):
         answer.frames = [_series_frame(series, result_type, dataplane) for series in result or ()]
     elif result_type == "streams":
-        answer.frames = [_streams_frame(result or [])]
+        flags = data.get("encodingFlags") or ()
+        if isinstance(flags, list) and CATEGORIZE_LABELS in flags:
+            answer.frames = [_categorized_streams_frame(result or [])]
+        else:
+            answer.frames = [_streams_frame(result or [])]
     elif result_type == "scalar":
         answer.frames = [_scalar_frame(result, dataplane)]
     elif result_type == "string":
@@ -146,12 +159,69 @@ def _time_value_frame(
 
 def _series_frame(series: Mapping[str, Any], result_type: str, dataplane: bool) -> Frame:
     if "histogram" in series or "histograms" in series:
-        raise PromStyleError("native histograms are not supported by the gateway yet")
+        return _histogram_frame(series)
     labels = series.get("metric") or {}
     points = series.get("values") or ([series["value"]] if "value" in series else [])
     times = array("q", (time_ms(point[0]) for point in points))
     values = array("d", (float(point[1]) for point in points))
     return _time_value_frame(labels, times, values, _series_meta(result_type, dataplane))
+
+
+def _histogram_frame(series: Mapping[str, Any]) -> Frame:
+    """Native histogram samples as prom.go's `readHistogram` frames them: one row per bucket
+    of each sample, fields `xMax` (the sample's time), `yMin` and `yMax` (the bucket's bounds;
+    `yMin` carries the series' labels), `count`, and `yLayout` (Prometheus' boundary rule,
+    int8: 0 open left, 1 open right, 2 open both, 3 closed both), meta `heatmap-cells`. The
+    sample's own count and sum are not shown, as in Grafana. A series with float samples too
+    shows only its histograms, as in Grafana."""
+    samples: list[Any] = []
+    if "histogram" in series:
+        samples.append(series["histogram"])
+    samples.extend(series.get("histograms") or ())
+    times: list[int] = []
+    lower: list[float] = []
+    upper: list[float] = []
+    counts: list[float] = []
+    layouts: list[int] = []
+    for sample in samples:
+        if not isinstance(sample, list | tuple) or len(sample) != 2:
+            raise PromStyleError("a histogram sample must be [time, histogram]")
+        stamp, histogram = sample
+        if not isinstance(histogram, Mapping):
+            raise PromStyleError("a histogram must be an object")
+        moment = time_ms(stamp)
+        for bucket in histogram.get("buckets") or ():
+            if not isinstance(bucket, list | tuple) or len(bucket) != 4:
+                raise PromStyleError("expected close array")
+            rule, low, high, count = bucket
+            if isinstance(rule, bool) or not isinstance(rule, int) or not -128 <= rule <= 127:
+                raise PromStyleError(f"a histogram bucket's boundary rule must be an int8: {rule}")
+            times.append(moment)
+            layouts.append(rule)
+            lower.append(_float_text(low))
+            upper.append(_float_text(high))
+            counts.append(_float_text(count))
+    labels = series.get("metric") or {}
+    return Frame(
+        fields=[
+            Field("xMax", FieldType.TIME, times),
+            Field("yMin", FieldType.FLOAT64, lower, labels=dict(labels)),
+            Field("yMax", FieldType.FLOAT64, upper),
+            Field("count", FieldType.FLOAT64, counts),
+            Field("yLayout", FieldType.INT8, layouts),
+        ],
+        meta=frame_meta(type="heatmap-cells"),
+    )
+
+
+def _float_text(value: Any) -> float:
+    """strconv.ParseFloat of a JSON string (Prometheus writes numbers as text)."""
+    if not isinstance(value, str):
+        raise PromStyleError(f"expected a number as a string, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise PromStyleError(f"strconv.ParseFloat: parsing {value!r}: invalid syntax") from None
 
 
 def _scalar_frame(pair: Any, dataplane: bool) -> Frame:
@@ -191,12 +261,106 @@ def _streams_frame(streams: list[Any]) -> Frame:
     )
 
 
+def _categorized_streams_frame(streams: list[Any]) -> Frame:
+    """prom.go readCategorizedStream, for Loki's `categorize-labels` encoding: each entry is
+    `[ts, line, {"structuredMetadata": {...}, "parsed": {...}}]` and the stream holds the indexed
+    labels only. `__labels` merges them (indexed, then structured metadata, then parsed labels,
+    a later kind winning a shared name) and `__labelTypes` says which is which: "I", "S", "P"."""
+    labels_column: list[Any] = []
+    types_column: list[Any] = []
+    times: list[int] = []
+    lines: list[str] = []
+    stamps: list[str] = []
+    for stream in streams:
+        indexed = _string_map(stream.get("stream") if isinstance(stream, Mapping) else None)
+        for entry in stream.get("values") or ():
+            if not isinstance(entry, list) or len(entry) != 3:
+                raise PromStyleError("a categorized log entry must be [ts, line, {labels}]")
+            stamp, line, categories = entry
+            if not isinstance(stamp, str) or not isinstance(line, str):
+                raise PromStyleError("a log entry's time and line must be strings")
+            if not isinstance(categories, Mapping):
+                raise PromStyleError("a log entry's labels must be an object")
+            merged = dict(indexed)
+            kinds = dict.fromkeys(indexed, "I")
+            for key, kind in (("structuredMetadata", "S"), ("parsed", "P")):
+                for name, value in _string_map(categories.get(key)).items():
+                    merged[name] = value
+                    kinds[name] = kind
+            labels_column.append({name: merged[name] for name in sorted(merged)})
+            types_column.append({name: kinds[name] for name in sorted(kinds)})
+            times.append(loki_time_ms(stamp))
+            lines.append(line)
+            stamps.append(stamp)
+    return Frame(
+        fields=[
+            Field("__labels", FieldType.JSON, labels_column),
+            Field("Time", FieldType.TIME, times),
+            Field("Line", FieldType.STRING, lines),
+            Field("TS", FieldType.STRING, stamps),
+            Field("__labelTypes", FieldType.JSON, types_column),
+        ],
+        meta=frame_meta(),
+    )
+
+
+def _string_map(value: object) -> dict[str, str]:
+    """A label set: an object of strings (None is an empty one)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(item, str) for pair in value.items() for item in pair
+    ):
+        raise PromStyleError("labels must be an object of strings")
+    return dict(value)
+
+
 def _read_array_data(data: list[Any]) -> list[Frame]:
-    """`data` as a list: label names or values (strings), shown as one `Value` column."""
-    strings = [item if isinstance(item, str) else str(item) for item in data]
-    if not strings:
-        return []
-    return [Frame(fields=[Field("Value", FieldType.STRING, strings)])]
+    """`data` as a list (prom.go readArrayData): strings (label names or values) as one
+    `Value` column after the other frames; objects with `exemplars` as one exemplar frame each
+    (`/api/v1/query_exemplars`)."""
+    frames: list[Frame] = []
+    strings: list[str] = []
+    for item in data:
+        if isinstance(item, Mapping):
+            if "exemplars" in item:
+                frames.append(_exemplar_frame(item))
+        else:
+            strings.append(item if isinstance(item, str) else str(item))
+    if strings:
+        frames.append(Frame(fields=[Field("Value", FieldType.STRING, strings)]))
+    return frames
+
+
+def _exemplar_frame(item: Mapping[str, Any]) -> Frame:
+    """readLabelsOrExemplars: `Time`, `Value` (the series' labels), then one string field per
+    exemplar label in the order first seen, "" where an exemplar lacks it; meta
+    `custom: {resultType: exemplar}`."""
+    series_labels = item.get("seriesLabels") or {}
+    if not isinstance(series_labels, Mapping):
+        raise PromStyleError("seriesLabels must be an object")
+    times: list[int] = []
+    values: list[float] = []
+    label_columns: dict[str, list[str]] = {}
+    for index, exemplar in enumerate(item.get("exemplars") or ()):
+        if not isinstance(exemplar, Mapping):
+            raise PromStyleError("an exemplar must be an object")
+        values.append(_float_text(exemplar.get("value")))
+        times.append(time_ms(exemplar.get("timestamp")))
+        labels = exemplar.get("labels") or {}
+        if not isinstance(labels, Mapping):
+            raise PromStyleError("an exemplar's labels must be an object")
+        for key, value in labels.items():
+            column = label_columns.setdefault(str(key), [""] * index)
+            column.append(str(value))
+        for column in label_columns.values():
+            column.extend([""] * (index + 1 - len(column)))
+    fields = [
+        Field("Time", FieldType.TIME, times),
+        Field("Value", FieldType.FLOAT64, values, labels=dict(series_labels)),
+    ]
+    fields += [Field(name, FieldType.STRING, column) for name, column in label_columns.items()]
+    return Frame(fields=fields, meta=frame_meta(custom={"resultType": "exemplar"}))
 
 
 def _attach_notices(answer: PromStyleAnswer, document: Mapping[str, Any]) -> None:
@@ -217,7 +381,12 @@ def _attach_notices(answer: PromStyleAnswer, document: Mapping[str, Any]) -> Non
 
 def time_ms(seconds: Any) -> int:
     """converter.timeFromFloat: time.UnixMilli(int64(fv * 1000.0))."""
-    return int(float(seconds) * 1000.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise PromStyleError(f"expected a time in seconds, got {seconds!r}")
+    try:
+        return int(float(seconds) * 1000.0)
+    except (OverflowError, ValueError):
+        raise PromStyleError(f"time out of range: {seconds!r}") from None
 
 
 def loki_time_ms(nanoseconds: str) -> int:

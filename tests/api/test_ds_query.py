@@ -419,10 +419,18 @@ async def test_prometheus_get_method_and_queries_run_concurrently(
 class FakeLoki:
     """Loki's query API: `/loki/api/v1/query_range` and `/loki/api/v1/query`. A log query
     (one starting with `{`) answers `streams`, a metric query `matrix` (range) or `vector`
-    (instant); a query containing `syntax error` answers Loki's 400 with a text body."""
+    (instant); a query containing `syntax error` answers Loki's 400 with a text body.
+
+    With `categorize` (Loki 3.x) a request carrying `X-Loki-Response-Encoding-Flags:
+    categorize-labels` gets that encoding back, as Loki's docs describe it: `encodingFlags` in
+    `data`, the stream's indexed labels only, and a third element per entry with the entry's
+    `structuredMetadata` and `parsed` labels (here: `trace_id` metadata on the error line, and
+    `level` parsed from it by a `| logfmt` stage). Without it (Loki 2.x) the header is ignored."""
 
     url: str = ""
+    categorize: bool = False
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    flags: list[str | None] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -432,9 +440,36 @@ class FakeLoki:
 
     async def _range(self, request: web.Request) -> web.Response:
         self.requests.append((request.path, dict(request.query)))
+        flags = request.headers.get("X-Loki-Response-Encoding-Flags")
+        self.flags.append(flags)
         expr = request.query["query"]
         if "syntax error" in expr:
             return web.Response(status=400, text="parse error at line 1, col 1: syntax error")
+        if expr.startswith("{") and self.categorize and flags == "categorize-labels":
+            body = {
+                "status": "success",
+                "data": {
+                    "resultType": "streams",
+                    "encodingFlags": ["categorize-labels"],
+                    "result": [
+                        {
+                            "stream": {"app": "api"},
+                            "values": [
+                                [
+                                    "1700000040000000001",
+                                    "level=error msg=boom",
+                                    {
+                                        "structuredMetadata": {"trace_id": "7f3a"},
+                                        "parsed": {"level": "error", "msg": "boom"},
+                                    },
+                                ],
+                                ["1700000010000000000", "first", {}],
+                            ],
+                        }
+                    ],
+                },
+            }
+            return web.json_response(body)
         if expr.startswith("{"):
             return _loki_answer(
                 "streams",
@@ -533,6 +568,37 @@ async def test_loki_log_query_answers_a_log_frame(
     # Grafana's ids: "<tsNs>_<fnv32 of the line and labels>_<refId>".
     assert [value.split("_")[0] for value in values[4]] == stamps
     assert all(value.endswith("_logs") and len(value.split("_")) == 3 for value in values[4])
+
+
+async def test_loki_structured_metadata_and_parsed_labels(
+    client: AppClient, admin_headers: Headers, loki: FakeLoki
+) -> None:
+    """Against a Loki that knows the categorize-labels encoding: the gateway asks for it as
+    Grafana does, merges structured metadata and parsed labels into `labels`, and says which
+    is which in `labelTypes` (I: indexed, S: structured metadata, P: parsed)."""
+    loki.categorize = True
+    query = {"refId": "L", "datasource": {"uid": "loki"}, "expr": '{app="api"} | logfmt'}
+    status, answer = await ds_query(client, admin_headers, {**RANGE, "queries": [query]})
+    assert status == 200, answer
+    assert loki.flags == ["categorize-labels"]
+    (frame,) = results(answer)["L"]["frames"]
+    json_field = {"type": "other", "typeInfo": {"frame": "json.RawMessage"}}
+    assert frame["schema"]["fields"] == [
+        {"name": "labels", **json_field},
+        TIME,
+        string_field("Line"),
+        string_field("tsNs"),
+        {"name": "labelTypes", **json_field, "config": {"custom": {"hidden": True}}},
+        string_field("id"),
+    ]
+    labels, times, lines, stamps, types, ids = frame["data"]["values"]
+    assert labels == [
+        {"app": "api", "level": "error", "msg": "boom", "trace_id": "7f3a"},
+        {"app": "api"},
+    ]
+    assert types == [{"app": "I", "level": "P", "msg": "P", "trace_id": "S"}, {"app": "I"}]
+    assert (times, lines) == ([1700000040000, 1700000010000], ["level=error msg=boom", "first"])
+    assert [value.split("_")[0] for value in ids] == stamps
 
 
 async def test_loki_metric_range_and_instant_queries_and_a_loki_error(
