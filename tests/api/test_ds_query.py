@@ -35,7 +35,7 @@ from gateway.registry.models import DataSource, DataSourceSpec
 from tests.conftest import Headers, MakeToken
 from tests.query.frames import TIME, float_field, string_field
 from tests.services.influxdb import InfluxDB1, quote_ident
-from tests.services.prometheus import PROMETHEUS_PASSWORD, PROMETHEUS_USER
+from tests.services.prometheus import PROMETHEUS_PASSWORD, PROMETHEUS_USER, PrometheusProcess
 from tests.types import AppClient
 
 T = TypeVar("T")
@@ -410,6 +410,197 @@ async def test_prometheus_get_method_and_queries_run_concurrently(
         str((T0 + 5 * MINUTE) // 1000),
         "20s",
     )
+
+
+class ExemplarPrometheus(PrometheusProcess):
+    """Debian's Prometheus with exemplar storage on, scraping one OpenMetrics target every
+    second."""
+
+    def __init__(self, directory: Path, target: str) -> None:
+        super().__init__(directory)
+        config = (
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n"
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
+        (directory / "prometheus.yml").write_text(config)
+
+    def _command(self) -> list[str]:
+        return [*super()._command(), "--enable-feature=exemplar-storage"]
+
+
+async def test_prometheus_exemplars_from_a_real_prometheus(
+    client: AppClient, admin_headers: Headers, aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    """Exemplars as Grafana shows them: a target exposes three counters with exemplars in
+    OpenMetrics (two in one step, one earlier), Prometheus scrapes and stores them, and
+    `exemplar: true` adds Grafana's sampled exemplar frame: of the two in one step only the
+    higher is kept (the lower is not two standard deviations below it)."""
+    now_s = int(time.time())
+    recent, earlier = now_s - 60, now_s - 180
+    exposition = (
+        "# TYPE app_requests counter\n"
+        f'app_requests_total{{path="/a"}} 10 # {{trace_id="aaa"}} 8 {recent}\n'
+        f'app_requests_total{{path="/b"}} 20 # {{trace_id="bbb"}} 9 {recent}\n'
+        f'app_requests_total{{path="/c"}} 30 # {{trace_id="ccc"}} 100 {earlier}\n'
+        "# EOF\n"
+    )
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=exposition.encode(),
+            headers={"Content-Type": "application/openmetrics-text; version=1.0.0; charset=utf-8"},
+        )
+
+    target_app = web.Application()
+    target_app.router.add_get("/metrics", metrics)
+    target = await aiohttp_server(target_app)
+    prometheus = ExemplarPrometheus(tmp_path / "prometheus", f"127.0.0.1:{target.port}")
+    await asyncio.to_thread(prometheus.start)
+    try:
+        stored: list[Any] = []
+
+        async def exemplars_stored() -> None:
+            params = {
+                "query": "app_requests_total",
+                "start": str(now_s - 600),
+                "end": str(now_s + 60),
+            }
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{prometheus.url}/api/v1/query_exemplars", params=params) as got,
+            ):
+                stored[:] = (await got.json())["data"]
+
+        async def poll() -> bool:
+            await exemplars_stored()
+            return sum(len(series["exemplars"]) for series in stored) == 3
+
+        deadline = time.monotonic() + 30
+        while not await poll():
+            assert time.monotonic() < deadline, f"exemplars not scraped: {stored}"
+            await asyncio.sleep(0.2)
+        await add_source(client, uid="prom-exemplars", type="prometheus", url=prometheus.url)
+        query = {
+            "refId": "E",
+            "datasource": {"uid": "prom-exemplars"},
+            "expr": "app_requests_total",
+            "range": True,
+            "exemplar": True,
+            "intervalMs": 15000,
+        }
+        body = {
+            "from": str((now_s - 600) * 1000),
+            "to": str((now_s + 60) * 1000),  # the aligned end after the first scrape
+            "queries": [query],
+        }
+        status, answer = await ds_query(client, admin_headers, body)
+    finally:
+        await asyncio.to_thread(prometheus.stop)
+    assert status == 200, answer
+    frames = results(answer)["E"]["frames"]
+    *series_frames, exemplar = frames
+    assert len(series_frames) == 3
+    instance = f"127.0.0.1:{target.port}"
+    names = ["__name__", "instance", "job", "path", "trace_id"]
+    assert exemplar == {
+        "schema": {
+            "name": "exemplar",
+            "refId": "E",
+            "meta": {"typeVersion": [0, 0], "custom": {"resultType": "exemplar"}},
+            "fields": [TIME, float_field("Value"), *map(string_field, names)],
+        },
+        "data": {
+            "values": [
+                [earlier * 1000, recent * 1000],
+                [100, 9],
+                ["app_requests_total"] * 2,
+                [instance] * 2,
+                ["app"] * 2,
+                ["/c", "/b"],
+                ["ccc", "bbb"],
+            ]
+        },
+    }
+
+
+async def test_prometheus_native_histograms(
+    client: AppClient, admin_headers: Headers, aiohttp_server: AiohttpServer
+) -> None:
+    """Native histograms as Grafana frames them (a `heatmap-cells` frame of buckets). Debian's
+    Prometheus 2.42 stores native histograms only from protobuf scrapes, which nothing here
+    produces, so the upstream is an aiohttp server answering query_range with the exact JSON of
+    Prometheus' docs ("Native histograms" under the query API's formats): `histograms` of
+    `[time, {count, sum, buckets: [[boundary_rule, left, right, count], ...]}]`."""
+    seen: list[str] = []
+
+    async def query_range(request: web.Request) -> web.Response:
+        seen.append(str((await request.post())["query"]))
+        histogram = {
+            "count": "3",
+            "sum": "0.6",
+            "buckets": [[0, "0.1", "0.2", "1"], [3, "0.25", "0.5", "2"]],
+        }
+        result = [
+            {
+                "metric": {"__name__": "rpc_seconds", "job": "api"},
+                "histograms": [[T0 / 1000, histogram], [T0 / 1000 + 60, histogram]],
+            }
+        ]
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "matrix", "result": result}}
+        )
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/api/v1/query_range", query_range)
+    upstream = await aiohttp_server(upstream_app)
+    await add_source(client, uid="prom-native", type="prometheus", url=str(upstream.make_url("/")))
+    query = {
+        "refId": "H",
+        "datasource": {"uid": "prom-native"},
+        "expr": "rpc_seconds",
+        "intervalMs": 60000,
+        "format": "heatmap",
+    }
+    status, answer = await ds_query(client, admin_headers, {**RANGE, "queries": [query]})
+    assert status == 200, answer
+    assert seen == ["rpc_seconds"]
+    (frame,) = results(answer)["H"]["frames"]
+    labels = {"__name__": "rpc_seconds", "job": "api"}
+    assert frame == {
+        "schema": {
+            "refId": "H",
+            "meta": {
+                "type": "heatmap-cells",
+                "typeVersion": [0, 0],
+                "executedQueryString": "Expr: rpc_seconds\nStep: 1m0s",
+            },
+            "fields": [
+                {
+                    "name": "xMax",
+                    "type": "time",
+                    "typeInfo": {"frame": "time.Time"},
+                    "config": {"interval": 60000},
+                },
+                float_field(
+                    "rpc_seconds",
+                    labels=labels,
+                    config={"displayNameFromDS": 'rpc_seconds{job="api"}'},
+                ),
+                float_field("yMax"),
+                float_field("count"),
+                {"name": "yLayout", "type": "number", "typeInfo": {"frame": "int8"}},
+            ],
+        },
+        "data": {
+            "values": [
+                [T0, T0, T0 + MINUTE, T0 + MINUTE],
+                [0.1, 0.25] * 2,
+                [0.2, 0.5] * 2,
+                [1, 2] * 2,
+                [0, 3] * 2,
+            ]
+        },
+    }
 
 
 # --- Loki ----------------------------------------------------------------------------------------
