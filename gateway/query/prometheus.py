@@ -25,6 +25,7 @@ Grafana's backend answers the same frames for all three and its frontend reshape
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from gateway.query import durations, step
 from gateway.query.exchange import QueryPlan, UpstreamRequest, UpstreamResponse, form_request
 from gateway.query.frames import Field, FieldType, Frame, frame_meta, set_meta
 from gateway.query.names import fill_legend, quoted_labels
-from gateway.query.promstyle import PromStyleError, read_prom_style
+from gateway.query.promstyle import MatrixFeed, PromStyleError, read_prom_style
 from gateway.query.request import ParsedQuery
 from gateway.query.results import ErrorSource, QueryResult
 from gateway.query.timerange import TimeRange
@@ -120,7 +121,8 @@ def plan_prometheus(
             ("end", format_seconds_ns(align(parsed.end_ms, parsed))),
             ("step", _format_float(parsed.step_ns / durations.SECOND)),
         ]
-        requests.append(form_request(method, "api/v1/query_range", _with_timeout(params, timeout)))
+        ranged = form_request(method, "api/v1/query_range", _with_timeout(params, timeout))
+        requests.append(dataclasses.replace(ranged, feed=_matrix_feed))
     if parsed.exemplar:
         params = [
             ("query", parsed.expr),
@@ -131,19 +133,28 @@ def plan_prometheus(
 
     def convert(responses: Sequence[UpstreamResponse]) -> QueryResult:
         *answers, last = responses
-        results = [convert_prometheus_response(r.body, r.status, parsed) for r in answers]
+        results = [_convert(response, parsed) for response in answers]
         if parsed.exemplar:
             # request.go: a failed exemplar query is only logged; its frames (if any) are
             # added, and nothing else of it.
-            exemplars = convert_prometheus_response(last.body, last.status, parsed)
+            exemplars = _convert(last, parsed)
             merged = merge_results(results)
             assert merged.frames is not None
             merged.frames.extend(exemplars.frames or [])
             return merged
-        results.append(convert_prometheus_response(last.body, last.status, parsed))
+        results.append(_convert(last, parsed))
         return merge_results(results)
 
     return QueryPlan(requests=tuple(requests), convert=convert)
+
+
+def _matrix_feed() -> MatrixFeed:
+    return MatrixFeed(dataplane=True)
+
+
+def _convert(response: UpstreamResponse, query: PrometheusQuery) -> QueryResult:
+    feed = response.feed if isinstance(response.feed, MatrixFeed) else None
+    return convert_prometheus_response(response.body, response.status, query, feed=feed)
 
 
 def align(epoch_ms: int, query: PrometheusQuery) -> int:
@@ -153,11 +164,14 @@ def align(epoch_ms: int, query: PrometheusQuery) -> int:
     return (moment + offset) // query.step_ns * query.step_ns - offset
 
 
-def convert_prometheus_response(body: bytes, status: int, query: PrometheusQuery) -> QueryResult:
-    """querydata.parseResponse for one upstream answer."""
+def convert_prometheus_response(
+    body: bytes, status: int, query: PrometheusQuery, *, feed: MatrixFeed | None = None
+) -> QueryResult:
+    """querydata.parseResponse for one upstream answer (`feed`: the series read from it as it
+    arrived)."""
     error: str | None = None
     try:
-        answer = read_prom_style(body, dataplane=True)
+        answer = read_prom_style(body, dataplane=True, feed=feed)
         frames, error = answer.frames, answer.error
     except PromStyleError as problem:
         frames, error = [], str(problem)

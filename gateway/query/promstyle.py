@@ -69,7 +69,15 @@ _TO_MS = (1000.0).__mul__
 _RESULT_END = re.compile(rb"\s*\]")
 
 
-def read_prom_style(body: bytes, *, dataplane: bool) -> PromStyleAnswer:
+def read_prom_style(
+    body: bytes, *, dataplane: bool, feed: MatrixFeed | None = None
+) -> PromStyleAnswer:
+    """The answer's frames. `feed`, when the body went through one as it arrived, holds the
+    series it has converted already."""
+    if feed is not None:
+        fast = feed.finish(body)
+        if fast is not None:
+            return fast
     fast = _read_matrix_fast(body, dataplane=dataplane)
     if fast is not None:
         return fast
@@ -408,23 +416,36 @@ def _read_matrix_fast(body: bytes, *, dataplane: bool) -> PromStyleAnswer | None
         return None
     if status.group(1) != b"success" or result_type.group(1) != b"matrix":
         return None
-    frames: list[Frame] = []
-    position = start.end()
-    for series in _iter_series(body, position):
-        if series is None:
-            return None
-        values_start, values_end, labels_bytes, position = series
-        frame = _fast_series_frame(body, values_start, values_end, labels_bytes, dataplane)
-        if frame is None:
-            return None
-        frames.append(frame)
+    return _finish_matrix(body, dataplane, start.end(), start.end(), [], done=False)
+
+
+def _finish_matrix(
+    body: bytes,
+    dataplane: bool,
+    result_start: int,
+    position: int,
+    frames: list[Frame],
+    *,
+    done: bool,
+) -> PromStyleAnswer | None:
+    """Read the series from `position` on (after `frames`, read already), then check the rest
+    of the document around the result array (which starts at `result_start`)."""
+    if not done:
+        for series in _iter_series(body, position):
+            if series is None:
+                return None
+            values_start, values_end, labels_bytes, position = series
+            frame = _fast_series_frame(body, values_start, values_end, labels_bytes, dataplane)
+            if frame is None:
+                return None
+            frames.append(frame)
     end = _RESULT_END.match(body, position)
     if end is None:
         return None
     try:
         # The rest of the document (status, warnings, stats...) with the result emptied: the
         # full reader checks and uses it, and it is small.
-        skeleton = orjson.loads(body[: start.end()] + body[end.start() :])
+        skeleton = orjson.loads(body[:result_start] + body[end.start() :])
     except orjson.JSONDecodeError:
         return None
     data = skeleton.get("data") if isinstance(skeleton, Mapping) else None
@@ -436,6 +457,91 @@ def _read_matrix_fast(body: bytes, *, dataplane: bool) -> PromStyleAnswer | None
     _apply_stats(answer, data)
     _attach_notices(answer, skeleton)
     return answer
+
+
+class MatrixFeed:
+    """The matrix fast path while the body is still arriving: each series is converted as soon
+    as all of its text is in, so for a large answer the conversion keeps pace with the upstream
+    writing it and little is left to do after its last byte. Opportunistic: what it cannot
+    read yet it leaves, and `finish` (with the whole body) reads the rest, checks the document
+    around the result, or answers None for the full reader to take over. Converted text is
+    dropped from its buffer, so it holds about one series of the body at a time."""
+
+    # The document's head ("status", "data", "resultType") comes before the result in
+    # Prometheus' answers; past this many bytes without `"result":[` the feed gives up.
+    HEAD_LIMIT = 64 * 1024
+
+    def __init__(self, *, dataplane: bool) -> None:
+        self._dataplane = dataplane
+        self._buffer = bytearray()
+        self._offset = 0  # where `_buffer` starts in the body
+        self._result_start = -1  # in the body: just after `"result":[`
+        self._search_from = 0  # in `_buffer`: where the next "]]" may start
+        self._frames: list[Frame] = []
+        self._done = False  # the result array's last series has been read
+        self._failed = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self._failed or self._done:
+            return
+        self._buffer += chunk
+        if self._result_start < 0:
+            start = _RESULT_START.search(self._buffer)
+            if start is None:
+                self._failed = len(self._buffer) > self.HEAD_LIMIT
+                return
+            self._result_start = start.end()
+            self._consume(start.end())
+        while not self._failed and not self._done and self._read_one():
+            pass
+
+    def _read_one(self) -> bool:
+        """Convert the next series if all of it is in the buffer; False to wait for more."""
+        buffer = self._buffer
+        close = buffer.find(b"]]", self._search_from)
+        if close < 0:
+            self._search_from = max(0, len(buffer) - 1)
+            return False
+        head = _SERIES_HEAD.match(buffer)
+        if head is None:
+            # not a series head (yet: a label may hold "]]"): `finish` decides with it all
+            self._search_from = close + 1
+            return False
+        start = head.end()
+        if buffer[start : start + 1] == b"]":
+            end = start
+        else:
+            close = buffer.find(b"]]", start)
+            if close < 0:
+                return False
+            end = close + 1
+        tail = _SERIES_TAIL.match(buffer, end + 1)
+        if tail is None or (not tail.group(1) and tail.end() == len(buffer)):
+            return False  # whether another series follows is not known yet
+        region = bytes(buffer[: tail.end()])
+        frame = _fast_series_frame(region, start, end, head.group(1), self._dataplane)
+        if frame is None:
+            self._failed = True
+            return False
+        self._frames.append(frame)
+        self._done = not tail.group(1)
+        self._consume(tail.end())
+        return True
+
+    def _consume(self, length: int) -> None:
+        del self._buffer[:length]
+        self._offset += length
+        self._search_from = 0
+
+    def finish(self, body: bytes) -> PromStyleAnswer | None:
+        """The answer from the whole body: the series read so far plus the rest, or None when
+        the body is not a plain successful matrix (the full reader's case)."""
+        if self._failed or self._result_start < 0 or len(body) < self._offset:
+            return None
+        frames, self._frames = self._frames, []
+        return _finish_matrix(
+            body, self._dataplane, self._result_start, self._offset, frames, done=self._done
+        )
 
 
 def _iter_series(body: bytes, position: int) -> Iterator[tuple[int, int, bytes, int] | None]:

@@ -25,7 +25,7 @@ from gateway.query.prometheus import (
     interpolate_variables,
     plan_prometheus,
 )
-from gateway.query.promstyle import _read_matrix_fast, read_prom_style
+from gateway.query.promstyle import MatrixFeed, _read_matrix_fast, read_prom_style
 from gateway.query.request import ParsedQuery, QueryRequestError, parse_query_request
 from gateway.query.timerange import TimeRange
 
@@ -613,3 +613,62 @@ def test_native_histogram_through_the_prometheus_response() -> None:
         body["data"]["result"][0]["histogram"] = broken  # type: ignore[index]
         result = convert_prometheus_response(orjson.dumps(body), 200, query("x", 15))
         assert result.error is not None, broken
+
+
+def test_the_matrix_feed_converts_series_as_the_body_arrives() -> None:
+    """Fed in chunks of any size (labels holding "]]" and braces included), the feed gives the
+    same frames as reading the whole body; series are converted before the body is complete,
+    and the feed holds no more than about one series' text."""
+    values = [[1_700_000_000 + 15 * i, str(i * 0.5)] for i in range(200)]
+    body = orjson.dumps(
+        {
+            "status": "success",
+            "data": {
+                "resultType": "matrix",
+                "result": [
+                    {"metric": {"__name__": "up", "odd": 'a]]b}{"'}, "values": values},
+                    {"metric": {"job": "x"}, "values": [[1.5, "NaN"], [3, "+Inf"]]},
+                    {"metric": {"job": "y"}, "values": values},
+                ],
+                "stats": {"seriesFetched": "3"},
+            },
+            "warnings": ["w"],
+        }
+    )
+    expected = [frame_dict(f) for f in read_prom_style(body, dataplane=True).frames]
+    for size in (1, 7, 100, 4096, len(body)):
+        feed = MatrixFeed(dataplane=True)
+        largest_buffer = 0
+        converted_early = False
+        for offset in range(0, len(body), size):
+            feed.feed(body[offset : offset + size])
+            largest_buffer = max(largest_buffer, len(feed._buffer))
+            converted_early |= bool(feed._frames) and offset + size < len(body) // 2
+        answer = feed.finish(body)  # the feed's own answer, not the full reader's
+        assert answer is not None, size
+        assert [frame_dict(f) for f in answer.frames] == expected, size
+        assert largest_buffer <= len(orjson.dumps(values)) + 200 + size
+        if size < 4096:
+            assert converted_early, size
+
+
+def test_the_matrix_feed_leaves_other_answers_to_the_full_reader() -> None:
+    vector = {
+        "status": "success",
+        "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "2"]}]},
+    }
+    error = {"status": "error", "errorType": "bad_data", "error": "no"}
+    truncated = orjson.dumps(
+        {
+            "status": "success",
+            "data": {"resultType": "matrix", "result": [{"metric": {}, "values": [[1, "2"]]}]},
+        }
+    )[:-3]
+    for body in (orjson.dumps(vector), orjson.dumps(error), truncated, b"x" * 70_000):
+        feed = MatrixFeed(dataplane=True)
+        feed.feed(body)
+        assert feed.finish(body) is None
+    feed = MatrixFeed(dataplane=True)
+    feed.feed(orjson.dumps(vector))
+    (frame,) = read_prom_style(orjson.dumps(vector), dataplane=True, feed=feed).frames
+    assert frame_dict(frame)["data"]["values"] == [[1000], [2.0]]
