@@ -12,7 +12,10 @@ CPU (process time, which a loaded machine disturbs less).
 With `--prometheus`, the upstream's side is measured too: the same series are backfilled into a
 fresh TSDB with `promtool tsdb create-blocks-from openmetrics`, Debian's Prometheus is started on
 it, and the time it takes to answer the query_range (the whole body received, over loopback) is
-timed over the same rounds; the answer it gives is then the one converted.
+timed over the same rounds, wall clock and the CPU time of Prometheus' process; the answer it
+gives is then the one converted. "fed" then does what the route does: reads Prometheus' answer
+in 64 KiB chunks, handing each to a MatrixFeed that converts every series as soon as it is in,
+and writes the answer; it reports the total and the part after the upstream's last byte.
 
     .venv/bin/python bench/frames.py [--points 10000] [--series 100] [--rounds 3] [--prometheus]
 
@@ -41,7 +44,7 @@ import orjson
 
 from gateway.query import durations
 from gateway.query.prometheus import PrometheusQuery, add_metadata, convert_prometheus_response
-from gateway.query.promstyle import read_document
+from gateway.query.promstyle import MatrixFeed, read_document
 from gateway.query.results import QueryResult, iter_results_json, results_json
 
 START_S = 1_700_000_000
@@ -189,14 +192,7 @@ def cpu_seconds(pid: int) -> float:
 def prometheus_answer(url: str, pid: int, points: int, end_s: int, rounds: int) -> bytes:
     """Time Prometheus answering the query_range (wall clock, and the CPU time its process
     spent meanwhile, which a loaded machine disturbs less); its body."""
-    form = urllib.parse.urlencode(
-        {
-            "query": "node_cpu_seconds_total",
-            "start": end_s - (points - 1) * 15,
-            "end": end_s,
-            "step": 15,
-        }
-    ).encode()
+    form = _query_range_form(points, end_s)
     timings = []
     cpu_timings = []
     body = b""
@@ -217,6 +213,51 @@ def prometheus_answer(url: str, pid: int, points: int, end_s: int, rounds: int) 
     return body
 
 
+def fed_while_arriving(url: str, points: int, end_s: int, rounds: int) -> None:
+    """As the route does it: the body read from Prometheus 64 KiB at a time, each chunk handed
+    to a MatrixFeed, then the answer written (only counted). Times from the request to the
+    answer's last byte ("total"), and the part after the upstream's last byte ("after")."""
+    form = _query_range_form(points, end_s)
+    totals, tails, cpus = [], [], []
+    for _ in range(rounds + 1):
+        gc.collect()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        feed = MatrixFeed(dataplane=True)
+        chunks = []
+        with urllib.request.urlopen(f"{url}/api/v1/query_range", data=form, timeout=60) as answer:
+            while chunk := answer.read(64 * 1024):
+                chunks.append(chunk)
+                feed.feed(chunk)
+        last_byte = time.perf_counter()
+        body = b"".join(chunks)
+        del chunks
+        result = convert_prometheus_response(body, 200, query(), feed=feed)
+        sum(len(chunk) for chunk in iter_results_json({"A": result}))
+        finished = time.perf_counter()
+        totals.append(finished - started)
+        tails.append(finished - last_byte)
+        cpus.append(time.process_time() - cpu_started)
+    totals, tails, cpus = totals[1:], tails[1:], cpus[1:]
+    print(
+        f"{'fed':<11} best {min(totals) * 1000:6.0f} ms  median "
+        f"{sorted(totals)[len(totals) // 2] * 1000:6.0f} ms  total, of which after the last "
+        f"byte: best {min(tails) * 1000:4.0f} ms  median "
+        f"{sorted(tails)[len(tails) // 2] * 1000:4.0f} ms  (cpu best {min(cpus) * 1000:4.0f} ms, "
+        "the HTTP client's included)"
+    )
+
+
+def _query_range_form(points: int, end_s: int) -> bytes:
+    return urllib.parse.urlencode(
+        {
+            "query": "node_cpu_seconds_total",
+            "start": end_s - (points - 1) * 15,
+            "end": end_s,
+            "step": 15,
+        }
+    ).encode()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=10_000)
@@ -230,6 +271,7 @@ def main() -> None:
         end_s = (int(time.time()) - 3 * 3600) // 15 * 15  # inside retention, out of the head
         with backfilled_prometheus(options.points, options.series, end_s) as (url, pid):
             body = prometheus_answer(url, pid, options.points, end_s, options.rounds)
+            fed_while_arriving(url, options.points, end_s, options.rounds)
             gc.collect()
     else:
         body = matrix_body(options.points, options.series)

@@ -511,15 +511,16 @@ class MatrixFeed:
         if buffer[start : start + 1] == b"]":
             end = start
         else:
-            close = buffer.find(b"]]", start)
-            if close < 0:
-                return False
+            if close < start:  # that "]]" was in the labels
+                close = buffer.find(b"]]", start)
+                if close < 0:
+                    return False
             end = close + 1
         tail = _SERIES_TAIL.match(buffer, end + 1)
         if tail is None or (not tail.group(1) and tail.end() == len(buffer)):
+            self._search_from = close  # the same "]]" again, once more has come
             return False  # whether another series follows is not known yet
-        region = bytes(buffer[: tail.end()])
-        frame = _fast_series_frame(region, start, end, head.group(1), self._dataplane)
+        frame = _fast_series_frame(buffer, start, end, head.group(1), self._dataplane)
         if frame is None:
             self._failed = True
             return False
@@ -575,7 +576,7 @@ def _iter_series(body: bytes, position: int) -> Iterator[tuple[int, int, bytes, 
 
 
 def _fast_series_frame(
-    body: bytes, start: int, end: int, labels_bytes: bytes, dataplane: bool
+    body: bytes | bytearray, start: int, end: int, labels_bytes: bytes, dataplane: bool
 ) -> Frame | None:
     try:
         labels = orjson.loads(labels_bytes)
@@ -598,7 +599,7 @@ _POINT_SKELETON = b',""],['
 _NOT_NUMBER_LETTERS = (b"t", b"f", b"n", b"{", b"N", b"I")
 
 
-def _count_pairs(segment: bytes) -> int | None:
+def _count_pairs(segment: bytes | bytearray) -> int | None:
     """How many `[<bare>,"<quoted>"]` points a non-empty values array holds, checked in C: with
     everything but `[],"` deleted it must read exactly `[[,""],[,""],...]`. None otherwise."""
     skeleton = segment.translate(None, _NOT_STRUCTURE)
@@ -608,7 +609,7 @@ def _count_pairs(segment: bytes) -> int | None:
     return points
 
 
-def _numeric_columns(body: bytes, start: int, end: int) -> Columns | None:
+def _numeric_columns(body: bytes | bytearray, start: int, end: int) -> Columns | None:
     """The quickest way, for values as Prometheus writes them (`[<seconds>,"<number>"]`, no
     NaN or infinities): both columns come out already encoded, with no Python object per point
     kept and no per-point Python code run.
@@ -668,7 +669,7 @@ def _float_stamps(stamps: list[Any], values_json: bytes, points: int) -> Columns
     return times, EncodedColumn(_compact(values_json), points)
 
 
-def _text_columns(body: bytes, start: int, end: int) -> Columns | None:
+def _text_columns(body: bytes | bytearray, start: int, end: int) -> Columns | None:
     """Values with NaN or infinities, which JSON cannot spell: each read as text."""
     points = _count_pairs(body[start - 1 : end + 1])
     stamps = _STAMP.findall(body, start, end)
