@@ -17,7 +17,8 @@ gives is then the one converted. "fed" then does what the route does: reads Prom
 in 64 KiB chunks, handing each to a MatrixFeed that converts every series as soon as it is in,
 and writes the answer; it reports the total and the part after the upstream's last byte.
 
-    .venv/bin/python bench/frames.py [--points 10000] [--series 100] [--rounds 3] [--prometheus]
+    .venv/bin/python bench/frames.py [--points 10000] [--series 100] [--rounds 3]
+                                     [--prometheus [--expr 'rate(node_cpu_seconds_total[1m])']]
 
 A benchmark, not a test: it prints figures and fails on nothing.
 """
@@ -247,10 +248,14 @@ def fed_while_arriving(url: str, points: int, end_s: int, rounds: int) -> None:
     )
 
 
+# The PromQL Prometheus is asked (`--expr`): the bare selector is the cheapest for it.
+EXPRESSION = ["node_cpu_seconds_total"]
+
+
 def _query_range_form(points: int, end_s: int) -> bytes:
     return urllib.parse.urlencode(
         {
-            "query": "node_cpu_seconds_total",
+            "query": EXPRESSION[0],
             "start": end_s - (points - 1) * 15,
             "end": end_s,
             "step": 15,
@@ -264,7 +269,11 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prometheus", action="store_true", help="time Prometheus too")
+    parser.add_argument(
+        "--expr", default=EXPRESSION[0], help="the PromQL asked of Prometheus (--prometheus)"
+    )
     options = parser.parse_args()
+    EXPRESSION[0] = options.expr
     if options.prometheus:
         if shutil.which("prometheus") is None or shutil.which("promtool") is None:
             raise SystemExit("--prometheus needs Debian's prometheus and promtool")
