@@ -65,7 +65,8 @@ _ORDERS = frozenset({"ASC", "DESC"})
 
 # A function parameter: a number, a duration (10s, 1h30m), a word (null, previous, linear), a
 # `$` variable ($__interval) or a quoted identifier (top/bottom take tag names).
-_PARAMETER = re.compile(r'-?(?:[0-9.]+[a-zµ]*)+|\$?\w+|\$\{\w+\}|"[^"\\]+"')
+# (Digit runs and unit letters alternate: no two ways to split a text, so no backtracking.)
+_PARAMETER = re.compile(r'-?[0-9.]+(?:[a-zµ]+[0-9.]+)*[a-zµ]*|\$?\w+|\$\{\w+\}|"[^"\\]+"')
 _MATH = re.compile(r"[\s0-9.eE+\-*/%()$\w]+")
 _REGEX_LITERAL = re.compile(r"/(?:[^/\\]|\\.)*/", re.DOTALL)
 _START_END_REGEX = re.compile(r"^/\^(.*)\$/$", re.DOTALL)  # regexMatcherWithStartEndPattern

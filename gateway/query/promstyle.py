@@ -504,8 +504,12 @@ class MatrixFeed:
             return False
         head = _SERIES_HEAD.match(buffer)
         if head is None:
-            # not a series head (yet: a label may hold "]]"): `finish` decides with it all
-            self._search_from = close + 1
+            # Not a series head yet (a label may hold "]]"), or not one at all: `finish`
+            # decides with the whole body. One head match per chunk, and a head is small: with
+            # HEAD_LIMIT bytes in and still no head the feed stops (a body full of "]]" must
+            # not cost a match of a growing head per chunk).
+            self._failed = len(buffer) > self.HEAD_LIMIT
+            self._search_from = max(0, len(buffer) - 1)
             return False
         start = head.end()
         if buffer[start : start + 1] == b"]":

@@ -4,6 +4,7 @@ range 2020-08-01 00:00 to 00:05 UTC, same interval), plus the gateway's checks o
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -198,3 +199,25 @@ def test_parts_the_gateway_refuses(model: dict[str, Any], message: str) -> None:
     with pytest.raises(QueryRequestError, match=r"queries\[0\]\.") as raised:
         build(measurement="cpu", **model)
     assert message in str(raised.value)
+
+
+def test_a_hostile_parameter_is_refused_at_once() -> None:
+    """A long digit run that fails at its end must not make the parameter check backtrack."""
+    started = time.perf_counter()
+    with pytest.raises(QueryRequestError, match="unexpected parameter"):
+        build(
+            measurement="cpu",
+            select=[
+                [{"type": "field", "params": ["v"]}, {"type": "top", "params": ["0" * 5000 + "!"]}]
+            ],
+        )
+    assert time.perf_counter() - started < 1.0
+    assert (
+        build(
+            measurement="cpu",
+            select=[
+                [{"type": "field", "params": ["v"]}, {"type": "derivative", "params": ["1h30m"]}]
+            ],
+        )
+        == f'SELECT derivative("v", 1h30m) FROM "cpu" WHERE {TIME_FILTER}'
+    )

@@ -672,3 +672,14 @@ def test_the_matrix_feed_leaves_other_answers_to_the_full_reader() -> None:
     feed.feed(orjson.dumps(vector))
     (frame,) = read_prom_style(orjson.dumps(vector), dataplane=True, feed=feed).frames
     assert frame_dict(frame)["data"]["values"] == [[1000], [2.0]]
+
+
+def test_the_matrix_feed_gives_up_on_a_head_that_never_ends() -> None:
+    """A label that never closes, full of "]]": the feed stops past its head limit instead of
+    matching a growing head again for every chunk."""
+    feed = MatrixFeed(dataplane=True)
+    feed.feed(b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"a":"')
+    for _ in range(40):
+        feed.feed(b"]]" * 2048)
+    assert feed._failed
+    assert feed.finish(b"") is None
