@@ -27,8 +27,10 @@ without its data proxy's route table. What a query may do upstream is, as in Gra
 source's credentials allow.
 
 Queries of one request run concurrently, at most `CONCURRENCY` upstream requests at a time per
-request. A conversion of a large answer runs in a worker thread, so the event loop keeps
-serving other requests meanwhile.
+request. A planned request may carry a body feed (a Prometheus range query's matrix reader):
+the exchange hands it each chunk as it arrives, so a large answer's series are converted while
+the upstream is still writing the rest (a series' worth of work at a time on the event loop).
+What is left to convert after the last byte, for a large answer, runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from gateway.errors import BadRequest, GatewayError
 from gateway.keys import FORWARDER, REQUEST_ID, SOURCES
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.policy import ProxyPath, UpstreamPath
-from gateway.query.exchange import QueryPlan, UpstreamRequest, UpstreamResponse
+from gateway.query.exchange import BodyFeed, QueryPlan, UpstreamRequest, UpstreamResponse
 from gateway.query.plan import plan_query
 from gateway.query.request import DataSourceRef, ParsedQuery, parse_query_request
 from gateway.query.results import (
@@ -175,7 +177,8 @@ class _Runner:
         self, source: DataSource, planned: UpstreamRequest
     ) -> UpstreamResponse | QueryResult:
         headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in planned.headers]
-        exchange = CollectingExchange(planned.method, _base_headers(headers) + headers)
+        feed = planned.feed() if planned.feed is not None else None
+        exchange = CollectingExchange(planned.method, _base_headers(headers) + headers, feed=feed)
         target = UpstreamPath(ProxyPath.parse(planned.path), planned.query_string)
         async with self._slots:
             try:
@@ -210,7 +213,7 @@ class _Runner:
                 status=exchange.status,
                 source=ErrorSource.DOWNSTREAM,
             )
-        return UpstreamResponse(exchange.status, exchange.body_bytes())
+        return UpstreamResponse(exchange.status, exchange.body_bytes(), feed=exchange.feed)
 
 
 def _base_headers(planned: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -268,6 +271,7 @@ class CollectingExchange:
         "_method",
         "_size",
         "aborted",
+        "feed",
         "finished",
         "replaced",
         "response_headers",
@@ -279,8 +283,11 @@ class CollectingExchange:
         method: str,
         headers: Sequence[tuple[bytes, bytes]],
         limit: int = MAX_ANSWER_BYTES,
+        *,
+        feed: BodyFeed | None = None,
     ) -> None:
         self._method = method
+        self.feed = feed
         self._headers = headers
         self._limit = limit
         self._chunks: list[bytes] = []
@@ -329,6 +336,12 @@ class CollectingExchange:
         if self._size > self._limit:
             raise AnswerTooLarge(f"the upstream answer is larger than {self._limit} bytes")
         self._chunks.append(data)
+        if self.feed is not None:
+            try:
+                self.feed.feed(data)
+            except Exception:  # the feed is an optimisation: the whole body is still read
+                log.exception("ds_query_feed_failed")
+                self.feed = None
 
     def finish(self) -> None:
         self.finished = True
@@ -339,6 +352,7 @@ class CollectingExchange:
     def respond(
         self, status: int, reason: str, headers: Iterable[tuple[bytes, bytes]], body: bytes
     ) -> None:
+        self.feed = None  # the Forwarder's own answer, not the upstream's
         self.start_response(status, reason, headers)
         self._chunks = [body]
         self._size = len(body)

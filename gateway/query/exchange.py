@@ -8,12 +8,21 @@ and `convert`, which turns the upstream answers, in the same order, into a `Quer
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlencode
 
 from gateway.query.results import QueryResult
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
+class BodyFeed(Protocol):
+    """Reads an upstream answer's body chunk by chunk while it arrives (a large answer's
+    conversion then keeps pace with the upstream writing it); the plan's `convert` gets it back
+    in `UpstreamResponse.feed`."""
+
+    def feed(self, chunk: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +32,8 @@ class UpstreamRequest:
     params: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
+    # A new feed for the answer's body, for requests whose answers may be large.
+    feed: Callable[[], BodyFeed] | None = field(default=None, compare=False)
 
     @property
     def query_string(self) -> str:
@@ -33,6 +44,7 @@ class UpstreamRequest:
 class UpstreamResponse:
     status: int
     body: bytes
+    feed: BodyFeed | None = None  # the request's feed, having read `body`
 
 
 @dataclass(frozen=True, slots=True)

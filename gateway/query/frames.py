@@ -14,15 +14,16 @@ Source: grafana/grafana-plugin-sdk-go data/frame_json.go (`writeDataFrameSchema`
   without any) under "NaN", "Inf", "NegInf".
 
 Columns may be `array.array` ('d' for floats, 'q' for times) so a large answer costs eight
-bytes a value, not a Python object; the serializer turns one column at a time into a list.
-`frame_json` returns bytes, and `orjson.Fragment` lets a caller embed them without re-parsing.
+bytes a value, not a Python object; the serializer turns one column at a time into a list. A
+column may also come already written (`EncodedColumn`: a large Prometheus matrix's columns are
+encoded as they are read), and is then embedded as it is. `frame_json` returns bytes.
 """
 
 from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -51,7 +52,29 @@ class FieldType(Enum):
         return self.value[1]
 
 
-Column = Sequence[Any] | array  # type: ignore[type-arg]
+@dataclass(frozen=True, slots=True)
+class EncodedColumn:
+    """A column already written as its JSON array, of finite numbers only (so it has no
+    `entities`). Reading it back decodes it: tests and small callers only."""
+
+    json: bytes
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.decoded())
+
+    def __getitem__(self, index: int) -> Any:
+        return self.decoded()[index]
+
+    def decoded(self) -> list[Any]:
+        values: list[Any] = orjson.loads(self.json)
+        return values
+
+
+Column = Sequence[Any] | array | EncodedColumn  # type: ignore[type-arg]
 
 
 @dataclass(slots=True)
@@ -177,27 +200,29 @@ def special_entities(values: Column) -> dict[str, list[int]] | None:
     return {key: found[key] for key in ("NaN", "Inf", "NegInf") if key in found} or None
 
 
-def frame_data(frame: Frame) -> dict[str, Any]:
-    columns: list[Any] = []
-    entities: list[dict[str, list[int]] | None] = []
-    for field_ in frame.fields:
-        values = field_.values
-        column = values.tolist() if isinstance(values, array) else list(values)
-        if field_.type is FieldType.FLOAT64:
-            entities.append(special_entities(column))
-        else:
-            entities.append(None)
-        columns.append(column)
-    data: dict[str, Any] = {"values": columns}
-    if any(entity is not None for entity in entities):
-        data["entities"] = entities
-    return data
-
-
 def frame_json(frame: Frame) -> bytes:
-    """The frame as `{"schema": ..., "data": ...}` bytes. orjson writes NaN and ±Inf as null,
-    which is what the SDK writes for them next to `entities`."""
-    return orjson.dumps({"schema": frame_schema(frame), "data": frame_data(frame)})
+    """The frame as `{"schema": ..., "data": ...}` bytes, written column by column and joined
+    once (an `EncodedColumn` goes in as it is). orjson writes NaN and ±Inf as null, which is
+    what the SDK writes for them next to `entities`."""
+    parts = [b'{"schema":', orjson.dumps(frame_schema(frame)), b',"data":{"values":[']
+    entities: list[dict[str, list[int]] | None] = []
+    for index, field_ in enumerate(frame.fields):
+        if index:
+            parts.append(b",")
+        values = field_.values
+        if isinstance(values, EncodedColumn):
+            parts.append(values.json)
+            entities.append(None)
+            continue
+        column = values.tolist() if isinstance(values, array) else list(values)
+        is_float = field_.type is FieldType.FLOAT64
+        entities.append(special_entities(column) if is_float else None)
+        parts.append(orjson.dumps(column))
+    parts.append(b"]")
+    if any(entity is not None for entity in entities):
+        parts += (b',"entities":', orjson.dumps(entities))
+    parts.append(b"}}")
+    return b"".join(parts)
 
 
 def frame_dict(frame: Frame) -> dict[str, Any]:

@@ -23,8 +23,9 @@ Sources, all in grafana/grafana pkg/tsdb/influxdb:
 Two choices of the gateway's own: with several tags Go iterates a map (the order of the tags in
 a frame's name varies between runs); here they are sorted. And `$__timeFilter` is read as
 `$timeFilter`: Grafana's InfluxQL backend leaves it untouched (InfluxDB then rejects the query).
-Queries built with the visual editor (`select`, `groupBy`, `tags` without `rawQuery`) are
-refused with a per-query error: only raw InfluxQL is supported.
+Queries built with the visual editor (`measurement`, `select`, `tags`, `groupBy`... without
+`rawQuery`) are rendered to InfluxQL as Grafana renders them (influxql_builder.py), then take
+the same path.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import orjson
 from gateway.query import durations
 from gateway.query.exchange import QueryPlan, UpstreamRequest, UpstreamResponse, form_request
 from gateway.query.frames import Field, FieldType, Frame, frame_meta
+from gateway.query.influxql_builder import build_influxql, is_builder_query
 from gateway.query.request import ParsedQuery
 from gateway.query.results import ErrorSource, QueryResult
 from gateway.query.timerange import TimeRange
@@ -60,14 +62,15 @@ class InfluxQLQuery:
 
 def parse_influxql_query(query: ParsedQuery, time_range: TimeRange) -> InfluxQLQuery:
     fields = query.fields()
-    if not fields.flag("rawQuery") and any(key in query.model for key in ("select", "groupBy")):
-        raise fields.error(
-            "rawQuery", "only raw InfluxQL queries are supported; set rawQuery and query"
-        )
+    fields.flag("rawQuery")  # checked for its type
+    if is_builder_query(query.model):
+        statement = build_influxql(fields, query.model)
+    else:
+        statement = fields.required_string("query")
     interval_ns = max(query.interval_ms * durations.MILLISECOND, durations.MILLISECOND)
     return InfluxQLQuery(
         ref_id=query.ref_id,
-        raw_query=expand_macros(fields.required_string("query"), time_range, interval_ns),
+        raw_query=expand_macros(statement, time_range, interval_ns),
         interval_ns=interval_ns,
         alias=fields.string("alias"),
         result_format=fields.choice("resultFormat", RESULT_FORMATS, "time_series"),

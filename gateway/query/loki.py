@@ -13,8 +13,11 @@ Sources, all in grafana/grafana pkg/tsdb/loki:
     "Expr: <expr>\\nStep: <step>" (range) or "Expr: <expr>" (instant); the time field's config
     `{"interval": <step ms>}` for range queries; the value field's config
     `{"displayNameFromDS": <legend or {a="b", ...}>}`;
-  - log frames (the legacy, default form): fields renamed `labels`, `Time`, `Line`, `tsNs`, an
-    `id` field added ("<tsNs>_<fnv32 of line_labels, hex>[_<n> for repeats]_<refId>"), meta
+  - log frames (the legacy, default form): fields renamed `labels`, `Time`, `Line`,
+    `tsNs` (and `labelTypes`, "I"/"S"/"P" per label, config `custom.hidden`, when Loki
+    answered with the `categorize-labels` encoding Grafana asks for: structured metadata and
+    parsed labels are then merged into `labels`), an `id` field added
+    ("<tsNs>_<fnv32 of line_labels, hex>[_<n> for repeats]_<refId>"), meta
     `custom: {"frameType": "LabeledTimeValues"}`, `executedQueryString` "Expr: <expr>".
 """
 
@@ -30,12 +33,16 @@ from gateway.query import durations, step
 from gateway.query.exchange import QueryPlan, UpstreamRequest, UpstreamResponse
 from gateway.query.frames import Field, FieldType, Frame, frame_meta
 from gateway.query.names import fill_legend, quoted_labels
-from gateway.query.promstyle import PromStyleError, read_prom_style
+from gateway.query.promstyle import CATEGORIZE_LABELS, PromStyleError, read_prom_style
 from gateway.query.request import ParsedQuery
 from gateway.query.results import ErrorSource, QueryResult
 from gateway.query.timerange import TimeRange
 
 QUERY_TYPES = ("range", "instant")
+# Asks Loki (3.x) to answer structured metadata and parsed labels apart from the stream's own
+# labels, as Grafana does (api.go, feature lokiStructuredMetadata, on by default); older Lokis
+# ignore it.
+ENCODING_FLAGS_HEADER = "X-Loki-Response-Encoding-Flags"
 DIRECTIONS = ("backward", "forward", "scan")
 RESOLUTIONS = frozenset({1, 2, 3, 4, 5, 10})
 
@@ -105,7 +112,12 @@ def plan_loki(query: ParsedQuery, time_range: TimeRange) -> QueryPlan:
         params.append(("time", str(parsed.end_ms * durations.MILLISECOND)))
         path = "loki/api/v1/query"
     # Go's url.Values.Encode sorts by key.
-    request = UpstreamRequest(method="GET", path=path, params=tuple(sorted(params)))
+    request = UpstreamRequest(
+        method="GET",
+        path=path,
+        params=tuple(sorted(params)),
+        headers=((ENCODING_FLAGS_HEADER, CATEGORIZE_LABELS),),
+    )
 
     def convert(responses: Sequence[UpstreamResponse]) -> QueryResult:
         (response,) = responses
@@ -176,6 +188,10 @@ def _adjust_logs_frame(frame: Frame, query: LokiQuery) -> None:
     labels_field.name = "labels"
     stamp_field.name = "tsNs"
     time_field.name = "Time"
+    if len(frame.fields) == 5:  # categorized labels: Grafana hides the types' column
+        types_field = frame.fields[4]
+        types_field.name = "labelTypes"
+        types_field.config = {"custom": {"hidden": True}}
     frame.meta = frame_meta(
         custom={"frameType": "LabeledTimeValues"}, executed_query=f"Expr: {query.expr}"
     )

@@ -9,6 +9,9 @@ Sources, all in grafana/grafana:
   `jsonData.queryTimeout` as `timeout`;
 - pkg/promlib/querydata/request.go `fetch`: a query asking for both range and instant runs
   both and answers the frames of both (instant first);
+- request.go `exemplarQuery` and client.go `QueryExemplars`: `exemplar: true` adds a request
+  to api/v1/query_exemplars (`query`, aligned `start` and `end`); its failure is ignored;
+  response.go `processExemplars` samples the exemplars into one frame (`sample_exemplars`);
 - pkg/promlib/querydata/response.go: the upstream status becomes the result's status; a query
   with no frames still answers one empty frame; the first frame's meta carries
   `executedQueryString` ("Expr: <expr>\\nStep: <Go duration>"); the time field's config is
@@ -22,6 +25,7 @@ Grafana's backend answers the same frames for all three and its frontend reshape
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,9 +33,9 @@ from typing import Any
 
 from gateway.query import durations, step
 from gateway.query.exchange import QueryPlan, UpstreamRequest, UpstreamResponse, form_request
-from gateway.query.frames import Field, Frame, frame_meta, set_meta
+from gateway.query.frames import Field, FieldType, Frame, frame_meta, set_meta
 from gateway.query.names import fill_legend, quoted_labels
-from gateway.query.promstyle import PromStyleError, read_prom_style
+from gateway.query.promstyle import MatrixFeed, PromStyleError, read_prom_style
 from gateway.query.request import ParsedQuery
 from gateway.query.results import ErrorSource, QueryResult
 from gateway.query.timerange import TimeRange
@@ -52,6 +56,7 @@ class PrometheusQuery:
     instant: bool
     legend_format: str
     format: str
+    exemplar: bool = False
 
 
 def parse_prometheus_query(
@@ -95,6 +100,7 @@ def parse_prometheus_query(
         instant=is_instant,
         legend_format=fields.string("legendFormat"),
         format=fields.choice("format", FORMATS, "time_series"),
+        exemplar=fields.flag("exemplar"),
     )
 
 
@@ -115,13 +121,40 @@ def plan_prometheus(
             ("end", format_seconds_ns(align(parsed.end_ms, parsed))),
             ("step", _format_float(parsed.step_ns / durations.SECOND)),
         ]
-        requests.append(form_request(method, "api/v1/query_range", _with_timeout(params, timeout)))
+        ranged = form_request(method, "api/v1/query_range", _with_timeout(params, timeout))
+        requests.append(dataclasses.replace(ranged, feed=_matrix_feed))
+    if parsed.exemplar:
+        params = [
+            ("query", parsed.expr),
+            ("start", format_seconds_ns(align(parsed.start_ms, parsed))),
+            ("end", format_seconds_ns(align(parsed.end_ms, parsed))),
+        ]
+        requests.append(form_request(method, "api/v1/query_exemplars", params))
 
     def convert(responses: Sequence[UpstreamResponse]) -> QueryResult:
-        results = [convert_prometheus_response(r.body, r.status, parsed) for r in responses]
+        *answers, last = responses
+        results = [_convert(response, parsed) for response in answers]
+        if parsed.exemplar:
+            # request.go: a failed exemplar query is only logged; its frames (if any) are
+            # added, and nothing else of it.
+            exemplars = _convert(last, parsed)
+            merged = merge_results(results)
+            assert merged.frames is not None
+            merged.frames.extend(exemplars.frames or [])
+            return merged
+        results.append(_convert(last, parsed))
         return merge_results(results)
 
     return QueryPlan(requests=tuple(requests), convert=convert)
+
+
+def _matrix_feed() -> MatrixFeed:
+    return MatrixFeed(dataplane=True)
+
+
+def _convert(response: UpstreamResponse, query: PrometheusQuery) -> QueryResult:
+    feed = response.feed if isinstance(response.feed, MatrixFeed) else None
+    return convert_prometheus_response(response.body, response.status, query, feed=feed)
 
 
 def align(epoch_ms: int, query: PrometheusQuery) -> int:
@@ -131,27 +164,112 @@ def align(epoch_ms: int, query: PrometheusQuery) -> int:
     return (moment + offset) // query.step_ns * query.step_ns - offset
 
 
-def convert_prometheus_response(body: bytes, status: int, query: PrometheusQuery) -> QueryResult:
-    """querydata.parseResponse for one upstream answer."""
+def convert_prometheus_response(
+    body: bytes, status: int, query: PrometheusQuery, *, feed: MatrixFeed | None = None
+) -> QueryResult:
+    """querydata.parseResponse for one upstream answer (`feed`: the series read from it as it
+    arrived)."""
     error: str | None = None
     try:
-        answer = read_prom_style(body, dataplane=True)
+        answer = read_prom_style(body, dataplane=True, feed=feed)
         frames, error = answer.frames, answer.error
     except PromStyleError as problem:
         frames, error = [], str(problem)
-    if not frames:
+    if not frames and not query.exemplar:
         frames = [Frame(fields=[])]  # "Add frame to attach metadata"
     for index, frame in enumerate(frames):
         add_metadata(frame, query)
         if index == 0:
             assert frame.meta is not None
             set_meta(frame.meta, "executedQueryString", executed_query_string(query))
+    if error is None:
+        frames = sample_exemplars(frames, query.step_ns)
     return QueryResult(
         frames=frames,
         status=status,
         error=error,
         error_source=ErrorSource.DOWNSTREAM if error is not None else None,
     )
+
+
+def sample_exemplars(frames: list[Frame], step_ns: int) -> list[Frame]:
+    """response.go processExemplars with Grafana's default sampler (exemplar/
+    sampler_stddev.go): the exemplar frames become one frame named "exemplar" (the last
+    exemplar frame's meta; fields `Time`, `Value`, then every series and exemplar label name,
+    sorted); per step-aligned bucket the highest exemplar is kept, and lower ones only when they
+    sit more than two standard deviations (over all exemplars) below the last one kept; rows
+    ordered by time. Other frames pass through, before it."""
+    kept = [frame for frame in frames if not _is_exemplar_frame(frame)]
+    exemplar_frames = [frame for frame in frames if _is_exemplar_frame(frame)]
+    if not exemplar_frames:
+        return frames
+    names: set[str] = set()
+    buckets: dict[int, list[_Exemplar]] = {}
+    welford = _Welford()
+    meta: dict[str, Any] | None = None
+    for frame in exemplar_frames:
+        meta = frame.meta
+        series_labels = dict(frame.fields[1].labels or {})
+        names.update(series_labels)
+        label_fields = frame.fields[2:]
+        names.update(field_.name for field_ in label_fields)
+        times, values = list(frame.fields[0].values), list(frame.fields[1].values)
+        for row, (moment, value) in enumerate(zip(times, values, strict=True)):
+            labels = dict(series_labels)
+            labels.update({field_.name: field_.values[row] for field_ in label_fields})
+            welford.add(value)
+            bucket = moment * durations.MILLISECOND // step_ns
+            buckets.setdefault(bucket, []).append(_Exemplar(moment, value, labels))
+    spread = welford.standard_deviation()
+    sampled: list[_Exemplar] = []
+    for bucket in sorted(buckets):
+        ranked = sorted(buckets[bucket], key=lambda exemplar: -exemplar.value)
+        taken = [ranked[0]]
+        for exemplar in ranked[1:]:
+            if spread != 0.0 and taken[-1].value - exemplar.value > spread * 2.0:
+                taken.append(exemplar)
+        sampled += taken
+    sampled.sort(key=lambda exemplar: exemplar.time_ms)
+    label_names = sorted(names)
+    fields = [
+        Field("Time", FieldType.TIME, [exemplar.time_ms for exemplar in sampled]),
+        Field("Value", FieldType.FLOAT64, [exemplar.value for exemplar in sampled]),
+    ]
+    fields += [
+        Field(name, FieldType.STRING, [exemplar.labels.get(name, "") for exemplar in sampled])
+        for name in label_names
+    ]
+    return [*kept, Frame(fields=fields, name="exemplar", meta=meta)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Exemplar:
+    time_ms: int
+    value: float
+    labels: dict[str, str]
+
+
+class _Welford:
+    """Welford's online mean and variance, as the sampler keeps them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (value - self.mean)
+
+    def standard_deviation(self) -> float:
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count >= 2 else 0.0
+
+
+def _is_exemplar_frame(frame: Frame) -> bool:
+    custom = (frame.meta or {}).get("custom")
+    return isinstance(custom, Mapping) and custom.get("resultType") == "exemplar"
 
 
 def merge_results(results: Sequence[QueryResult]) -> QueryResult:

@@ -9,7 +9,12 @@ both Grafana's Prometheus and Loki backends use, with its options as Grafana run
   `timeseries-multi` (Loki);
 - scalar: one frame `Time`/`Value` with `labels: {}`, `type: numeric-multi`;
 - string: one frame `Time`/`Value` (a string field), `type: timeseries-multi`;
+- native histograms (`histogram` / `histograms` in a series): a `heatmap-cells` frame of
+  buckets (`xMax`, `yMin`, `yMax`, `count`, `yLayout`);
+- exemplars (`data` a list of `{seriesLabels, exemplars}`): one frame per series, meta
+  `custom: {resultType: exemplar}`, an exemplar label per string field;
 - streams (Loki): one frame `__labels` (json), `Time`, `Line`, `TS` (nanoseconds as text);
+  with Loki's `categorize-labels` encoding also `__labelTypes` (readCategorizedStream);
 - `typeVersion` [0, 1] under the dataplane option, else [0, 0];
 - `status: error` becomes the error "<errorType>: <error>"; `warnings` and `infos` become
   notices on every frame (a frame named "Warnings" when there is none);
@@ -30,7 +35,11 @@ from typing import Any
 
 import orjson
 
-from gateway.query.frames import Field, FieldType, Frame, frame_meta
+from gateway.query.frames import Column, EncodedColumn, Field, FieldType, Frame, frame_meta
+
+# Loki's response encoding flag (header X-Loki-Response-Encoding-Flags, echoed in
+# `data.encodingFlags`): structured metadata and parsed labels apart from the stream's labels.
+CATEGORIZE_LABELS = "categorize-labels"
 
 
 class PromStyleError(ValueError):
@@ -57,13 +66,18 @@ _SERIES_TAIL = re.compile(rb"\s*\}\s*(,?)")
 _STAMP = re.compile(rb"\[\s*([-+0-9.eE]+)\s*,")
 _VALUE = re.compile(rb',\s*"([^"\\]*)"\s*\]')
 _TO_MS = (1000.0).__mul__
-# A values array of [a, b] pairs (what each element holds is orjson's to check).
-_PAIR = rb"\s*\[[^\[\],]*,[^\[\],]*\]\s*"
-_PAIRS = re.compile(rb"\[(?:" + _PAIR + rb"(?:," + _PAIR + rb")*)?\s*\]")
 _RESULT_END = re.compile(rb"\s*\]")
 
 
-def read_prom_style(body: bytes, *, dataplane: bool) -> PromStyleAnswer:
+def read_prom_style(
+    body: bytes, *, dataplane: bool, feed: MatrixFeed | None = None
+) -> PromStyleAnswer:
+    """The answer's frames. `feed`, when the body went through one as it arrived, holds the
+    series it has converted already."""
+    if feed is not None:
+        fast = feed.finish(body)
+        if fast is not None:
+            return fast
     fast = _read_matrix_fast(body, dataplane=dataplane)
     if fast is not None:
         return fast
@@ -102,7 +116,11 @@ def _read_data(data: Mapping[str, Any], *, dataplane: bool) -> PromStyleAnswer:
     if result_type in ("matrix", "vector"):
         answer.frames = [_series_frame(series, result_type, dataplane) for series in result or ()]
     elif result_type == "streams":
-        answer.frames = [_streams_frame(result or [])]
+        flags = data.get("encodingFlags") or ()
+        if isinstance(flags, list) and CATEGORIZE_LABELS in flags:
+            answer.frames = [_categorized_streams_frame(result or [])]
+        else:
+            answer.frames = [_streams_frame(result or [])]
     elif result_type == "scalar":
         answer.frames = [_scalar_frame(result, dataplane)]
     elif result_type == "string":
@@ -149,12 +167,69 @@ def _time_value_frame(
 
 def _series_frame(series: Mapping[str, Any], result_type: str, dataplane: bool) -> Frame:
     if "histogram" in series or "histograms" in series:
-        raise PromStyleError("native histograms are not supported by the gateway yet")
+        return _histogram_frame(series)
     labels = series.get("metric") or {}
     points = series.get("values") or ([series["value"]] if "value" in series else [])
     times = array("q", (time_ms(point[0]) for point in points))
     values = array("d", (float(point[1]) for point in points))
     return _time_value_frame(labels, times, values, _series_meta(result_type, dataplane))
+
+
+def _histogram_frame(series: Mapping[str, Any]) -> Frame:
+    """Native histogram samples as prom.go's `readHistogram` frames them: one row per bucket
+    of each sample, fields `xMax` (the sample's time), `yMin` and `yMax` (the bucket's bounds;
+    `yMin` carries the series' labels), `count`, and `yLayout` (Prometheus' boundary rule,
+    int8: 0 open left, 1 open right, 2 open both, 3 closed both), meta `heatmap-cells`. The
+    sample's own count and sum are not shown, as in Grafana. A series with float samples too
+    shows only its histograms, as in Grafana."""
+    samples: list[Any] = []
+    if "histogram" in series:
+        samples.append(series["histogram"])
+    samples.extend(series.get("histograms") or ())
+    times: list[int] = []
+    lower: list[float] = []
+    upper: list[float] = []
+    counts: list[float] = []
+    layouts: list[int] = []
+    for sample in samples:
+        if not isinstance(sample, list | tuple) or len(sample) != 2:
+            raise PromStyleError("a histogram sample must be [time, histogram]")
+        stamp, histogram = sample
+        if not isinstance(histogram, Mapping):
+            raise PromStyleError("a histogram must be an object")
+        moment = time_ms(stamp)
+        for bucket in histogram.get("buckets") or ():
+            if not isinstance(bucket, list | tuple) or len(bucket) != 4:
+                raise PromStyleError("expected close array")
+            rule, low, high, count = bucket
+            if isinstance(rule, bool) or not isinstance(rule, int) or not -128 <= rule <= 127:
+                raise PromStyleError(f"a histogram bucket's boundary rule must be an int8: {rule}")
+            times.append(moment)
+            layouts.append(rule)
+            lower.append(_float_text(low))
+            upper.append(_float_text(high))
+            counts.append(_float_text(count))
+    labels = series.get("metric") or {}
+    return Frame(
+        fields=[
+            Field("xMax", FieldType.TIME, times),
+            Field("yMin", FieldType.FLOAT64, lower, labels=dict(labels)),
+            Field("yMax", FieldType.FLOAT64, upper),
+            Field("count", FieldType.FLOAT64, counts),
+            Field("yLayout", FieldType.INT8, layouts),
+        ],
+        meta=frame_meta(type="heatmap-cells"),
+    )
+
+
+def _float_text(value: Any) -> float:
+    """strconv.ParseFloat of a JSON string (Prometheus writes numbers as text)."""
+    if not isinstance(value, str):
+        raise PromStyleError(f"expected a number as a string, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise PromStyleError(f"strconv.ParseFloat: parsing {value!r}: invalid syntax") from None
 
 
 def _scalar_frame(pair: Any, dataplane: bool) -> Frame:
@@ -194,12 +269,106 @@ def _streams_frame(streams: list[Any]) -> Frame:
     )
 
 
+def _categorized_streams_frame(streams: list[Any]) -> Frame:
+    """prom.go readCategorizedStream, for Loki's `categorize-labels` encoding: each entry is
+    `[ts, line, {"structuredMetadata": {...}, "parsed": {...}}]` and the stream holds the indexed
+    labels only. `__labels` merges them (indexed, then structured metadata, then parsed labels,
+    a later kind winning a shared name) and `__labelTypes` says which is which: "I", "S", "P"."""
+    labels_column: list[Any] = []
+    types_column: list[Any] = []
+    times: list[int] = []
+    lines: list[str] = []
+    stamps: list[str] = []
+    for stream in streams:
+        indexed = _string_map(stream.get("stream") if isinstance(stream, Mapping) else None)
+        for entry in stream.get("values") or ():
+            if not isinstance(entry, list) or len(entry) != 3:
+                raise PromStyleError("a categorized log entry must be [ts, line, {labels}]")
+            stamp, line, categories = entry
+            if not isinstance(stamp, str) or not isinstance(line, str):
+                raise PromStyleError("a log entry's time and line must be strings")
+            if not isinstance(categories, Mapping):
+                raise PromStyleError("a log entry's labels must be an object")
+            merged = dict(indexed)
+            kinds = dict.fromkeys(indexed, "I")
+            for key, kind in (("structuredMetadata", "S"), ("parsed", "P")):
+                for name, value in _string_map(categories.get(key)).items():
+                    merged[name] = value
+                    kinds[name] = kind
+            labels_column.append({name: merged[name] for name in sorted(merged)})
+            types_column.append({name: kinds[name] for name in sorted(kinds)})
+            times.append(loki_time_ms(stamp))
+            lines.append(line)
+            stamps.append(stamp)
+    return Frame(
+        fields=[
+            Field("__labels", FieldType.JSON, labels_column),
+            Field("Time", FieldType.TIME, times),
+            Field("Line", FieldType.STRING, lines),
+            Field("TS", FieldType.STRING, stamps),
+            Field("__labelTypes", FieldType.JSON, types_column),
+        ],
+        meta=frame_meta(),
+    )
+
+
+def _string_map(value: object) -> dict[str, str]:
+    """A label set: an object of strings (None is an empty one)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(item, str) for pair in value.items() for item in pair
+    ):
+        raise PromStyleError("labels must be an object of strings")
+    return dict(value)
+
+
 def _read_array_data(data: list[Any]) -> list[Frame]:
-    """`data` as a list: label names or values (strings), shown as one `Value` column."""
-    strings = [item if isinstance(item, str) else str(item) for item in data]
-    if not strings:
-        return []
-    return [Frame(fields=[Field("Value", FieldType.STRING, strings)])]
+    """`data` as a list (prom.go readArrayData): strings (label names or values) as one
+    `Value` column after the other frames; objects with `exemplars` as one exemplar frame each
+    (`/api/v1/query_exemplars`)."""
+    frames: list[Frame] = []
+    strings: list[str] = []
+    for item in data:
+        if isinstance(item, Mapping):
+            if "exemplars" in item:
+                frames.append(_exemplar_frame(item))
+        else:
+            strings.append(item if isinstance(item, str) else str(item))
+    if strings:
+        frames.append(Frame(fields=[Field("Value", FieldType.STRING, strings)]))
+    return frames
+
+
+def _exemplar_frame(item: Mapping[str, Any]) -> Frame:
+    """readLabelsOrExemplars: `Time`, `Value` (the series' labels), then one string field per
+    exemplar label in the order first seen, "" where an exemplar lacks it; meta
+    `custom: {resultType: exemplar}`."""
+    series_labels = item.get("seriesLabels") or {}
+    if not isinstance(series_labels, Mapping):
+        raise PromStyleError("seriesLabels must be an object")
+    times: list[int] = []
+    values: list[float] = []
+    label_columns: dict[str, list[str]] = {}
+    for index, exemplar in enumerate(item.get("exemplars") or ()):
+        if not isinstance(exemplar, Mapping):
+            raise PromStyleError("an exemplar must be an object")
+        values.append(_float_text(exemplar.get("value")))
+        times.append(time_ms(exemplar.get("timestamp")))
+        labels = exemplar.get("labels") or {}
+        if not isinstance(labels, Mapping):
+            raise PromStyleError("an exemplar's labels must be an object")
+        for key, value in labels.items():
+            column = label_columns.setdefault(str(key), [""] * index)
+            column.append(str(value))
+        for column in label_columns.values():
+            column.extend([""] * (index + 1 - len(column)))
+    fields = [
+        Field("Time", FieldType.TIME, times),
+        Field("Value", FieldType.FLOAT64, values, labels=dict(series_labels)),
+    ]
+    fields += [Field(name, FieldType.STRING, column) for name, column in label_columns.items()]
+    return Frame(fields=fields, meta=frame_meta(custom={"resultType": "exemplar"}))
 
 
 def _attach_notices(answer: PromStyleAnswer, document: Mapping[str, Any]) -> None:
@@ -220,7 +389,12 @@ def _attach_notices(answer: PromStyleAnswer, document: Mapping[str, Any]) -> Non
 
 def time_ms(seconds: Any) -> int:
     """converter.timeFromFloat: time.UnixMilli(int64(fv * 1000.0))."""
-    return int(float(seconds) * 1000.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise PromStyleError(f"expected a time in seconds, got {seconds!r}")
+    try:
+        return int(float(seconds) * 1000.0)
+    except (OverflowError, ValueError):
+        raise PromStyleError(f"time out of range: {seconds!r}") from None
 
 
 def loki_time_ms(nanoseconds: str) -> int:
@@ -242,23 +416,36 @@ def _read_matrix_fast(body: bytes, *, dataplane: bool) -> PromStyleAnswer | None
         return None
     if status.group(1) != b"success" or result_type.group(1) != b"matrix":
         return None
-    frames: list[Frame] = []
-    position = start.end()
-    for series in _iter_series(body, position):
-        if series is None:
-            return None
-        values_start, values_end, labels_bytes, position = series
-        frame = _fast_series_frame(body, values_start, values_end, labels_bytes, dataplane)
-        if frame is None:
-            return None
-        frames.append(frame)
+    return _finish_matrix(body, dataplane, start.end(), start.end(), [], done=False)
+
+
+def _finish_matrix(
+    body: bytes,
+    dataplane: bool,
+    result_start: int,
+    position: int,
+    frames: list[Frame],
+    *,
+    done: bool,
+) -> PromStyleAnswer | None:
+    """Read the series from `position` on (after `frames`, read already), then check the rest
+    of the document around the result array (which starts at `result_start`)."""
+    if not done:
+        for series in _iter_series(body, position):
+            if series is None:
+                return None
+            values_start, values_end, labels_bytes, position = series
+            frame = _fast_series_frame(body, values_start, values_end, labels_bytes, dataplane)
+            if frame is None:
+                return None
+            frames.append(frame)
     end = _RESULT_END.match(body, position)
     if end is None:
         return None
     try:
         # The rest of the document (status, warnings, stats...) with the result emptied: the
         # full reader checks and uses it, and it is small.
-        skeleton = orjson.loads(body[: start.end()] + body[end.start() :])
+        skeleton = orjson.loads(body[:result_start] + body[end.start() :])
     except orjson.JSONDecodeError:
         return None
     data = skeleton.get("data") if isinstance(skeleton, Mapping) else None
@@ -270,6 +457,96 @@ def _read_matrix_fast(body: bytes, *, dataplane: bool) -> PromStyleAnswer | None
     _apply_stats(answer, data)
     _attach_notices(answer, skeleton)
     return answer
+
+
+class MatrixFeed:
+    """The matrix fast path while the body is still arriving: each series is converted as soon
+    as all of its text is in, so for a large answer the conversion keeps pace with the upstream
+    writing it and little is left to do after its last byte. Opportunistic: what it cannot
+    read yet it leaves, and `finish` (with the whole body) reads the rest, checks the document
+    around the result, or answers None for the full reader to take over. Converted text is
+    dropped from its buffer, so it holds about one series of the body at a time."""
+
+    # The document's head ("status", "data", "resultType") comes before the result in
+    # Prometheus' answers; past this many bytes without `"result":[` the feed gives up.
+    HEAD_LIMIT = 64 * 1024
+
+    def __init__(self, *, dataplane: bool) -> None:
+        self._dataplane = dataplane
+        self._buffer = bytearray()
+        self._offset = 0  # where `_buffer` starts in the body
+        self._result_start = -1  # in the body: just after `"result":[`
+        self._search_from = 0  # in `_buffer`: where the next "]]" may start
+        self._frames: list[Frame] = []
+        self._done = False  # the result array's last series has been read
+        self._failed = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self._failed or self._done:
+            return
+        self._buffer += chunk
+        if self._result_start < 0:
+            start = _RESULT_START.search(self._buffer)
+            if start is None:
+                self._failed = len(self._buffer) > self.HEAD_LIMIT
+                return
+            self._result_start = start.end()
+            self._consume(start.end())
+        while not self._failed and not self._done and self._read_one():
+            pass
+
+    def _read_one(self) -> bool:
+        """Convert the next series if all of it is in the buffer; False to wait for more."""
+        buffer = self._buffer
+        close = buffer.find(b"]]", self._search_from)
+        if close < 0:
+            self._search_from = max(0, len(buffer) - 1)
+            return False
+        head = _SERIES_HEAD.match(buffer)
+        if head is None:
+            # Not a series head yet (a label may hold "]]"), or not one at all: `finish`
+            # decides with the whole body. One head match per chunk, and a head is small: with
+            # HEAD_LIMIT bytes in and still no head the feed stops (a body full of "]]" must
+            # not cost a match of a growing head per chunk).
+            self._failed = len(buffer) > self.HEAD_LIMIT
+            self._search_from = max(0, len(buffer) - 1)
+            return False
+        start = head.end()
+        if buffer[start : start + 1] == b"]":
+            end = start
+        else:
+            if close < start:  # that "]]" was in the labels
+                close = buffer.find(b"]]", start)
+                if close < 0:
+                    return False
+            end = close + 1
+        tail = _SERIES_TAIL.match(buffer, end + 1)
+        if tail is None or (not tail.group(1) and tail.end() == len(buffer)):
+            self._search_from = close  # the same "]]" again, once more has come
+            return False  # whether another series follows is not known yet
+        frame = _fast_series_frame(buffer, start, end, head.group(1), self._dataplane)
+        if frame is None:
+            self._failed = True
+            return False
+        self._frames.append(frame)
+        self._done = not tail.group(1)
+        self._consume(tail.end())
+        return True
+
+    def _consume(self, length: int) -> None:
+        del self._buffer[:length]
+        self._offset += length
+        self._search_from = 0
+
+    def finish(self, body: bytes) -> PromStyleAnswer | None:
+        """The answer from the whole body: the series read so far plus the rest, or None when
+        the body is not a plain successful matrix (the full reader's case)."""
+        if self._failed or self._result_start < 0 or len(body) < self._offset:
+            return None
+        frames, self._frames = self._frames, []
+        return _finish_matrix(
+            body, self._dataplane, self._result_start, self._offset, frames, done=self._done
+        )
 
 
 def _iter_series(body: bytes, position: int) -> Iterator[tuple[int, int, bytes, int] | None]:
@@ -303,7 +580,7 @@ def _iter_series(body: bytes, position: int) -> Iterator[tuple[int, int, bytes, 
 
 
 def _fast_series_frame(
-    body: bytes, start: int, end: int, labels_bytes: bytes, dataplane: bool
+    body: bytes | bytearray, start: int, end: int, labels_bytes: bytes, dataplane: bool
 ) -> Frame | None:
     try:
         labels = orjson.loads(labels_bytes)
@@ -316,34 +593,92 @@ def _fast_series_frame(
     return _time_value_frame(labels, times, floats, _series_meta("matrix", dataplane))
 
 
-Columns = tuple[array, array]  # type: ignore[type-arg]
+Columns = tuple[Column, Column]
+
+# Every byte but the four that make a values array's structure: `[`, `]`, `,` and `"`.
+_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'[],"')
+_POINT_SKELETON = b',""],['
+# What a bare JSON value other than a number starts with or holds: true, false, null, {},
+# and NaN, Infinity.
+_NOT_NUMBER_LETTERS = (b"t", b"f", b"n", b"{", b"N", b"I")
 
 
-def _numeric_columns(body: bytes, start: int, end: int) -> Columns | None:
-    """The quickest way, for values without NaN or infinities: with the quotes dropped the
-    values are a JSON array of number pairs, which orjson reads in C; the per-point work is
-    then only C-level maps (timeFromFloat's int64(seconds * 1000.0))."""
+def _count_pairs(segment: bytes | bytearray) -> int | None:
+    """How many `[<bare>,"<quoted>"]` points a non-empty values array holds, checked in C: with
+    everything but `[],"` deleted it must read exactly `[[,""],[,""],...]`. None otherwise."""
+    skeleton = segment.translate(None, _NOT_STRUCTURE)
+    points = (len(skeleton) - 1) // 6  # "[" + n * '[,""]' + (n - 1) * "," + "]"
+    if points < 1 or skeleton != b"[[" + _POINT_SKELETON * (points - 1) + b',""]]':
+        return None
+    return points
+
+
+def _numeric_columns(body: bytes | bytearray, start: int, end: int) -> Columns | None:
+    """The quickest way, for values as Prometheus writes them (`[<seconds>,"<number>"]`, no
+    NaN or infinities): both columns come out already encoded, with no Python object per point
+    kept and no per-point Python code run.
+
+    1. The structure is checked in C (`_count_pairs`): pairs of a bare token and a quoted one.
+    2. With the quotes and brackets dropped, the values are a JSON array of numbers, which
+       orjson reads as one flat list (not a list per point: a million small lists set off the
+       garbage collector again and again, while numbers are not tracked by it).
+       Tokens that are not numbers (true, null, {}, NaN...) are found by their letters first.
+    3. Each column is written back by orjson. Whole seconds become milliseconds
+       in the text ("000" appended to each), which is exactly timeFromFloat's
+       int64(seconds * 1000.0) for them; fractional seconds take the float route instead.
+    """
     segment = body[start - 1 : end + 1]  # the values array, brackets included
-    if b"N" in segment or b"I" in segment:
+    if segment == b"[]":
+        return EncodedColumn(b"[]", 0), EncodedColumn(b"[]", 0)
+    points = _count_pairs(segment)
+    if points is None:
+        return None
+    tokens = segment.translate(None, b'"[]')
+    # Each token is now a JSON value without brackets or quotes: a number, or one of these
+    # (NaN and ±Inf too, which orjson would refuse anyway; it refuses 1e999 as well).
+    if any(letter in tokens for letter in _NOT_NUMBER_LETTERS):
         return None
     try:
-        # One flat list of numbers, not one list per point: a million small lists would set off
-        # the garbage collector again and again (several times the cost of the parsing), while
-        # numbers are not tracked by it. Each point must be a pair, which the text shows.
-        if _PAIRS.fullmatch(segment) is None:
-            return None
-        flat = orjson.loads(b"[" + segment.translate(None, b'"[]') + b"]")
-        stamps = array("q", map(int, map(_TO_MS, flat[0::2])))
-        return stamps, array("d", flat[1::2])
-    except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
+        flat = orjson.loads(b"[" + tokens + b"]")
+    except orjson.JSONDecodeError:
         return None
+    del tokens
+    if len(flat) != 2 * points:
+        return None
+    stamps, values = flat[0::2], flat[1::2]
+    del flat
+    values_json = orjson.dumps(values)
+    stamps_json = orjson.dumps(stamps)
+    if any(mark in stamps_json for mark in (b".", b"e", b"-")) or stamps_json.startswith(b"[0"):
+        return _float_stamps(stamps, values_json, points)
+    if b",0" in stamps_json:
+        return _float_stamps(stamps, values_json, points)  # a zero: "0000" is no number
+    times_json = stamps_json.replace(b",", b"000,")[:-1] + b"000]"
+    return EncodedColumn(times_json, points), EncodedColumn(_compact(values_json), points)
 
 
-def _text_columns(body: bytes, start: int, end: int) -> Columns | None:
+def _compact(encoded: bytes) -> bytes:
+    """A copy at its exact size: orjson's output keeps the capacity it grew to (about twenty
+    times the text for a column of numbers), which would be held until the frame is written."""
+    return bytes(memoryview(encoded))
+
+
+def _float_stamps(stamps: list[Any], values_json: bytes, points: int) -> Columns | None:
+    """Times with fractions of a second (or negative, or zero): timeFromFloat, point by point
+    but in C-level maps."""
+    try:
+        times = array("q", map(int, map(_TO_MS, stamps)))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return times, EncodedColumn(_compact(values_json), points)
+
+
+def _text_columns(body: bytes | bytearray, start: int, end: int) -> Columns | None:
     """Values with NaN or infinities, which JSON cannot spell: each read as text."""
+    points = _count_pairs(body[start - 1 : end + 1])
     stamps = _STAMP.findall(body, start, end)
     values = _VALUE.findall(body, start, end)
-    if not len(stamps) == len(values) == body.count(b"[", start, end):
+    if points is None or not len(stamps) == len(values) == points:
         return None
     try:
         return array("q", map(int, map(_TO_MS, map(float, stamps)))), array("d", map(float, values))

@@ -35,7 +35,7 @@ from gateway.registry.models import DataSource, DataSourceSpec
 from tests.conftest import Headers, MakeToken
 from tests.query.frames import TIME, float_field, string_field
 from tests.services.influxdb import InfluxDB1, quote_ident
-from tests.services.prometheus import PROMETHEUS_PASSWORD, PROMETHEUS_USER
+from tests.services.prometheus import PROMETHEUS_PASSWORD, PROMETHEUS_USER, PrometheusProcess
 from tests.types import AppClient
 
 T = TypeVar("T")
@@ -412,6 +412,197 @@ async def test_prometheus_get_method_and_queries_run_concurrently(
     )
 
 
+class ExemplarPrometheus(PrometheusProcess):
+    """Debian's Prometheus with exemplar storage on, scraping one OpenMetrics target every
+    second."""
+
+    def __init__(self, directory: Path, target: str) -> None:
+        super().__init__(directory)
+        config = (
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n"
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
+        (directory / "prometheus.yml").write_text(config)
+
+    def _command(self) -> list[str]:
+        return [*super()._command(), "--enable-feature=exemplar-storage"]
+
+
+async def test_prometheus_exemplars_from_a_real_prometheus(
+    client: AppClient, admin_headers: Headers, aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    """Exemplars as Grafana shows them: a target exposes three counters with exemplars in
+    OpenMetrics (two in one step, one earlier), Prometheus scrapes and stores them, and
+    `exemplar: true` adds Grafana's sampled exemplar frame: of the two in one step only the
+    higher is kept (the lower is not two standard deviations below it)."""
+    now_s = int(time.time())
+    recent, earlier = now_s - 60, now_s - 180
+    exposition = (
+        "# TYPE app_requests counter\n"
+        f'app_requests_total{{path="/a"}} 10 # {{trace_id="aaa"}} 8 {recent}\n'
+        f'app_requests_total{{path="/b"}} 20 # {{trace_id="bbb"}} 9 {recent}\n'
+        f'app_requests_total{{path="/c"}} 30 # {{trace_id="ccc"}} 100 {earlier}\n'
+        "# EOF\n"
+    )
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=exposition.encode(),
+            headers={"Content-Type": "application/openmetrics-text; version=1.0.0; charset=utf-8"},
+        )
+
+    target_app = web.Application()
+    target_app.router.add_get("/metrics", metrics)
+    target = await aiohttp_server(target_app)
+    prometheus = ExemplarPrometheus(tmp_path / "prometheus", f"127.0.0.1:{target.port}")
+    await asyncio.to_thread(prometheus.start)
+    try:
+        stored: list[Any] = []
+
+        async def exemplars_stored() -> None:
+            params = {
+                "query": "app_requests_total",
+                "start": str(now_s - 600),
+                "end": str(now_s + 60),
+            }
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{prometheus.url}/api/v1/query_exemplars", params=params) as got,
+            ):
+                stored[:] = (await got.json())["data"]
+
+        async def poll() -> bool:
+            await exemplars_stored()
+            return sum(len(series["exemplars"]) for series in stored) == 3
+
+        deadline = time.monotonic() + 30
+        while not await poll():
+            assert time.monotonic() < deadline, f"exemplars not scraped: {stored}"
+            await asyncio.sleep(0.2)
+        await add_source(client, uid="prom-exemplars", type="prometheus", url=prometheus.url)
+        query = {
+            "refId": "E",
+            "datasource": {"uid": "prom-exemplars"},
+            "expr": "app_requests_total",
+            "range": True,
+            "exemplar": True,
+            "intervalMs": 15000,
+        }
+        body = {
+            "from": str((now_s - 600) * 1000),
+            "to": str((now_s + 60) * 1000),  # the aligned end after the first scrape
+            "queries": [query],
+        }
+        status, answer = await ds_query(client, admin_headers, body)
+    finally:
+        await asyncio.to_thread(prometheus.stop)
+    assert status == 200, answer
+    frames = results(answer)["E"]["frames"]
+    *series_frames, exemplar = frames
+    assert len(series_frames) == 3
+    instance = f"127.0.0.1:{target.port}"
+    names = ["__name__", "instance", "job", "path", "trace_id"]
+    assert exemplar == {
+        "schema": {
+            "name": "exemplar",
+            "refId": "E",
+            "meta": {"typeVersion": [0, 0], "custom": {"resultType": "exemplar"}},
+            "fields": [TIME, float_field("Value"), *map(string_field, names)],
+        },
+        "data": {
+            "values": [
+                [earlier * 1000, recent * 1000],
+                [100, 9],
+                ["app_requests_total"] * 2,
+                [instance] * 2,
+                ["app"] * 2,
+                ["/c", "/b"],
+                ["ccc", "bbb"],
+            ]
+        },
+    }
+
+
+async def test_prometheus_native_histograms(
+    client: AppClient, admin_headers: Headers, aiohttp_server: AiohttpServer
+) -> None:
+    """Native histograms as Grafana frames them (a `heatmap-cells` frame of buckets). Debian's
+    Prometheus 2.42 stores native histograms only from protobuf scrapes, which nothing here
+    produces, so the upstream is an aiohttp server answering query_range with the exact JSON of
+    Prometheus' docs ("Native histograms" under the query API's formats): `histograms` of
+    `[time, {count, sum, buckets: [[boundary_rule, left, right, count], ...]}]`."""
+    seen: list[str] = []
+
+    async def query_range(request: web.Request) -> web.Response:
+        seen.append(str((await request.post())["query"]))
+        histogram = {
+            "count": "3",
+            "sum": "0.6",
+            "buckets": [[0, "0.1", "0.2", "1"], [3, "0.25", "0.5", "2"]],
+        }
+        result = [
+            {
+                "metric": {"__name__": "rpc_seconds", "job": "api"},
+                "histograms": [[T0 / 1000, histogram], [T0 / 1000 + 60, histogram]],
+            }
+        ]
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "matrix", "result": result}}
+        )
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/api/v1/query_range", query_range)
+    upstream = await aiohttp_server(upstream_app)
+    await add_source(client, uid="prom-native", type="prometheus", url=str(upstream.make_url("/")))
+    query = {
+        "refId": "H",
+        "datasource": {"uid": "prom-native"},
+        "expr": "rpc_seconds",
+        "intervalMs": 60000,
+        "format": "heatmap",
+    }
+    status, answer = await ds_query(client, admin_headers, {**RANGE, "queries": [query]})
+    assert status == 200, answer
+    assert seen == ["rpc_seconds"]
+    (frame,) = results(answer)["H"]["frames"]
+    labels = {"__name__": "rpc_seconds", "job": "api"}
+    assert frame == {
+        "schema": {
+            "refId": "H",
+            "meta": {
+                "type": "heatmap-cells",
+                "typeVersion": [0, 0],
+                "executedQueryString": "Expr: rpc_seconds\nStep: 1m0s",
+            },
+            "fields": [
+                {
+                    "name": "xMax",
+                    "type": "time",
+                    "typeInfo": {"frame": "time.Time"},
+                    "config": {"interval": 60000},
+                },
+                float_field(
+                    "rpc_seconds",
+                    labels=labels,
+                    config={"displayNameFromDS": 'rpc_seconds{job="api"}'},
+                ),
+                float_field("yMax"),
+                float_field("count"),
+                {"name": "yLayout", "type": "number", "typeInfo": {"frame": "int8"}},
+            ],
+        },
+        "data": {
+            "values": [
+                [T0, T0, T0 + MINUTE, T0 + MINUTE],
+                [0.1, 0.25] * 2,
+                [0.2, 0.5] * 2,
+                [1, 2] * 2,
+                [0, 3] * 2,
+            ]
+        },
+    }
+
+
 # --- Loki ----------------------------------------------------------------------------------------
 
 
@@ -419,10 +610,18 @@ async def test_prometheus_get_method_and_queries_run_concurrently(
 class FakeLoki:
     """Loki's query API: `/loki/api/v1/query_range` and `/loki/api/v1/query`. A log query
     (one starting with `{`) answers `streams`, a metric query `matrix` (range) or `vector`
-    (instant); a query containing `syntax error` answers Loki's 400 with a text body."""
+    (instant); a query containing `syntax error` answers Loki's 400 with a text body.
+
+    With `categorize` (Loki 3.x) a request carrying `X-Loki-Response-Encoding-Flags:
+    categorize-labels` gets that encoding back, as Loki's docs describe it: `encodingFlags` in
+    `data`, the stream's indexed labels only, and a third element per entry with the entry's
+    `structuredMetadata` and `parsed` labels (here: `trace_id` metadata on the error line, and
+    `level` parsed from it by a `| logfmt` stage). Without it (Loki 2.x) the header is ignored."""
 
     url: str = ""
+    categorize: bool = False
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    flags: list[str | None] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -432,9 +631,36 @@ class FakeLoki:
 
     async def _range(self, request: web.Request) -> web.Response:
         self.requests.append((request.path, dict(request.query)))
+        flags = request.headers.get("X-Loki-Response-Encoding-Flags")
+        self.flags.append(flags)
         expr = request.query["query"]
         if "syntax error" in expr:
             return web.Response(status=400, text="parse error at line 1, col 1: syntax error")
+        if expr.startswith("{") and self.categorize and flags == "categorize-labels":
+            body = {
+                "status": "success",
+                "data": {
+                    "resultType": "streams",
+                    "encodingFlags": ["categorize-labels"],
+                    "result": [
+                        {
+                            "stream": {"app": "api"},
+                            "values": [
+                                [
+                                    "1700000040000000001",
+                                    "level=error msg=boom",
+                                    {
+                                        "structuredMetadata": {"trace_id": "7f3a"},
+                                        "parsed": {"level": "error", "msg": "boom"},
+                                    },
+                                ],
+                                ["1700000010000000000", "first", {}],
+                            ],
+                        }
+                    ],
+                },
+            }
+            return web.json_response(body)
         if expr.startswith("{"):
             return _loki_answer(
                 "streams",
@@ -533,6 +759,37 @@ async def test_loki_log_query_answers_a_log_frame(
     # Grafana's ids: "<tsNs>_<fnv32 of the line and labels>_<refId>".
     assert [value.split("_")[0] for value in values[4]] == stamps
     assert all(value.endswith("_logs") and len(value.split("_")) == 3 for value in values[4])
+
+
+async def test_loki_structured_metadata_and_parsed_labels(
+    client: AppClient, admin_headers: Headers, loki: FakeLoki
+) -> None:
+    """Against a Loki that knows the categorize-labels encoding: the gateway asks for it as
+    Grafana does, merges structured metadata and parsed labels into `labels`, and says which
+    is which in `labelTypes` (I: indexed, S: structured metadata, P: parsed)."""
+    loki.categorize = True
+    query = {"refId": "L", "datasource": {"uid": "loki"}, "expr": '{app="api"} | logfmt'}
+    status, answer = await ds_query(client, admin_headers, {**RANGE, "queries": [query]})
+    assert status == 200, answer
+    assert loki.flags == ["categorize-labels"]
+    (frame,) = results(answer)["L"]["frames"]
+    json_field = {"type": "other", "typeInfo": {"frame": "json.RawMessage"}}
+    assert frame["schema"]["fields"] == [
+        {"name": "labels", **json_field},
+        TIME,
+        string_field("Line"),
+        string_field("tsNs"),
+        {"name": "labelTypes", **json_field, "config": {"custom": {"hidden": True}}},
+        string_field("id"),
+    ]
+    labels, times, lines, stamps, types, ids = frame["data"]["values"]
+    assert labels == [
+        {"app": "api", "level": "error", "msg": "boom", "trace_id": "7f3a"},
+        {"app": "api"},
+    ]
+    assert types == [{"app": "I", "level": "P", "msg": "P", "trace_id": "S"}, {"app": "I"}]
+    assert (times, lines) == ([1700000040000, 1700000010000], ["level=error msg=boom", "first"])
+    assert [value.split("_")[0] for value in ids] == stamps
 
 
 async def test_loki_metric_range_and_instant_queries_and_a_loki_error(
@@ -723,11 +980,88 @@ async def test_influxql_relative_time_table_format_and_errors(
     assert got["broken"]["errorSource"] == "downstream"
     assert got["broken"]["error"].startswith("InfluxDB returned error: error parsing query")
     assert got["builder"] == {
-        "error": "queries[2].rawQuery: only raw InfluxQL queries are supported; "
-        "set rawQuery and query",
+        "error": "queries[2].measurement: required",
         "errorSource": "plugin",
         "status": 400,
     }
+
+
+async def test_influxql_from_grafanas_visual_editor(
+    client: AppClient, admin_headers: Headers, influxdb: InfluxDB1
+) -> None:
+    """A query as Grafana's InfluxQL editor saves it: field, aggregation, math, alias, tags
+    with OR and a regex, GROUP BY time(auto)/tag/fill, a retention policy, ORDER BY time;
+    rendered as Grafana renders it and answered by the real InfluxDB 1.x."""
+    database = await influxdb.create_database(retention_policies={"forever": "INF"})
+    await add_source(
+        client,
+        uid="influx-editor",
+        type="influxdb",
+        url=influxdb.url,
+        database=database,
+        user=influxdb.admin_user,
+        secure_json_data={"password": influxdb.admin_password},
+    )
+    lines = (
+        f"cpu,host=a,dc=eu value=1 {T0 + 10_000}\n"
+        f"cpu,host=a,dc=eu value=3 {T0 + 20_000}\n"
+        f"cpu,host=b,dc=us value=5 {T0 + 70_000}\n"
+        f"cpu,host=c,dc=ap value=100 {T0 + 80_000}\n"
+    )
+    auth = aiohttp.encode_basic_auth(influxdb.admin_user, influxdb.admin_password)
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": auth}) as session,
+        session.post(
+            f"{influxdb.url}/write",
+            params={"db": database, "rp": "forever", "precision": "ms"},
+            data=lines,
+        ) as response,
+    ):
+        assert response.status == 204, await response.text()
+    query = {
+        "refId": "editor",
+        "datasource": {"uid": "influx-editor"},
+        "intervalMs": 60000,
+        "rawQuery": False,
+        "query": "",
+        "policy": "forever",
+        "measurement": "cpu",
+        "resultFormat": "time_series",
+        "orderByTime": "ASC",
+        "select": [
+            [
+                {"type": "field", "params": ["value"]},
+                {"type": "mean", "params": []},
+                {"type": "math", "params": ["* 10"]},
+                {"type": "alias", "params": ["ten"]},
+            ]
+        ],
+        "tags": [
+            {"key": "host", "operator": "=", "value": "a"},
+            {"key": "host", "operator": "=~", "value": "/^b$/", "condition": "OR"},
+        ],
+        "groupBy": [
+            {"type": "time", "params": ["auto"]},
+            {"type": "tag", "params": ["host"]},
+            {"type": "fill", "params": ["0"]},
+        ],
+    }
+    body = {"from": str(T0), "to": str(T0 + 2 * MINUTE - 1), "queries": [query]}
+    status, answer = await ds_query(client, admin_headers, body)
+    assert status == 200, answer
+    executed = (
+        'SELECT mean("value") * 10 AS "ten" FROM "forever"."cpu" WHERE ("host" = \'a\' OR '
+        f'"host" =~ /^b$/) AND time >= {T0}ms and time <= {T0 + 2 * MINUTE - 1}ms '
+        'GROUP BY time(1m), "host" fill(0) ORDER BY time ASC'
+    )
+    frames = results(answer)["editor"]["frames"]
+    assert frames[0]["schema"]["meta"]["executedQueryString"] == executed
+    assert [f["schema"]["name"] for f in frames] == ["cpu.ten { host: a }", "cpu.ten { host: b }"]
+    assert [f["data"]["values"] for f in frames] == [
+        [[T0, T0 + MINUTE], [20, 0]],
+        [[T0, T0 + MINUTE], [0, 50]],
+    ]
+    assert frames[1]["schema"]["fields"][1]["labels"] == {"host": "b"}
 
 
 # --- mixed ---------------------------------------------------------------------------------------

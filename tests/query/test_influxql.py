@@ -193,6 +193,6 @@ def test_plan_get_and_post() -> None:
     ]
 
 
-def test_builder_queries_are_refused() -> None:
-    with pytest.raises(QueryRequestError, match=r"queries\[0\]\.rawQuery: only raw InfluxQL"):
+def test_builder_queries_need_a_measurement() -> None:
+    with pytest.raises(QueryRequestError, match=r"queries\[0\]\.measurement: required"):
         plan({"select": [[{"type": "field", "params": ["value"]}]]}, {})

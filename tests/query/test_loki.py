@@ -18,6 +18,7 @@ from gateway.query import durations as d
 from gateway.query.exchange import UpstreamResponse
 from gateway.query.frames import frame_dict
 from gateway.query.loki import LokiQuery, convert_loki_response, fnv32, go_json, plan_loki
+from gateway.query.promstyle import read_prom_style
 from gateway.query.request import parse_query_request
 
 from .frames import TIME, float_field, string_field
@@ -217,3 +218,118 @@ def test_plan_range_and_instant() -> None:
     )
     answer = plan({"expr": "x"}).convert([UpstreamResponse(500, b"boom")])
     assert (answer.error, answer.status) == ("boom", 500)
+
+
+def test_structured_metadata_golden() -> None:
+    """grafana/grafana pkg/promlib/converter/testdata/loki-streams-structured-metadata.json and
+    its -frame.jsonc: the converter's frame, before the Loki backend renames its fields."""
+    body = {
+        "status": "success",
+        "data": {
+            "encodingFlags": ["categorize-labels"],
+            "resultType": "streams",
+            "result": [
+                {
+                    "stream": {"label": "value"},
+                    "values": [
+                        [
+                            "1697025310236000000",
+                            "text",
+                            {"structuredMetadata": {"nonIndexed": "value"}},
+                        ]
+                    ],
+                }
+            ],
+        },
+    }
+    (frame,) = read_prom_style(orjson.dumps(body), dataplane=True).frames
+    json_field = {"type": "other", "typeInfo": {"frame": "json.RawMessage"}}
+    assert frame_dict(frame) == {
+        "schema": {
+            "meta": {"typeVersion": [0, 0]},
+            "fields": [
+                {"name": "__labels", **json_field},
+                TIME,
+                string_field("Line"),
+                string_field("TS"),
+                {"name": "__labelTypes", **json_field},
+            ],
+        },
+        "data": {
+            "values": [
+                [{"label": "value", "nonIndexed": "value"}],
+                [1697025310236],
+                ["text"],
+                ["1697025310236000000"],
+                [{"nonIndexed": "S", "label": "I"}],
+            ]
+        },
+    }
+
+
+def test_log_frame_with_structured_metadata_and_parsed_labels() -> None:
+    """The Loki backend's log frame for a categorized answer: labels merged (a parsed label
+    wins over structured metadata and the stream's label of the same name), `labelTypes`
+    hidden, the id computed over the merged labels."""
+    body = {
+        "status": "success",
+        "data": {
+            "encodingFlags": ["categorize-labels"],
+            "resultType": "streams",
+            "result": [
+                {
+                    "stream": {"app": "api", "level": "info"},
+                    "values": [
+                        [
+                            "1700000000000000000",
+                            "level=error msg=boom",
+                            {
+                                "structuredMetadata": {"trace_id": "abc", "level": "warn"},
+                                "parsed": {"level": "error"},
+                            },
+                        ],
+                        ["1699999999000000000", "plain", {}],
+                    ],
+                }
+            ],
+        },
+    }
+    result = convert_loki_response(orjson.dumps(body), 200, loki_query(ref_id="A"))
+    assert result.error is None
+    (frame,) = [frame_dict(f) for f in result.frames or []]
+    names = [field["name"] for field in frame["schema"]["fields"]]
+    assert names == ["labels", "Time", "Line", "tsNs", "labelTypes", "id"]
+    assert frame["schema"]["fields"][4]["config"] == {"custom": {"hidden": True}}
+    labels, _, _, _, types, ids = frame["data"]["values"]
+    assert labels == [
+        {"app": "api", "level": "error", "trace_id": "abc"},
+        {"app": "api", "level": "info"},
+    ]
+    assert types == [
+        {"app": "I", "level": "P", "trace_id": "S"},
+        {"app": "I", "level": "I"},
+    ]
+    merged = go_json({"app": "api", "level": "error", "trace_id": "abc"})
+    checksum = fnv32(b"level=error msg=boom_" + merged)
+    assert ids[0] == f"1700000000000000000_{checksum:x}_A"
+
+
+def test_categorized_entries_must_be_well_formed() -> None:
+    for entry in (["1", "line"], ["1", "line", {"parsed": {"a": 1}}], ["1", "line", []]):
+        body = {
+            "status": "success",
+            "data": {
+                "encodingFlags": ["categorize-labels"],
+                "resultType": "streams",
+                "result": [{"stream": {}, "values": [entry]}],
+            },
+        }
+        result = convert_loki_response(orjson.dumps(body), 200, loki_query())
+        assert result.error is not None, entry
+        assert result.error_source is not None
+        assert result.error_source.value == "downstream"
+
+
+def test_grafana_asks_for_categorized_labels() -> None:
+    (request,) = plan({"expr": '{a="b"}'}).requests
+    assert request.headers == (("X-Loki-Response-Encoding-Flags", "categorize-labels"),)

@@ -9,6 +9,7 @@ Expected frames are copied from grafana/grafana:
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -24,7 +25,7 @@ from gateway.query.prometheus import (
     interpolate_variables,
     plan_prometheus,
 )
-from gateway.query.promstyle import _read_matrix_fast, read_prom_style
+from gateway.query.promstyle import MatrixFeed, _read_matrix_fast, read_prom_style
 from gateway.query.request import ParsedQuery, QueryRequestError, parse_query_request
 from gateway.query.timerange import TimeRange
 
@@ -398,7 +399,287 @@ def test_the_matrix_fast_path_reads_pairs_only() -> None:
 
     assert fast_columns('[[1.5,"2"],[3,"4e3"]]') == ([1500, 3000], [2, 4000])
     assert fast_columns("[]") == ([], [])
-    for odd in ("[[1],[2,3,4]]", '[[1,"2",3]]', '[[1,"x"]]', '[ [1, "2"] ]'):
-        assert _read_matrix_fast(matrix(odd), dataplane=True) is None
+    # whole seconds are made milliseconds in the text; zero, negative or fractional seconds
+    # go through timeFromFloat's arithmetic
+    assert fast_columns('[[0,"1"],[15,"2.5"]]') == ([0, 15000], [1, 2.5])
+    assert fast_columns('[[-15,"1"],[10,"-2"]]') == ([-15000, 10000], [1, -2])
+    assert fast_columns('[[1700000000,"1"],[1700000015,"0.5"]]') == (
+        [1700000000000, 1700000015000],
+        [1, 0.5],
+    )
+    odd_values = (
+        "[[1],[2,3,4]]",
+        '[[1,"2",3]]',
+        '[[1,"x"]]',
+        '[ [1, "2"] ]',
+        '[[1,"2"],[2,"3","4"]]',
+        '[[1,"2"],[true,"3"]]',
+        '[[1,"null"]]',
+        '[[{},"1"]]',
+        '[["1",2]]',
+        '[[1,"2,3"]]',
+    )
+    for odd in odd_values:
+        assert _read_matrix_fast(matrix(odd), dataplane=True) is None, odd
     (spaced,) = read_prom_style(matrix('[ [1, "2"] ]'), dataplane=True).frames
     assert list(spaced.fields[1].values) == [2]
+
+
+def exemplar_query(step_s: int) -> PrometheusQuery:
+    return PrometheusQuery(
+        ref_id="A",
+        expr="rpc_seconds_bucket",
+        step_ns=step_s * d.SECOND,
+        start_ms=0,
+        end_ms=0,
+        utc_offset_s=0,
+        range=True,
+        instant=False,
+        legend_format="",
+        format="time_series",
+        exemplar=True,
+    )
+
+
+def test_stddev_sampler_golden() -> None:
+    """grafana/grafana pkg/promlib/querydata/exemplar/testdata/stddev_sampler.jsonc: one
+    exemplar a second for 100,000 s, each valued its own second, a 10-minute step: per bucket
+    only the highest is kept (the others are far less than two standard deviations lower)."""
+    exemplars = [
+        {"labels": {}, "value": str(second), "timestamp": second} for second in range(100_000)
+    ]
+    body = {"status": "success", "data": [{"seriesLabels": {}, "exemplars": exemplars}]}
+    result = convert_prometheus_response(orjson.dumps(body), 200, exemplar_query(600))
+    (frame,) = [frame_dict(f) for f in result.frames or []]
+    assert frame["schema"]["name"] == "exemplar"
+    assert frame["schema"]["fields"] == [TIME, float_field("Value")]
+    expected_seconds = [*range(599, 100_000, 600), 99_999]
+    assert len(expected_seconds) == 167
+    times, values = frame["data"]["values"]
+    assert times == [second * 1000 for second in expected_seconds]
+    assert values == expected_seconds
+
+
+def test_exemplar_frame_merges_series_and_exemplar_labels() -> None:
+    """The shape of Prometheus' /api/v1/query_exemplars answer (Prometheus docs, "Querying
+    exemplars"), two series: one frame, label fields sorted, an exemplar's label field over
+    its series' label, "" where neither has it; within a bucket a lower exemplar is kept only
+    more than two standard deviations below the last kept one."""
+    body = {
+        "status": "success",
+        "data": [
+            {
+                "seriesLabels": {"__name__": "rpc_total", "job": "api", "service": "bar"},
+                "exemplars": [
+                    {
+                        "labels": {"trace_id": "EpTxMJ40fUus7aGY"},
+                        "value": "6",
+                        "timestamp": 1600096945.479,
+                    },
+                    {"labels": {"trace_id": "low"}, "value": "5", "timestamp": 1600096945.9},
+                ],
+            },
+            {
+                "seriesLabels": {"__name__": "rpc_total", "job": "api", "service": "foo"},
+                "exemplars": [
+                    {
+                        "labels": {"trace_id": "Olp9XHlq763ccsfa", "span": "1"},
+                        "value": "100",
+                        "timestamp": 1600096955.479,
+                    },
+                    {"labels": {"job": "override"}, "value": "1", "timestamp": 1600096955.6},
+                ],
+            },
+        ],
+    }
+    result = convert_prometheus_response(orjson.dumps(body), 200, exemplar_query(1))
+    assert result.error is None
+    (frame,) = [frame_dict(f) for f in result.frames or []]
+    names = ["__name__", "job", "service", "span", "trace_id"]
+    assert frame["schema"]["fields"] == [TIME, float_field("Value"), *map(string_field, names)]
+    assert frame["schema"]["meta"]["custom"] == {"resultType": "exemplar"}
+    # mean 28, standard deviation ~48: 6 -> 5 is no outlier (dropped), 100 -> 1 is (kept)
+    assert frame["data"]["values"] == [
+        [1600096945479, 1600096955479, 1600096955600],
+        [6, 100, 1],
+        ["rpc_total", "rpc_total", "rpc_total"],
+        # Grafana's framer quirk, kept: a label one exemplar of a series has is "" (not the
+        # series' value) for the series' other exemplars
+        ["api", "", "override"],
+        ["bar", "foo", "foo"],
+        ["", "1", ""],
+        ["EpTxMJ40fUus7aGY", "Olp9XHlq763ccsfa", ""],
+    ]
+
+
+def test_exemplar_request_and_its_failure_is_ignored() -> None:
+    request = parse_query_request(
+        {
+            "from": "1700000000000",
+            "to": "1700000600000",
+            "queries": [
+                {"datasource": {"uid": "p"}, "expr": "up", "exemplar": True, "interval": "1m"}
+            ],
+        },
+        datetime(2024, 5, 15, tzinfo=UTC),
+    )
+    plan = plan_prometheus(request.queries[0], request.time_range, {"httpMethod": "GET"})
+    ranged, exemplars = plan.requests
+    assert ranged.path == "api/v1/query_range"
+    assert exemplars.path == "api/v1/query_exemplars"
+    assert exemplars.params == (("end", "1700000580"), ("query", "up"), ("start", "1699999980"))
+    matrix = {"status": "success", "data": {"resultType": "matrix", "result": []}}
+    broken = {"status": "error", "errorType": "bad_data", "error": "exemplars off"}
+    result = plan.convert(
+        [UpstreamResponse(200, orjson.dumps(matrix)), UpstreamResponse(400, orjson.dumps(broken))]
+    )
+    assert (result.error, result.status) == (None, 200)
+    # an exemplar query answers no empty frame for no data (response.go: !q.ExemplarQuery)
+    assert result.frames == []
+
+
+HISTOGRAM_BUCKETS = [
+    [0, "0.000004536465129862675", "0.000004947050303081549", "0.0912281686682326"],
+    [0, "0.000004947050303081549", "0.000005394796609394436", "1.5052655709601983"],
+    [3, "-0.001", "0.001", "0"],
+]
+
+
+def test_native_histogram_golden() -> None:
+    """grafana/grafana pkg/promlib/converter/testdata/prom-matrix-histogram-no-labels.json and
+    its -frame.jsonc, trimmed to two samples of three buckets (the third bucket, with boundary
+    rule 3 and a zero count, is from Prometheus' docs on the native histogram format)."""
+    histogram = {
+        "count": "316.9547490576795",
+        "sum": "3.5039780556575875",
+        "buckets": HISTOGRAM_BUCKETS,
+    }
+    body = {
+        "status": "success",
+        "data": {
+            "resultType": "matrix",
+            "result": [
+                {"metric": {}, "histograms": [[1649963300, histogram], [1649963400, histogram]]}
+            ],
+        },
+    }
+    (frame,) = read_prom_style(orjson.dumps(body), dataplane=True).frames
+    assert frame_dict(frame) == {
+        "schema": {
+            "meta": {"type": "heatmap-cells", "typeVersion": [0, 0]},
+            "fields": [
+                {"name": "xMax", "type": "time", "typeInfo": {"frame": "time.Time"}},
+                float_field("yMin", labels={}),
+                float_field("yMax"),
+                float_field("count"),
+                {"name": "yLayout", "type": "number", "typeInfo": {"frame": "int8"}},
+            ],
+        },
+        "data": {
+            "values": [
+                [1649963300000] * 3 + [1649963400000] * 3,
+                [4.536465129862675e-06, 4.947050303081549e-06, -0.001] * 2,
+                [4.947050303081549e-06, 5.394796609394436e-06, 0.001] * 2,
+                [0.0912281686682326, 1.5052655709601983, 0.0] * 2,
+                [0, 0, 3] * 2,
+            ]
+        },
+    }
+
+
+def test_native_histogram_through_the_prometheus_response() -> None:
+    """response.go then names the second field (yMin) as dataplane names a value field."""
+    histogram = {"count": "2", "sum": "0.5", "buckets": HISTOGRAM_BUCKETS[:1]}
+    metric = {"__name__": "rpc_seconds", "job": "api"}
+    body = {
+        "status": "success",
+        "data": {
+            "resultType": "vector",
+            "result": [{"metric": metric, "histogram": [1649963300.5, histogram]}],
+        },
+    }
+    (frame,) = frames_of(body, query("rpc_seconds", 15))
+    fields = frame["schema"]["fields"]
+    assert fields[0]["config"] == {"interval": 15000}
+    assert fields[1] == float_field(
+        "rpc_seconds", labels=metric, config={"displayNameFromDS": 'rpc_seconds{job="api"}'}
+    )
+    assert frame["data"]["values"][0] == [1649963300500]
+    for broken in (
+        [[1, histogram]],
+        [1, {"buckets": [[0, "a", "1", "1"]]}],
+        [1, {"buckets": [[9000, "0", "1", "1"]]}],
+    ):
+        body["data"]["result"][0]["histogram"] = broken  # type: ignore[index]
+        result = convert_prometheus_response(orjson.dumps(body), 200, query("x", 15))
+        assert result.error is not None, broken
+
+
+def test_the_matrix_feed_converts_series_as_the_body_arrives() -> None:
+    """Fed in chunks of any size (labels holding "]]" and braces included), the feed gives the
+    same frames as reading the whole body; series are converted before the body is complete,
+    and the feed holds no more than about one series' text."""
+    values = [[1_700_000_000 + 15 * i, str(i * 0.5)] for i in range(200)]
+    body = orjson.dumps(
+        {
+            "status": "success",
+            "data": {
+                "resultType": "matrix",
+                "result": [
+                    {"metric": {"__name__": "up", "odd": 'a]]b}{"'}, "values": values},
+                    {"metric": {"job": "x"}, "values": [[1.5, "NaN"], [3, "+Inf"]]},
+                    {"metric": {"job": "y"}, "values": values},
+                ],
+                "stats": {"seriesFetched": "3"},
+            },
+            "warnings": ["w"],
+        }
+    )
+    expected = [frame_dict(f) for f in read_prom_style(body, dataplane=True).frames]
+    for size in (1, 7, 100, 4096, len(body)):
+        feed = MatrixFeed(dataplane=True)
+        largest_buffer = 0
+        converted_early = False
+        for offset in range(0, len(body), size):
+            feed.feed(body[offset : offset + size])
+            largest_buffer = max(largest_buffer, len(feed._buffer))
+            converted_early |= bool(feed._frames) and offset + size < len(body) // 2
+        answer = feed.finish(body)  # the feed's own answer, not the full reader's
+        assert answer is not None, size
+        assert [frame_dict(f) for f in answer.frames] == expected, size
+        assert largest_buffer <= len(orjson.dumps(values)) + 200 + size
+        if size < 4096:
+            assert converted_early, size
+
+
+def test_the_matrix_feed_leaves_other_answers_to_the_full_reader() -> None:
+    vector = {
+        "status": "success",
+        "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "2"]}]},
+    }
+    error = {"status": "error", "errorType": "bad_data", "error": "no"}
+    truncated = orjson.dumps(
+        {
+            "status": "success",
+            "data": {"resultType": "matrix", "result": [{"metric": {}, "values": [[1, "2"]]}]},
+        }
+    )[:-3]
+    for body in (orjson.dumps(vector), orjson.dumps(error), truncated, b"x" * 70_000):
+        feed = MatrixFeed(dataplane=True)
+        feed.feed(body)
+        assert feed.finish(body) is None
+    feed = MatrixFeed(dataplane=True)
+    feed.feed(orjson.dumps(vector))
+    (frame,) = read_prom_style(orjson.dumps(vector), dataplane=True, feed=feed).frames
+    assert frame_dict(frame)["data"]["values"] == [[1000], [2.0]]
+
+
+def test_the_matrix_feed_gives_up_on_a_head_that_never_ends() -> None:
+    """A label that never closes, full of "]]": the feed stops past its head limit instead of
+    matching a growing head again for every chunk."""
+    feed = MatrixFeed(dataplane=True)
+    feed.feed(b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"a":"')
+    for _ in range(40):
+        feed.feed(b"]]" * 2048)
+    assert feed._failed
+    assert feed.finish(b"") is None
