@@ -45,7 +45,9 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.api.grafana import request_org_id
-from gateway.errors import BadRequest, GatewayError
+from gateway.api.json_body import decode_json_object
+from gateway.bodies import BodyTooLarge, read_limited
+from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.keys import FORWARDER, REQUEST_ID, SOURCES
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.policy import ProxyPath, UpstreamPath
@@ -67,6 +69,8 @@ log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 
+# A request of many queries is a few KiB; a dashboard's worth well under this.
+MAX_QUERY_BODY_BYTES = 4 * 1024 * 1024
 CONCURRENCY = 8  # upstream requests in flight at once, per /api/ds/query request
 # One upstream answer held in memory at most (a 10,000-point x 100-series Prometheus range
 # answer is about 40 MB); a larger one fails its query.
@@ -103,12 +107,20 @@ async def query(request: web.Request) -> web.StreamResponse:
 
 
 async def _json_body(request: web.Request) -> object:
-    """The body as JSON; Grafana's "bad request data" for anything that is not."""
-    raw = await request.read()
+    """The body as a JSON object, each way it can be unreadable with its own message (as the
+    registry APIs say it, gateway/api/json_body.py). The Content-Type is not insisted on:
+    Grafana's query API reads the body whatever it is labelled."""
+    if request.content_length is not None and request.content_length > MAX_QUERY_BODY_BYTES:
+        raise PayloadTooLarge(
+            f"request body: larger than the limit of {MAX_QUERY_BODY_BYTES} bytes"
+        )
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("bad request data") from None
+        raw = await read_limited(request.content.iter_any(), MAX_QUERY_BODY_BYTES)
+    except BodyTooLarge:
+        raise PayloadTooLarge(
+            f"request body: larger than the limit of {MAX_QUERY_BODY_BYTES} bytes"
+        ) from None
+    return decode_json_object(raw)
 
 
 def find_source(snapshot: Snapshot, org_id: int, query: ParsedQuery) -> DataSource | QueryResult:

@@ -17,6 +17,7 @@ carries its query's `refId`.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -308,8 +309,20 @@ async def test_a_body_grafana_cannot_use_is_a_400_of_its_own(
         response = await client.post("/api/ds/query", json=body, headers=admin_headers)
         assert response.status == 400
         assert await response.json() == {"message": message}
-    broken = await client.post("/api/ds/query", data=b"{nope", headers=admin_headers)
-    assert (broken.status, await broken.json()) == (400, {"message": "bad request data"})
+    unreadable = [
+        (
+            b"{nope",
+            400,
+            "request body: not valid JSON: "
+            "Expecting property name enclosed in double quotes (line 1, column 2)",
+        ),
+        (b"[]", 400, "request body: must be a JSON object, got an array"),
+        (b"", 400, "request body: empty, expected a JSON object"),
+        (b"{" * 5_000_000, 413, "request body: larger than the limit of 4194304 bytes"),
+    ]
+    for raw, status, message in unreadable:
+        broken = await client.post("/api/ds/query", data=io.BytesIO(raw), headers=admin_headers)
+        assert (broken.status, await broken.json()) == (status, {"message": message})
     anonymous = await client.post("/api/ds/query", json=cases[0][0])
     assert anonymous.status == 401
 
