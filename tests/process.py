@@ -26,6 +26,9 @@ def gateway_env(data_dir: Path, extra: Mapping[str, str | None] | None = None) -
         GATEWAY_DATA_DIR=str(data_dir),
         GATEWAY_SECRET_KEY=SECRET_KEY,
         GATEWAY_LOG_FORMAT="json",
+        # `serve` listens before it opens anything else: never the fixed default port, which
+        # another test (or a gateway the developer runs) may hold.
+        GATEWAY_PORT="0",
     )
     for key, value in (extra or {}).items():
         if value is None:
