@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from gateway.registry.audit import SYSTEM, TokenActor, act_as
 from gateway.registry.interface import Registry
 from gateway.registry.models import Principal
 
@@ -67,4 +68,7 @@ class PrincipalCache:
                 if len(self._by_hash) >= self._limit:
                     self._by_hash.clear()
                 self._by_hash[digest] = principal
+        # Whatever this request changes in the registry is this token's doing: the audit reads
+        # it from the request's task (gateway.registry.audit).
+        act_as(TokenActor(principal.token_id) if principal is not None else SYSTEM)
         return principal
