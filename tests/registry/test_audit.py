@@ -86,7 +86,10 @@ def json_logs() -> Iterator[AuditLog]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     configure_logging("json", "info")
-    request_log.disable()  # request lines are not what these tests read
+    # A module's logger cached now would stay this set-up's for the rest of the process, out of
+    # later tests' `structlog.testing.capture_logs()`.
+    structlog.configure(cache_logger_on_first_use=False)
+    request_log.disable()  # request lines go through structlog and the handler too
     stream = io.StringIO()
     (handler,) = root.handlers
     assert isinstance(handler, logging.StreamHandler)
