@@ -1,9 +1,10 @@
 """One audit line for every registry change, whoever made it.
 
-`AuditedRegistry` wraps the `Registry` of any backend (`AuditedBackend` is how `backend_for`
-installs it), so the Grafana API, the InfluxDB API, provisioning, the CLI and start-up all get
-the same lines without a handler having to remember one. Each committed write logs exactly one
-line on the `gateway.audit` logger:
+`AuditedRegistry` wraps the `Registry` of any backend (`AuditedBackend` is how
+`gateway.bootstrap.open_registry`, where the server and the CLI open theirs, installs it), so
+the Grafana API, the InfluxDB API, provisioning, the CLI and start-up all get the same lines
+without a handler having to remember one. Each committed write logs exactly one line on the
+`gateway.audit` logger:
 
 - `source_created`, `source_updated`, `source_deleted`: org, source_id, uid, name, type,
   version (the stored version after the write; for a delete, the last one), and for updates

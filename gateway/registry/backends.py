@@ -3,8 +3,7 @@
 `database.url` (`GATEWAY_DATABASE_URL`) unset, or `sqlite:` + a path: the SQLite file
 (`gateway/registry/sqlite/`), by default `<data.dir>/gateway.db`. `postgresql://…`: PostgreSQL
 (`gateway/registry/postgres/`), one registry shared by every gateway of a cluster. The rest of
-the gateway only ever sees a `Registry`, and every one it opens audits its changes
-(`gateway.registry.audit`): the audit sits above the backends, so both log the same lines.
+the gateway only ever sees a `Registry`.
 """
 
 from __future__ import annotations
@@ -14,17 +13,12 @@ from pathlib import Path
 
 from gateway.config import Settings
 from gateway.errors import StartupError
-from gateway.registry.audit import AuditedBackend
 from gateway.registry.interface import RegistryBackend
 from gateway.registry.postgres import PostgresBackend
 from gateway.registry.sqlite import SqliteBackend
 
 
-def backend_for(settings: Settings) -> AuditedBackend:
-    return AuditedBackend(_storage_for(settings))
-
-
-def _storage_for(settings: Settings) -> RegistryBackend:
+def backend_for(settings: Settings) -> RegistryBackend:
     url = settings.database_url
     if not url:
         return SqliteBackend(settings.db_path)

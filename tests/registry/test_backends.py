@@ -9,7 +9,6 @@ import pytest
 
 from gateway.config import Settings, SettingsError, load_settings
 from gateway.errors import StartupError
-from gateway.registry.audit import AuditedBackend
 from gateway.registry.backends import backend_for
 from gateway.registry.postgres import PostgresBackend
 from gateway.registry.sqlite import SqliteBackend
@@ -18,16 +17,13 @@ DATA = Path("/srv/gateway-data")
 
 
 def backend_of(url: str | None) -> object:
-    """The storage selected, under the audit that every selected backend gets."""
-    return backend_for(Settings(data_dir=DATA, database_url=url)).inner
+    return backend_for(Settings(data_dir=DATA, database_url=url))
 
 
 class TestSelection:
     def test_unset_keeps_the_sqlite_file_in_the_data_dir(self) -> None:
         assert backend_of(None) == SqliteBackend(DATA / "gateway.db")
-        assert backend_for(load_settings(None, {})) == AuditedBackend(
-            SqliteBackend(Path("data/gateway.db"))
-        )
+        assert backend_for(load_settings(None, {})) == SqliteBackend(Path("data/gateway.db"))
 
     @pytest.mark.parametrize(
         ("url", "path"),
