@@ -12,6 +12,7 @@ import structlog
 
 from gateway.config import Settings
 from gateway.errors import StartupError
+from gateway.registry.audit import AuditedBackend
 from gateway.registry.backends import backend_for
 from gateway.registry.interface import Registry, StoreUnusable
 from gateway.registry.models import DEFAULT_ORG_ID, Role
@@ -91,7 +92,8 @@ async def open_registry(settings: Settings, *, exclusive: bool = False) -> Async
     """
     prepare_data_dir(settings.data_dir)
     box, origin = open_secret_box(settings)
-    backend = backend_for(settings)
+    # Every registry the gateway opens audits its changes, whatever the backend.
+    backend = AuditedBackend(backend_for(settings))
     with data_dir_lock(settings.data_dir, exclusive=exclusive):
         try:
             async with backend.open(box) as registry:

@@ -29,6 +29,7 @@ from gateway.logging import configure_logging
 from gateway.loop import event_loop_factory
 from gateway.provisioning import check_files
 from gateway.proxy.front_carrier import front_router
+from gateway.registry.audit import CLI, acting_as
 from gateway.registry.interface import OrgNameTaken, Registry
 from gateway.registry.models import DataSource, Role
 from gateway.registry.secrets import (
@@ -278,8 +279,10 @@ async def _with_store(
     alone: bool = False,
 ) -> int:
     """Run `action` on the store; `alone` first makes sure no gateway is serving this data."""
-    async with open_registry(settings, exclusive=alone) as store:
-        return await action(store)
+    # What a command changes, the audit log says the CLI did (gateway.registry.audit).
+    with acting_as(CLI):
+        async with open_registry(settings, exclusive=alone) as store:
+            return await action(store)
 
 
 async def token_create(settings: Settings, args: argparse.Namespace) -> int:

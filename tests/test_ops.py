@@ -8,6 +8,7 @@ import structlog
 from gateway import __version__
 from gateway.config import Settings
 from gateway.keys import LIFECYCLE, STORE
+from gateway.registry.audit import AuditedRegistry
 from gateway.registry.sqlite import SqliteRegistry
 from tests.conftest import ADMIN_TOKEN
 from tests.types import AppClient
@@ -38,7 +39,9 @@ async def test_health_is_an_influx_healthcheck_with_the_store_check(client: AppC
 async def test_health_fails_with_503_when_the_database_is_gone(
     client: AppClient, settings: Settings
 ) -> None:
-    store = client.app[STORE]
+    audited = client.app[STORE]
+    assert isinstance(audited, AuditedRegistry)
+    store = audited.inner
     # The connection is the SQLite backend's own: the test kills it from outside.
     assert isinstance(store, SqliteRegistry)
     await store._conn.close()  # the database connection dies under us

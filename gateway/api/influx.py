@@ -54,7 +54,6 @@ async def create_source(request: web.Request) -> web.Response:
     spec = dto.new_source_spec(fields, principal.org.influx_id)
     await request.app[SSRF].check_source_url(spec.url)
     source = await request.app[STORE].create_source(principal.org.id, spec)
-    log.info("source_created", source_id=source.id, via="influx")
     return _json(dto.render_source(source, principal.org.influx_id), status=201)
 
 
@@ -76,7 +75,6 @@ async def patch_source(request: web.Request) -> web.Response:
         source_id,
         lambda current: dto.patched_spec(current, fields, org_influx_id),
     )
-    log.info("source_updated", source_id=source.id, via="influx")
     return _json(dto.render_source(source, org_influx_id))
 
 
@@ -87,7 +85,6 @@ async def delete_source(request: web.Request) -> web.Response:
     # Checked on the row the delete's own transaction holds: a concurrent change of type
     # cannot slip in between.
     await request.app[STORE].delete_source(principal.org.id, source_id, check=dto.require_type)
-    log.info("source_deleted", source_id=source_id, via="influx")
     return web.Response(status=204)
 
 

@@ -24,6 +24,7 @@ from gateway.provisioning.model import (
     ProvisioningFile,
     fold_name,
 )
+from gateway.registry.audit import ProvisioningActor, acting_as
 from gateway.registry.interface import Registry, RegistryBatch
 from gateway.registry.models import DataSource, DataSourceSpec
 
@@ -64,8 +65,9 @@ class _Apply:
         stored = await self._batch.sources()
         wanted = match(self._files, stored)
         claimed = {item.stored.id for item in wanted if item.stored is not None}
-        for source in doomed(self._files, stored, claimed):
-            await self._batch.delete_source(source.org_id, source.id)
+        for source, place in doomed(self._files, stored, claimed):
+            with acting_as(_actor(place)):
+                await self._batch.delete_source(source.org_id, source.id)
             self._counts.deleted += 1
         # Updates before creates: a rename may free the name a new source takes.
         for item in sorted(wanted, key=lambda item: item.stored is None):
@@ -84,10 +86,11 @@ class _Apply:
 
     async def _save(self, item: Wanted) -> None:
         try:
-            if item.stored is None:
-                await self._create(item)
-            else:
-                await self._update(item, item.stored)
+            with acting_as(_actor(item.source.place)):
+                if item.stored is None:
+                    await self._create(item)
+                else:
+                    await self._update(item, item.stored)
         except (NameConflict, UidConflict) as exc:
             # A name or uid held by a source no file manages, or two renames swapping names.
             self._problems.append(
@@ -122,6 +125,11 @@ class _Apply:
             raise ProvisioningFailed(self._problems)
 
 
+def _actor(place: Place) -> ProvisioningActor:
+    """The audit's name for a change: the file and line of the entry that asks for it."""
+    return ProvisioningActor(place.file, place.line)
+
+
 def _org_references(files: Sequence[ProvisioningFile]) -> Iterator[tuple[Place, int]]:
     for file in files:
         yield from ((source.place, source.org_id) for source in file.sources)
@@ -148,18 +156,20 @@ def match(files: Sequence[ProvisioningFile], stored: Sequence[DataSource]) -> li
 
 def doomed(
     files: Sequence[ProvisioningFile], stored: Sequence[DataSource], claimed: set[int]
-) -> list[DataSource]:
-    """What `deleteDatasources` (by name and org) and `prune: true` remove."""
+) -> list[tuple[DataSource, Place]]:
+    """What `deleteDatasources` (by name and org) and `prune: true` remove, each with the
+    entry (or `prune:`) that removes it."""
     by_name = {(s.org_id, fold_name(s.name)): s for s in stored}
-    chosen: dict[int, DataSource] = {}
+    chosen: dict[int, tuple[DataSource, Place]] = {}
     for file in files:
         for ref in file.deletes:
             source = by_name.get((ref.org_id, fold_name(ref.name)))
             if source is not None:  # deleting what is not there is fine
-                chosen[source.id] = source
+                chosen[source.id] = (source, ref.place)
         if file.prune:
-            chosen.update((s.id, s) for s in stored if s.provisioned_by == file.name)
-    return [source for source in chosen.values() if source.id not in claimed]
+            place = file.prune_place or Place(file.name, 0)
+            chosen.update((s.id, (s, place)) for s in stored if s.provisioned_by == file.name)
+    return [(source, place) for source, place in chosen.values() if source.id not in claimed]
 
 
 def desired_spec(spec: DataSourceSpec, current: DataSource | None) -> DataSourceSpec:

@@ -135,6 +135,7 @@ def _document(reader: NodeReader, name: str, root: Node | None) -> ProvisioningF
         sources=tuple(_entries(reader, top.get("datasources"), "datasources", _source)),
         deletes=tuple(_entries(reader, top.get("deleteDatasources"), "deleteDatasources", _delete)),
         prune=bool(prune),
+        prune_place=reader.place(top["prune"].key) if "prune" in top else None,
     )
 
 

@@ -58,6 +58,7 @@ class ProvisioningFile:
     sources: tuple[DesiredSource, ...] = ()
     deletes: tuple[DeleteRef, ...] = ()
     prune: bool = False
+    prune_place: Place | None = None  # where `prune:` is: the audit names it for what it deletes
 
 
 class ProvisioningFailed(Exception):

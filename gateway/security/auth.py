@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from gateway.registry.audit import SYSTEM, TokenActor, act_as
 from gateway.registry.interface import Registry
 from gateway.registry.models import Principal
 
@@ -51,7 +52,8 @@ class PrincipalCache:
 
     def __init__(self, registry: Registry, limit: int = 100_000) -> None:
         self._registry = registry
-        self._by_hash: dict[str, Principal] = {}
+        # With the actor the audit names for it, made once: resolve runs on every request.
+        self._by_hash: dict[str, tuple[Principal, TokenActor]] = {}
         self._limit = limit
         registry.subscribe(self.clear)
 
@@ -59,12 +61,17 @@ class PrincipalCache:
         self._by_hash.clear()
 
     async def resolve(self, token: str) -> Principal | None:
+        """Who `token` acts as, if anyone; the registry's audit names them as the actor of
+        whatever this request (its task) changes from now on (gateway.registry.audit)."""
         digest = hash_token(token)
-        principal = self._by_hash.get(digest)
-        if principal is None:
+        entry = self._by_hash.get(digest)
+        if entry is None:
             principal = await self._registry.find_principal(digest)
-            if principal is not None:
-                if len(self._by_hash) >= self._limit:
-                    self._by_hash.clear()
-                self._by_hash[digest] = principal
-        return principal
+            if principal is None:
+                act_as(SYSTEM)
+                return None
+            if len(self._by_hash) >= self._limit:
+                self._by_hash.clear()
+            entry = self._by_hash[digest] = (principal, TokenActor(principal.token_id))
+        act_as(entry[1])
+        return entry[0]
