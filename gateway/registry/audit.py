@@ -288,19 +288,11 @@ class AuditedRegistry:
     def subscribe(self, listener: ChangeListener) -> None:
         self.inner.subscribe(listener)
 
-    # Members the interface gains on main with issue 20 (PostgreSQL outages), passed through
-    # so that this wrapper still is a Registry once the branches meet; until then no backend
-    # here has them and nothing calls them (hence `Any`).
-
     def unavailable_for(self) -> float | None:
-        inner: Any = self.inner
-        seconds: float | None = inner.unavailable_for()
-        return seconds
+        return self.inner.unavailable_for()
 
     def provisioning_lock(self) -> AbstractAsyncContextManager[None]:
-        inner: Any = self.inner
-        lock: AbstractAsyncContextManager[None] = inner.provisioning_lock()
-        return lock
+        return self.inner.provisioning_lock()
 
     # --- orgs ------------------------------------------------------------------------------
 
