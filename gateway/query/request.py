@@ -140,9 +140,10 @@ def _optional_string(mapping: Mapping[str, Any], key: str, path: str) -> str:
 
 
 def _described(value: object) -> str:
-    """`json_type`, but a fractional number says so: it is the wrong *kind* of number."""
+    """`json_type`, but a number with a decimal point or exponent (`1.5`, `1.0`, `1e3`, which
+    Grafana's Int64 refuses too) says so: it is the wrong kind of number."""
     if isinstance(value, float):
-        return "a fractional number"
+        return "a decimal number"
     return json_type(value)
 
 

@@ -77,7 +77,7 @@ def test_source_by_type_or_legacy_id() -> None:
         ),
         (
             body({"datasourceId": 1.5}),
-            r"queries\[0\]\.datasourceId: must be an integer, got a fractional number$",
+            r"queries\[0\]\.datasourceId: must be an integer, got a decimal number$",
         ),
         (
             body({"datasourceId": 1, "intervalMs": "fast"}),
