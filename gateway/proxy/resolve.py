@@ -61,6 +61,9 @@ class Rewrite(NamedTuple):
 Resolution = tuple[DataSource, UpstreamPath, Rewrite | None]
 
 
+UID_SEGMENT = "uid"
+
+
 class DataSourceNotReachable(NotFound):
     message = "Unable to find datasource"
 
@@ -80,6 +83,10 @@ async def by_uid(request: ProxyRequest, principal: Principal, sources: SourceCac
 async def by_id(request: ProxyRequest, principal: Principal, sources: SourceCache) -> Resolution:
     """`/api/datasources/proxy/{id}/{path}`: Grafana's data source proxy by (numeric) id."""
     org_id = acting_org_id(principal, request.headers.get(ORG_HEADER_KEY))
+    if request.key == UID_SEGMENT:
+        # `…/proxy/uid//x` or `…/proxy/uid`: the uid route with no uid, which only this
+        # route's pattern matches; the client meant a uid.
+        check_uid("")
     source_id = parse_source_id(request.key)
     source = (await sources.snapshot()).get(org_id, id=source_id)
     return _grafana_target(request, principal, source)

@@ -8,7 +8,12 @@ org's default source of that type. The rest of the object is the type's own quer
 (`expr`, `query`, ...), kept as sent for the type's planner to read.
 
 Every error is a `QueryRequestError` (a `BadRequest`, 400) whose message starts with the path
-of the field at fault, e.g. `queries[1].intervalMs: must be a number`.
+of the field at fault, e.g. `queries[1].intervalMs: must be a number, got a string`; client
+text is quoted as JSON shows it (`"A"`), never as Python does.
+
+Grafana sets no limit on the number of queries in one request; the gateway takes at most
+`MAX_QUERIES` (a dashboard panel rarely has more than a few dozen), since each one is planned
+and may cost upstream requests.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from typing import Any
 
 from gateway.errors import BadRequest
 from gateway.query.timerange import TimeRange, parse_time_range
+from gateway.registry.validation import json_type, shown
 
 DEFAULT_REF_ID = "A"
 DEFAULT_MAX_DATA_POINTS = 100
 DEFAULT_INTERVAL_MS = 1000
+MAX_QUERIES = 100
 
 
 class QueryRequestError(BadRequest):
@@ -60,23 +67,29 @@ class QueryRequest:
 
 def parse_query_request(body: object, now: datetime) -> QueryRequest:
     if not isinstance(body, Mapping):
-        raise QueryRequestError("body: expected a JSON object")
+        raise QueryRequestError(f"body: expected a JSON object, got {json_type(body)}")
     for bound in ("from", "to"):
         if bound not in body:
             raise QueryRequestError(f"{bound}: required")
     time_range = parse_time_range(body["from"], body["to"], now)
-    raw_queries = body.get("queries")
+    if "queries" not in body:
+        raise QueryRequestError("queries: required")
+    raw_queries = body["queries"]
     if not isinstance(raw_queries, list):
-        raise QueryRequestError("queries: expected a list")
+        raise QueryRequestError(f"queries: expected a list, got {json_type(raw_queries)}")
     if not raw_queries:
         raise QueryRequestError("queries: no queries found")
+    if len(raw_queries) > MAX_QUERIES:
+        raise QueryRequestError(
+            f"queries: at most {MAX_QUERIES} queries in one request, got {len(raw_queries)}"
+        )
     queries = tuple(_parse_query(index, raw) for index, raw in enumerate(raw_queries))
     seen: set[str] = set()
     for query in queries:
         # Results are keyed by refId: a repeated one would silently hide an answer.
         if query.ref_id in seen:
             raise QueryRequestError(
-                f"queries[{query.index}].refId: {query.ref_id!r} is used by another query"
+                f"queries[{query.index}].refId: {shown(query.ref_id)} is used by another query"
             )
         seen.add(query.ref_id)
     return QueryRequest(time_range=time_range, queries=queries)
@@ -85,7 +98,7 @@ def parse_query_request(body: object, now: datetime) -> QueryRequest:
 def _parse_query(index: int, raw: object) -> ParsedQuery:
     path = f"queries[{index}]"
     if not isinstance(raw, Mapping):
-        raise QueryRequestError(f"{path}: expected a JSON object")
+        raise QueryRequestError(f"{path}: expected a JSON object, got {json_type(raw)}")
     fields = QueryFields(raw, path)
     return ParsedQuery(
         index=index,
@@ -104,10 +117,14 @@ def _datasource(raw: Mapping[str, Any], path: str) -> DataSourceRef:
         uid = _optional_string(reference, "uid", f"{path}.datasource")
         source_type = _optional_string(reference, "type", f"{path}.datasource")
     elif reference is not None and not isinstance(reference, str):
-        raise QueryRequestError(f"{path}.datasource: expected an object with uid or type")
+        raise QueryRequestError(
+            f"{path}.datasource: expected an object with uid or type, got {json_type(reference)}"
+        )
     legacy_id = raw.get("datasourceId")
     if legacy_id is not None and (isinstance(legacy_id, bool) or not isinstance(legacy_id, int)):
-        raise QueryRequestError(f"{path}.datasourceId: must be an integer")
+        raise QueryRequestError(
+            f"{path}.datasourceId: must be an integer, got {_described(legacy_id)}"
+        )
     if not uid and not source_type and legacy_id is None:
         raise QueryRequestError(f"{path}.datasource: name a source by uid, type or datasourceId")
     return DataSourceRef(uid=uid, type=source_type, id=legacy_id)
@@ -118,8 +135,16 @@ def _optional_string(mapping: Mapping[str, Any], key: str, path: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise QueryRequestError(f"{path}.{key}: must be a string")
+        raise QueryRequestError(f"{path}.{key}: must be a string, got {json_type(value)}")
     return value
+
+
+def _described(value: object) -> str:
+    """`json_type`, but a number with a decimal point or exponent (`1.5`, `1.0`, `1e3`, which
+    Grafana's Int64 refuses too) says so: it is the wrong kind of number."""
+    if isinstance(value, float):
+        return "a decimal number"
+    return json_type(value)
 
 
 class QueryFields:
@@ -137,7 +162,7 @@ class QueryFields:
         if value is None:
             return default
         if not isinstance(value, str):
-            raise self.error(key, "must be a string")
+            raise self.error(key, f"must be a string, got {json_type(value)}")
         return value
 
     def required_string(self, key: str) -> str:
@@ -151,7 +176,7 @@ class QueryFields:
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise self.error(key, "must be true or false")
+            raise self.error(key, f"must be true or false, got {json_type(value)}")
         return value
 
     def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
@@ -163,7 +188,7 @@ class QueryFields:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(key, "must be a number")
+            raise self.error(key, f"must be a number, got {json_type(value)}")
         number = int(value)
         if minimum is not None and number < minimum:
             raise self.error(key, f"must be at least {minimum}")

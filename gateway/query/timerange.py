@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.errors import BadRequest
 from gateway.query import durations
+from gateway.registry.validation import json_type, shown
 
 _DATEMATH_OPERATION = re.compile(r"([+-])(\d*)([yMwdhHms])|/([yMwdhHms])")
 _UNIT_TIMEDELTA = {
@@ -64,7 +65,7 @@ def parse_time_range(raw_from: object, raw_to: object, now: datetime) -> TimeRan
 def parse_time(raw: object, now: datetime, *, round_up: bool, field: str) -> int:
     """One bound as epoch milliseconds. `round_up` is Grafana's choice for `to`."""
     if isinstance(raw, bool) or raw is None:
-        raise TimeRangeError(f"{field}: expected epoch milliseconds or a relative time")
+        raise _wrong_type(field, raw)
     if isinstance(raw, int):
         return raw
     if isinstance(raw, float):
@@ -72,7 +73,7 @@ def parse_time(raw: object, now: datetime, *, round_up: bool, field: str) -> int
             raise TimeRangeError(f"{field}: epoch milliseconds must be a whole number")
         return int(raw)
     if not isinstance(raw, str):
-        raise TimeRangeError(f"{field}: expected epoch milliseconds or a relative time")
+        raise _wrong_type(field, raw)
     text = raw.strip()
     if not text:
         raise TimeRangeError(f"{field}: must not be empty")
@@ -89,6 +90,12 @@ def parse_time(raw: object, now: datetime, *, round_up: bool, field: str) -> int
     return _datemath(text, now_utc, round_up=round_up, field=field)
 
 
+def _wrong_type(field: str, raw: object) -> TimeRangeError:
+    return TimeRangeError(
+        f"{field}: expected epoch milliseconds or a relative time, got {json_type(raw)}"
+    )
+
+
 def _datemath(text: str, now: datetime, *, round_up: bool, field: str) -> int:
     if text.startswith("now"):
         anchor, operations = now, text[3:]
@@ -96,13 +103,13 @@ def _datemath(text: str, now: datetime, *, round_up: bool, field: str) -> int:
         date_text, separator, operations = text.partition("||")
         anchor = _parse_anchor(date_text, field)
         if not separator and operations:
-            raise TimeRangeError(f"{field}: {text!r} is not a time Grafana understands")
+            raise TimeRangeError(f"{field}: {shown(text)} is not a time Grafana understands")
     moment = anchor
     position = 0
     while position < len(operations):
         match = _DATEMATH_OPERATION.match(operations, position)
         if match is None:
-            raise TimeRangeError(f"{field}: {text!r} is not a time Grafana understands")
+            raise TimeRangeError(f"{field}: {shown(text)} is not a time Grafana understands")
         sign, amount, unit, round_unit = match.groups()
         if round_unit is not None:
             moment = _round(moment, round_unit, up=round_up)
@@ -117,7 +124,7 @@ def _parse_anchor(text: str, field: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise TimeRangeError(f"{field}: {text!r} is not a time Grafana understands") from None
+        raise TimeRangeError(f"{field}: {shown(text)} is not a time Grafana understands") from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 

@@ -15,9 +15,12 @@ ORG_MISMATCH = "API key does not belong to the requested organization"
 
 def acting_org_id(principal: Principal, org_header: str | None, *, needs: str | None = None) -> int:
     """A token belongs to one org, so `X-Grafana-Org-Id` may only name that org. `needs` names
-    the action a write requires."""
-    requested = (org_header or "").strip()
-    if requested and parse_int64(requested) != principal.org.id:
+    the action a write requires.
+
+    As Grafana's authn service reads the header (`orgIDFromHeader`), a value that is not a
+    64-bit integer, and 0, name no org: the token's own is used."""
+    requested = parse_int64((org_header or "").strip()) or 0
+    if requested and requested != principal.org.id:
         raise Forbidden(ORG_MISMATCH)
     if needs is not None and not principal.role.can_write:
         raise PermissionDenied(needs)

@@ -300,9 +300,26 @@ async def test_a_body_grafana_cannot_use_is_a_400_of_its_own(
     cases: list[tuple[Any, str]] = [
         ({"queries": [{"datasource": {"uid": "x"}}], "to": "now"}, "from: required"),
         ({"from": "now-1h", "to": "now", "queries": []}, "queries: no queries found"),
+        ({"from": "now-1h", "to": "now"}, "queries: required"),
+        (
+            {"from": "yesterday", "to": "now", "queries": [{"datasourceId": 1}]},
+            'from: "yesterday" is not a time Grafana understands',
+        ),
         (
             {"from": "now-1h", "to": "now", "queries": [{"expr": "1"}]},
             "queries[0].datasource: name a source by uid, type or datasourceId",
+        ),
+        (
+            {"from": "now-1h", "to": "now", "queries": [{"datasourceId": 1, "intervalMs": "x"}]},
+            "queries[0].intervalMs: must be a number, got a string",
+        ),
+        (
+            {
+                "from": "now-1h",
+                "to": "now",
+                "queries": [{"datasourceId": 1, "refId": f"Q{n}"} for n in range(5_000)],
+            },
+            "queries: at most 100 queries in one request, got 5000",
         ),
     ]
     for body, message in cases:

@@ -1145,9 +1145,7 @@ class TestOrgs:
         fetched = await client.get("/api/datasources/uid/shared", headers=admin_headers)
         assert await fetched.json() == mine
 
-    @pytest.mark.parametrize(
-        "org_header", ["2", "999", "-1", "abc", "1.0", "\u0661", "1" * 5000, "9" * 20]
-    )
+    @pytest.mark.parametrize("org_header", ["2", "999", "-1", "+2"])
     async def test_org_header_naming_another_org_is_403(
         self, client: AppClient, admin_headers: Headers, org_header: str
     ) -> None:
@@ -1160,7 +1158,9 @@ class TestOrgs:
     async def test_org_header_naming_the_tokens_org_is_accepted(
         self, client: AppClient, admin_headers: Headers
     ) -> None:
-        for org_header in [str(DEFAULT_ORG_ID), f" 0{DEFAULT_ORG_ID} ", ""]:
+        # Grafana ignores a value it cannot parse as an int64 (and 0): the token's org is used.
+        unparsable = ["abc", "1.0", "\u0661", "1" * 5000, "9" * 20, "0"]
+        for org_header in [str(DEFAULT_ORG_ID), f" 0{DEFAULT_ORG_ID} ", "", *unparsable]:
             headers = {**admin_headers, "X-Grafana-Org-Id": org_header}
             response = await client.get("/api/datasources", headers=headers)
             assert await answer(response) == (200, []), org_header

@@ -4,14 +4,19 @@ routes the app serves (aiohttp's router and the proxy's route table), and served
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 from aiohttp import hdrs, web
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from gateway.api.openapi import PATH, load_description
+from gateway.api import grafana_dto, influx_dto
+from gateway.api.openapi import PATH, REFUSED_BEFORE_HANDLER, load_description
+from gateway.errors import Dialect, dialect_for
 from gateway.proxy.routes import ROUTES
+from gateway.query.request import MAX_QUERIES
+from tests.conftest import Headers
 from tests.types import AppClient
 
 # The methods a route registered for any method ("*") takes, as the description lists them.
@@ -116,3 +121,111 @@ async def test_served_json_is_the_file(client: AppClient) -> None:
     again = await client.get(PATH, headers={"If-None-Match": etag})
     assert again.status == 304
     assert again.headers["ETag"] == etag
+
+
+def _responses(document: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    responses: dict[str, Any] = document["paths"][path][method]["responses"]
+    return responses
+
+
+def test_every_operation_describes_what_is_refused_before_its_handler() -> None:
+    """400/408/413/414/431/505 in the path's dialect on every operation; 405 wherever the path
+    does not take every method, and nowhere else. (A HEAD derived from a GET has the
+    component's description and headers, without the body.)"""
+    document = load_description()
+    components = document["components"]["responses"]
+
+    def is_component(response: dict[str, Any], name: str) -> bool:
+        if "$ref" in response:
+            return bool(response["$ref"] == f"#/components/responses/{name}")
+        return bool(response["description"] == components[name]["description"])
+
+    for method, path in described_operations(document):
+        responses = _responses(document, method, path)
+        dialect = "Influx" if dialect_for(path) is Dialect.INFLUX else "Grafana"
+        for status in REFUSED_BEFORE_HANDLER:
+            assert status in responses, (method, path, status)
+        assert is_component(responses["414"], f"{dialect}Refused"), (method, path)
+        if set(document["paths"][path]) >= ANY_METHOD:
+            assert "405" not in responses, (method, path)
+        else:
+            assert is_component(responses["405"], f"{dialect}MethodNotAllowed"), (method, path)
+    # An operation's own description of a shared status is kept.
+    assert _responses(document, "post", "/api/datasources")["400"] == {
+        "$ref": "#/components/responses/GrafanaBadRequest"
+    }
+
+
+def test_head_is_described_beside_every_get_without_bodies() -> None:
+    document = load_description()
+    for method, path in described_operations(document):
+        if method != "get":
+            continue
+        head = document["paths"][path]["head"]
+        assert set(head["responses"]) >= set(_responses(document, "get", path)), path
+        assert head.get("x-required-role") == document["paths"][path]["get"].get("x-required-role")
+        if "operationId" in head and path != "/query":  # /query's HEAD is written in the YAML
+            assert head["operationId"] == document["paths"][path]["get"]["operationId"] + "Head"
+            for status, response in head["responses"].items():
+                assert "content" not in response, (path, status)
+                assert "$ref" not in response, (path, status)
+    assert document["paths"]["/api/v2/sources"]["head"]["responses"]["405"]["headers"]["Allow"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "accepted"),
+    [
+        ("DataSourceBody", grafana_dto._ACCEPTED),
+        ("DataSourceUpdateBody", grafana_dto._ACCEPTED),
+        ("SourceInput", {key for key, _, _ in influx_dto._FIELDS.values()} | influx_dto._ECHOED),
+    ],
+)
+def test_body_schemas_list_exactly_the_fields_the_code_accepts(
+    schema: str, accepted: Iterable[str]
+) -> None:
+    """Both APIs refuse unknown fields (400 `foo: unknown field`): the schemas say so and name
+    every field the decoders take, no more."""
+    described = load_description()["components"]["schemas"][schema]
+    assert described["additionalProperties"] is False
+    assert set(described["properties"]) == set(accepted)
+
+
+def test_metric_request_agrees_with_the_query_parser() -> None:
+    """`from`/`to` take epoch milliseconds as numbers too; `queries` has the parser's cap."""
+    metric_request = load_description()["components"]["schemas"]["MetricRequest"]
+    for bound in ("from", "to"):
+        assert set(metric_request["properties"][bound]["type"]) == {"string", "integer"}
+    assert metric_request["properties"]["queries"]["maxItems"] == MAX_QUERIES
+
+
+async def test_refusals_are_answered_as_described(
+    client: AppClient, admin_headers: Headers
+) -> None:
+    """A 405 and a 414 of the HTTP layer are documented on the operation and answered in the
+    shape its component describes."""
+    document = load_description()
+    # The long targets first, each request on a new connection: the front server refuses an
+    # overlong target with 414 (on a connection handed to aiohttp it is still a 400).
+    cases = [
+        ("get", "/api/v2/sources?x=" + "a" * 9000, "get", "414"),
+        ("get", "/api/datasources?x=" + "a" * 9000, "get", "414"),
+        ("put", "/api/datasources", "get", "405"),
+        ("delete", "/health", "get", "405"),
+        ("put", "/api/v2/sources", "get", "405"),
+        ("get", "/api/v2/write", "post", "405"),
+    ]
+    headers = {**admin_headers, "Connection": "close"}
+    for method, target, described_method, status in cases:
+        path = target.partition("?")[0]
+        response = await client.request(method, target, headers=headers)
+        assert str(response.status) == status, target
+        reference = _responses(document, described_method, path)[status]["$ref"]
+        component = document["components"]["responses"][reference.rpartition("/")[2]]
+        schema_ref = component["content"]["application/json"]["schema"]["$ref"]
+        schema = document["components"]["schemas"][schema_ref.rpartition("/")[2]]
+        body = await response.json()
+        assert set(schema["required"]) <= set(body) <= set(schema["properties"]), target
+        if "X-Platform-Error-Code" in component.get("headers", {}):
+            assert response.headers["X-Platform-Error-Code"] == body["code"], target
+        if path in ("/api/datasources", "/health") and status == "405":
+            assert response.headers["Allow"], target

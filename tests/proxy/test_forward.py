@@ -339,6 +339,12 @@ class TestPolicy:
         assert (bad_id.status, await bad_id.json()) == (400, {"message": "id is invalid"})
         bad_uid = await client.get("/api/datasources/proxy/uid/a*b/x", headers=AUTH)
         assert (bad_uid.status, await bad_uid.json()) == (400, {"message": "UID is invalid"})
+        for no_uid in ["/api/datasources/proxy/uid//x", "/api/datasources/proxy/uid/"]:
+            missing_uid = await client.get(no_uid, headers=AUTH)
+            assert (missing_uid.status, await missing_uid.json()) == (
+                400,
+                {"message": "UID is invalid"},
+            ), no_uid
 
     async def test_viewers_may_query(
         self, client: AppClient, add_source: AddSource, make_token: MakeToken

@@ -271,9 +271,9 @@ async def test_unclaimed_forms_are_answered_by_aiohttp_alike_on_both_carriers(
     assert not_allowed.status == 405
     answer = {"code": "method not allowed", "message": "allow: POST"}
     assert await not_allowed.json() == answer
-    bad_id = await client.get("/api/datasources/proxy/uid", headers=AUTH)
-    assert bad_id.status == 400
-    assert await bad_id.json() == {"message": "id is invalid"}
+    no_uid = await client.get("/api/datasources/proxy/uid", headers=AUTH)
+    assert no_uid.status == 400
+    assert await no_uid.json() == {"message": "UID is invalid"}
 
 
 async def test_head_query_is_passed_through_and_put_is_told_what_is_allowed(
