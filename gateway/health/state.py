@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway.health.probes import HealthCheck
 from gateway.registry.models import REPLICA_URLS, DataSource, target_label
+from gateway.registry.validation import needs_url
 
 DEFAULT_RISE = 2
 DEFAULT_FALL = 3
@@ -307,8 +308,10 @@ def not_probed_check(source: DataSource) -> HealthCheck | None:
     gateway does not know, an InfluxDB `self` source: gateway/registry/validation.py). There
     is nothing to probe, so such a source is not probed and never counts as failing: its check
     passes and says why, as Grafana's TestData health check passes without reaching anything.
+    A record of a type that needs a URL and has none (written around the APIs) is broken, and
+    is probed and fails as such.
     """
-    if source.target_urls:
+    if source.target_urls or needs_url(source.spec()):
         return None
     message = f"not probed: {source.type} sources have no URL"
     return {"name": source.name, "status": "pass", "message": message}
