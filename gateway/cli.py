@@ -32,6 +32,7 @@ from gateway.proxy.front_carrier import front_router
 from gateway.registry.audit import CLI, acting_as
 from gateway.registry.interface import OrgNameTaken, Registry
 from gateway.registry.models import DataSource, Role
+from gateway.registry.rules import parse_int64
 from gateway.registry.secrets import (
     KEY_FILE_NAME,
     SecretBox,
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--description", default="")
     token_commands.add_parser("list", parents=[common], help="list tokens (never their values)")
     revoke = token_commands.add_parser("revoke", parents=[common], help="revoke a token by id")
-    revoke.add_argument("id", type=int)
+    revoke.add_argument("id", type=positive_id)
 
     org = commands.add_parser("org", help="manage orgs")
     org_commands = org.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -120,8 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("drop", "delete dead letters for good"),
     ):
         command = spool_commands.add_parser(name, parents=[common], help=text)
-        command.add_argument("ids", nargs="+", type=int, metavar="ID")
+        command.add_argument("ids", nargs="+", type=positive_id, metavar="ID")
     return parser
+
+
+def positive_id(text: str) -> int:
+    """An id as the databases store them (a positive 64-bit integer): a larger number would
+    overflow SQLite's INTEGER, so argparse refuses it with its one-line usage error."""
+    number = parse_int64(text.strip())
+    if number is None or number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive 64-bit integer, got {text!r}")
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,16 +327,36 @@ def _check(violations: list[Violation]) -> None:
 
 async def token_list(settings: Settings, _: argparse.Namespace) -> int:
     async def action(store: Registry) -> int:
-        print(f"{'ID':>4}  {'ORG':<20} {'ROLE':<7} {'CREATED':<25} {'REVOKED':<25} DESCRIPTION")
+        rows = [("ID", "ORG", "ROLE", "CREATED", "REVOKED", "DESCRIPTION")]
         for token in await store.list_tokens():
             revoked = token.revoked.isoformat() if token.revoked else "-"
-            print(
-                f"{token.id:>4}  {token.org_name:<20} {token.role.value:<7} "
-                f"{token.created.isoformat():<25} {revoked:<25} {token.description}"
+            rows.append(
+                (
+                    str(token.id),
+                    token.org_name,
+                    token.role.value,
+                    token.created.isoformat(),
+                    revoked,
+                    token.description,
+                )
             )
+        for line in _aligned(rows):
+            print(line)
         return 0
 
     return await _with_store(settings, action)
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as columns as wide as their widest cell (the first right-aligned: it holds
+    numbers), two spaces apart; the last column is not padded."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    lines = []
+    for first, *middle, last in rows:
+        cells = [first.rjust(widths[0])]
+        cells += [cell.ljust(width) for cell, width in zip(middle, widths[1:], strict=True)]
+        lines.append("  ".join([*cells, last]).rstrip())
+    return lines
 
 
 async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:

@@ -378,9 +378,11 @@ def render_http_exception(exc: web.HTTPException, dialect: Dialect) -> web.Respo
             message = f"allow: {exc.headers.get('Allow', '')}"
         else:
             message = exc.reason
-        return influx_error_response(exc.status, code, message)
-    message = "Not found" if exc.status == 404 else exc.reason
-    response = web.json_response({"message": message}, status=exc.status)
+        response = influx_error_response(exc.status, code, message)
+    else:
+        message = "Not found" if exc.status == 404 else exc.reason
+        response = web.json_response({"message": message}, status=exc.status)
+    # A 405 names the methods the resource takes, in either dialect (RFC 9110 section 15.5.6).
     if "Allow" in exc.headers:
         response.headers["Allow"] = exc.headers["Allow"]
     return response

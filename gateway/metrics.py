@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from gateway import __version__
+from gateway.api.grafana_dto import plugin_for
 from gateway.registry.models import DataSource, target_label
 from gateway.version import commit
 
@@ -378,7 +379,7 @@ class GatewayMetrics:
         self.target_transitions.labels(str(source.org_id), source.uid, target_label(url), to).inc()
 
     def source_labels(self, org_id: int, uid: str, source_type: str) -> tuple[str, str, str]:
-        return (str(org_id), uid, source_type)
+        return (str(org_id), uid, type_label(source_type))
 
     def source_meters(self, labels: tuple[str, str, str]) -> SourceMeters:
         """The proxy metrics of one source, resolved once: `.labels()` takes a lock and a
@@ -491,7 +492,7 @@ class SourceStateCollector(Collector):
         up = GaugeMetricFamily(
             "gateway_source_up",
             "1 when the source's health state is pass, 0 when fail; absent before the first "
-            "probe or when probing is disabled.",
+            "probe, when probing is disabled, and for a source with no URL (never probed).",
             labels=["org", "source_uid", "source_name", "source_type"],
         )
         since = GaugeMetricFamily(
@@ -519,16 +520,17 @@ class SourceStateCollector(Collector):
         counts: Tally[tuple[str, str]] = Tally()
         for state in self._states():
             source = state.source
-            counts[(str(source.org_id), source.type)] += 1
+            source_type = type_label(source.type)
+            counts[(str(source.org_id), source_type)] += 1
             org = str(source.org_id)
             _add_targets(target_up, org, state)
-            if state.status is None:
+            if state.status is None:  # not probed yet, not monitored, or nothing to probe
                 continue
-            up.add_metric([org, source.uid, source.name, source.type], state.status == "pass")
+            up.add_metric([org, source.uid, source.name, source_type], state.status == "pass")
             if state.since is not None:
-                since.add_metric([org, source.uid, source.type], state.since.timestamp())
+                since.add_metric([org, source.uid, source_type], state.since.timestamp())
             if state.last_checked is not None:
-                checked.add_metric([org, source.uid, source.type], state.last_checked.timestamp())
+                checked.add_metric([org, source.uid, source_type], state.last_checked.timestamp())
         for (org, source_type), count in sorted(counts.items()):
             registered.add_metric([org, source_type], count)
         yield up
@@ -536,6 +538,14 @@ class SourceStateCollector(Collector):
         yield checked
         yield target_up
         yield registered
+
+
+def type_label(source_type: str) -> str:
+    """The `source_type` label: the type as the APIs answer it (Grafana's current plugin id,
+    `grafana-testdata-datasource` for a source saved as `testdata`), so a label can be
+    matched against what GET /api/datasources says."""
+    plugin = plugin_for(source_type)
+    return plugin.id if plugin is not None else source_type
 
 
 def _add_targets(family: GaugeMetricFamily, org: str, state: SourceState) -> None:

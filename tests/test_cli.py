@@ -51,6 +51,45 @@ def test_revoke_marks_the_token_and_refuses_unknown_ids(data_dir: Path) -> None:
     assert "no active token with id 1" in again.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("token", "revoke", "99999999999999999999999"),
+        ("token", "revoke", "0"),
+        ("token", "revoke", "-3"),
+        ("spool", "drop", "1", "99999999999999999999999"),
+        ("spool", "retry", "9223372036854775808"),
+    ],
+)
+def test_ids_beyond_what_the_databases_store_are_refused_without_a_traceback(
+    data_dir: Path, args: tuple[str, ...]
+) -> None:
+    result = run_cli(*args, data_dir=data_dir)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    *_, last = result.stderr.strip().splitlines()
+    assert last.endswith(f"must be a positive 64-bit integer, got {args[-1]!r}")
+
+
+def test_token_list_columns_line_up_whatever_the_widths(data_dir: Path) -> None:
+    for description in ("first", "second"):
+        run_cli(
+            "token", "create", "--org", "Main Org.", "--role", "viewer",
+            "--description", description, data_dir=data_dir,
+        )  # fmt: skip
+    assert run_cli("token", "revoke", "1", data_dir=data_dir).returncode == 0
+    header, *rows = run_cli("token", "list", data_dir=data_dir).stdout.splitlines()
+    assert len(rows) == 2
+    # Each column starts where its heading does, the timestamps' full width included.
+    for heading in ("ORG", "ROLE", "CREATED", "REVOKED", "DESCRIPTION"):
+        start = header.index(heading)
+        for row in rows:
+            assert row[start - 2 : start] == "  ", (heading, row)
+            assert row[start] != " ", (heading, row)
+    assert rows[0].split()[-1] == "first"
+    assert rows[1].split()[-2:] == ["-", "second"]
+
+
 def test_org_create_gives_an_influx_id_and_refuses_duplicates(data_dir: Path) -> None:
     created = run_cli("org", "create", "Team B", data_dir=data_dir)
     assert created.returncode == 0, created.stderr

@@ -23,6 +23,8 @@ Scheduling is one loop over a heap of due times, not a task per source, so 2,000
   makes the source due now, or probes just that target early when it names one of several;
   the state still changes only through the thresholds.
 - A deleted source is dropped from the schedule and the state.
+- A source with no URL (TestData and the like) is never probed, on demand neither: its check
+  passes, saying so (`not_probed_check`), and it has no pass/fail state.
 - Shared probing (a cluster of gateways on one PostgreSQL registry, gateway/cluster/): `owns`
   says which sources this gateway probes; the others are never scheduled, and their state is
   what their owner stored (`adopt`: the proxy's target listeners hear of its changes, nothing
@@ -58,6 +60,7 @@ from gateway.health.state import (
     StoredSource,
     TargetState,
     combined_check,
+    not_probed_check,
     target_views,
 )
 from gateway.registry.cache import SourceCache
@@ -350,7 +353,7 @@ class HealthMonitor:
             state = SourceState.new(source, policy)
             state.owned = self._owns is None or self._owns(source)
             self._states[source.id] = state
-            if policy.enabled and state.owned:
+            if state.policy.enabled and state.owned:  # the state's: a source with no URL is off
                 self._reschedule(state, delay=self._random.uniform(0, NEW_SOURCE_DELAY))
         for gone in set(self._states) - seen:
             del self._states[gone]
@@ -449,6 +452,8 @@ async def current_health(
 
     On-demand results are also given to the monitor, so they count as the first results.
     """
+    if (unprobed := not_probed_check(source)) is not None:
+        return unprobed  # nothing to probe: not even on demand
     if monitor is not None:
         latest = monitor.latest(source.id)
         if latest is not None:

@@ -14,6 +14,8 @@ What a source serves (`SourceState.health_check`):
 In a cluster (gateway/cluster/) a source is probed by one gateway, its owner; the others take
 its state as the owner stored it (`StoredSource`, through `SourceState.adopt`).
 
+A source with no URL (TestData and the like) is not probed: it serves `not_probed_check`.
+
 Pure state and threshold logic: no clock, no I/O; the monitor (monitor.py) feeds it.
 """
 
@@ -29,6 +31,7 @@ from typing import Any
 
 from gateway.health.probes import HealthCheck
 from gateway.registry.models import REPLICA_URLS, DataSource, target_label
+from gateway.registry.validation import needs_url
 
 DEFAULT_RISE = 2
 DEFAULT_FALL = 3
@@ -148,13 +151,19 @@ class SourceState:
     next_due: float = 0.0  # monitor clock time of the scheduled probe
     last_started: float | None = None  # monitor clock time the latest probe of a target began
     owned: bool = True  # this gateway probes it (always, but in a cluster: see the module doc)
+    # What it serves when it has no URL to probe (`not_probed_check`); never probed then.
+    unprobed: HealthCheck | None = None
 
     @classmethod
     def new(cls, source: DataSource, policy: ProbePolicy) -> SourceState:
-        urls = source.target_urls or (source.url,)  # no URL at all: probed, and failing, as one
+        unprobed = not_probed_check(source)
+        if unprobed is not None:
+            # Never scheduled, never given a result: no state, so no pass/fail to count.
+            policy = dataclasses.replace(policy, enabled=False)
+        urls = source.target_urls or (source.url,)
         views = target_views(source, urls)
         targets = {url: TargetState(url, target_label(url), views[url]) for url in urls}
-        return cls(source=source, policy=policy, targets=targets)
+        return cls(source=source, policy=policy, targets=targets, unprobed=unprobed)
 
     @property
     def probing(self) -> bool:
@@ -248,6 +257,8 @@ class SourceState:
 
     def health_check(self) -> HealthCheck | None:
         """The HealthCheck to serve: the state's status, the latest probes' checks."""
+        if self.unprobed is not None:
+            return dict(self.unprobed)
         if self.status is None:
             return None
         single = self.single
@@ -288,6 +299,22 @@ class StoredSource:
 # Seen only in the moment between one target's first result and another's: the monitor takes
 # a target it has not probed yet as healthy (it routes to it), and says so.
 _NOT_PROBED: HealthCheck = {"status": "pass", "message": "not probed yet; taken as healthy"}
+
+
+def not_probed_check(source: DataSource) -> HealthCheck | None:
+    """What a source with no URL at all serves instead of a probe result, else None.
+
+    Only types that reach nothing over HTTP may be saved without a URL (TestData, plugins the
+    gateway does not know, an InfluxDB `self` source: gateway/registry/validation.py). There
+    is nothing to probe, so such a source is not probed and never counts as failing: its check
+    passes and says why, as Grafana's TestData health check passes without reaching anything.
+    A record of a type that needs a URL and has none (written around the APIs) is broken, and
+    is probed and fails as such.
+    """
+    if source.target_urls or needs_url(source.spec()):
+        return None
+    message = f"not probed: {source.type} sources have no URL"
+    return {"name": source.name, "status": "pass", "message": message}
 
 
 def combined_check(

@@ -24,7 +24,8 @@ from gateway.proxy.resolve import (
     source_query,
 )
 from gateway.registry.cache import SourceCache
-from gateway.registry.models import Principal
+from gateway.registry.models import Principal, Role
+from gateway.security.roles import require_role
 
 if TYPE_CHECKING:
     from gateway.proxy.pipeline import ProxyRequest
@@ -37,20 +38,50 @@ REMAINDER = "/{path}"
 Resolve = Callable[["ProxyRequest", Principal, SourceCache], Awaitable[Resolution]]
 
 
+def _writing(resolve: Resolve) -> Resolve:
+    """`resolve`, for a route that writes data: refused (403) below the editor role before
+    anything is resolved, spooled or sent."""
+
+    async def resolve_write(
+        request: ProxyRequest, principal: Principal, sources: SourceCache
+    ) -> Resolution:
+        require_role(principal, Role.EDITOR, f"write:orgs/{principal.org.influx_id}/buckets")
+        return await resolve(request, principal, sources)
+
+    return resolve_write
+
+
 class ProxyRoute:
     """One proxied route: its name, the methods it takes (None: any), the dialect of its
-    errors, and how it resolves the source and upstream target. The rest is derived from the
-    name once, for the routers."""
+    errors, how it resolves the source and upstream target, and whether it writes data (the
+    editor role is then needed). The rest is derived from the name once, for the routers."""
 
-    __slots__ = ("dialect", "key", "methods", "name", "prefix", "resolve", "segments", "tail")
+    __slots__ = (
+        "dialect",
+        "key",
+        "methods",
+        "name",
+        "prefix",
+        "resolve",
+        "segments",
+        "tail",
+        "writes",
+    )
 
     def __init__(
-        self, name: str, methods: Collection[str] | None, dialect: Dialect, resolve: Resolve
+        self,
+        name: str,
+        methods: Collection[str] | None,
+        dialect: Dialect,
+        resolve: Resolve,
+        *,
+        writes: bool = False,
     ) -> None:
         self.name = name
         self.methods = frozenset(methods) if methods is not None else None
         self.dialect = dialect
-        self.resolve = resolve
+        self.writes = writes
+        self.resolve = _writing(resolve) if writes else resolve
         prefix, brace, rest = name.partition("{")
         key, _, tail = rest.partition("}")
         # The literal text before the key (the whole path when there is none), the key's name,
@@ -79,6 +110,10 @@ _GRAFANA = Dialect.GRAFANA
 _BY_UID = PROXY_PREFIX + "/uid/{uid}"
 _BY_ID = PROXY_PREFIX + "/{id}"
 
+# The Grafana data source proxy routes keep Grafana's rule: any role that may query a source
+# may use them (Grafana checks `datasources:query` only), whatever the method; a source type's
+# own route roles apply there (gateway/proxy/policy.py). InfluxDB's write routes need an editor.
+#
 # In matching order: aiohttp tries them in this order, and `…/proxy/uid/…` must come before
 # `…/proxy/{id}/…`.
 ROUTES: tuple[ProxyRoute, ...] = (
@@ -86,10 +121,10 @@ ROUTES: tuple[ProxyRoute, ...] = (
     ProxyRoute(_BY_UID + REMAINDER, None, _GRAFANA, by_uid),
     ProxyRoute(_BY_ID, None, _GRAFANA, by_id),
     ProxyRoute(_BY_ID + REMAINDER, None, _GRAFANA, by_id),
-    ProxyRoute("/api/v2/write", ("POST",), _INFLUX, influx_passthrough),
+    ProxyRoute("/api/v2/write", ("POST",), _INFLUX, influx_passthrough, writes=True),
     ProxyRoute("/api/v2/query", ("POST",), _INFLUX, influx_passthrough),
     # HEAD as aiohttp's `add_get` takes it: clients probe `/query` with it.
     ProxyRoute("/query", ("GET", "HEAD", "POST"), _INFLUX, influx_passthrough),
-    ProxyRoute("/write", ("POST",), _INFLUX, influx_passthrough),
+    ProxyRoute("/write", ("POST",), _INFLUX, influx_passthrough, writes=True),
     ProxyRoute("/api/v2/sources/{source_id}/query", ("POST",), _INFLUX, source_query),
 )

@@ -212,6 +212,7 @@ class SpoolStore:
 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    _make_private(path)
     conn = schema.connect(str(path), busy_timeout)
     # A newly created file's directory entry is durable only once the directory is fsynced.
     # SQLite does that for the journal and WAL files it creates, not for the database file; once
@@ -222,3 +223,14 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     finally:
         os.close(directory)
     return conn
+
+
+def _make_private(path: Path) -> None:
+    """Queued writes are the users' data: owner only, as the rest of the data directory.
+    SQLite gives the -wal and -shm files it creates the database file's mode, so the file is
+    created 0600 before SQLite opens it; one made by an older version is narrowed, with any
+    journal it left."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(file, 0o600)

@@ -543,6 +543,7 @@ class TestRead:
         response = await client.put(f"{SOURCES}/{UNKNOWN_ID}", headers=admin_headers)
         assert response.status == 405
         assert (await response.json())["code"] == "method not allowed"
+        assert response.headers["Allow"] == "DELETE,GET,HEAD,PATCH"
 
 
 PER_SOURCE_ROUTES = [

@@ -145,3 +145,32 @@ async def test_a_burst_of_proxied_failures_triggers_one_probe_not_a_storm(
     assert {response.status for response in statuses} == {502}
     await schedule.let_pass(0.3)  # the schedule goes on: still only the one passive probe
     assert probes() - before == 1
+
+
+async def test_a_source_with_no_url_is_not_probed_and_never_counts_as_failing(
+    client: AppClient, schedule: Schedule, metrics_registry: CollectorRegistry
+) -> None:
+    store = client.app[STORE]
+    # TestData may be saved without a URL; saved as Grafana's older id, answered as the new.
+    testdata = await store.create_source(1, DataSourceSpec(name="test-data", type="testdata"))
+    await schedule.monitor.synced()
+    await schedule.let_pass(3)  # ten intervals: a probed source would have results by now
+
+    state = schedule.monitor.state(testdata.id)
+    assert state is not None
+    assert (state.status, state.last_checked) == (None, None)  # never probed
+    expected = "not probed: testdata sources have no URL"
+    health = await (await client.get("/health", headers=AUTH)).json()
+    (check,) = [check for check in health["checks"] if check["name"] == "test-data"]
+    assert check == {"name": "test-data", "status": "pass", "message": expected}
+    assert "failing" not in health["message"]
+    grafana = await client.get(f"/api/datasources/uid/{testdata.uid}/health", headers=AUTH)
+    assert grafana.status == 200
+    assert await grafana.json() == {"status": "OK", "message": expected}
+    assert state.last_checked is None  # not even on demand
+
+    labels = {"org": "1", "source_uid": testdata.uid, "source_name": "test-data",
+              "source_type": "grafana-testdata-datasource"}  # fmt: skip
+    assert metrics_registry.get_sample_value("gateway_source_up", labels) is None
+    registered = {"org": "1", "source_type": "grafana-testdata-datasource"}
+    assert metrics_registry.get_sample_value("gateway_registry_sources", registered) == 1.0

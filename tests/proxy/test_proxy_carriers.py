@@ -271,6 +271,7 @@ async def test_unclaimed_forms_are_answered_by_aiohttp_alike_on_both_carriers(
     assert not_allowed.status == 405
     answer = {"code": "method not allowed", "message": "allow: POST"}
     assert await not_allowed.json() == answer
+    assert not_allowed.headers["Allow"] == "POST"
     no_uid = await client.get("/api/datasources/proxy/uid", headers=AUTH)
     assert no_uid.status == 400
     assert await no_uid.json() == {"message": "UID is invalid"}
@@ -289,3 +290,4 @@ async def test_head_query_is_passed_through_and_put_is_told_what_is_allowed(
     put = await client.put("/query", headers=AUTH)
     assert put.status == 405
     assert await put.json() == {"code": "method not allowed", "message": "allow: GET,HEAD,POST"}
+    assert put.headers["Allow"] == "GET,HEAD,POST"

@@ -28,6 +28,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 from pytest_aiohttp import AiohttpServer
 
+from gateway.keys import STORE
 from tests.conftest import ADMIN_TOKEN, Headers, MakeToken
 from tests.services.influxdb import InfluxDB1, quote_ident
 from tests.types import AppClient
@@ -755,3 +756,46 @@ async def test_influxdb_client_v2_write_to_influxd_1_6_gets_influxd_own_404(
         await asyncio.to_thread(influx.close)
     assert caught.value.status == 404
     assert caught.value.body.strip() == "404 page not found"
+
+
+# --- roles ----------------------------------------------------------------------------------
+
+
+async def test_a_viewer_may_query_but_not_write_through_influxdbs_paths(
+    client: AppClient, admin_headers: Headers, make_token: MakeToken, influx2: Influx2Upstream
+) -> None:
+    body = {
+        "name": "influx2",
+        "type": "influxdb",
+        "access": "proxy",
+        "url": influx2.url,
+        "jsonData": {"version": "Flux", "organization": "acme", "defaultBucket": "metrics"},
+    }
+    response = await client.post("/api/datasources", json=body, headers=admin_headers)
+    assert response.status == 200
+    uid = (await response.json())["datasource"]["uid"]
+    viewer = await make_token(role="viewer", scheme="Token")
+    org_id = (await client.app[STORE].find_org(name="Main Org.")).influx_id
+
+    for path in ("/write?db=x", "/api/v2/write?org=acme&bucket=metrics"):
+        refused = await client.post(path, data=LINES, headers=viewer)
+        message = await assert_influx_error(refused, 403, "forbidden")
+        assert message == (
+            f"write:orgs/{org_id}/buckets needs the editor role; this token's role is viewer"
+        )
+    assert influx2.seen == []  # neither sent nor spooled
+
+    query = await client.post(
+        "/api/v2/query?org=acme", data='from(bucket: "metrics")', headers=viewer
+    )
+    assert query.status == 200
+    editor = await make_token(role="editor", scheme="Token")
+    written = await client.post("/api/v2/write?org=acme&bucket=metrics", data=LINES, headers=editor)
+    assert written.status == 204
+    # Grafana's data source proxy keeps Grafana's rule: a viewer may use it, writes included.
+    proxied = await client.post(
+        f"/api/datasources/proxy/uid/{uid}/api/v2/write?org=acme&bucket=metrics",
+        data=LINES,
+        headers={"Authorization": viewer["Authorization"].replace("Token", "Bearer", 1)},
+    )
+    assert proxied.status == 204

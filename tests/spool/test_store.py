@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -298,6 +299,29 @@ class TestFile:
         with sqlite3.connect(spool_file) as raw:
             assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+    async def test_the_spool_files_are_private_as_the_rest_of_the_data_directory(
+        self, spool: SpoolStore, spool_file: Path
+    ) -> None:
+        await spool.append(numbered_write(0))
+
+        files = sorted(spool_file.parent.glob("spool.*"))
+        assert {file.name for file in files} >= {
+            "spool.sqlite3",
+            "spool.sqlite3-wal",
+            "spool.sqlite3-shm",
+        }
+        for file in files:
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file.name
+
+    async def test_a_spool_file_made_readable_by_others_is_narrowed_on_open(
+        self, spool_file: Path
+    ) -> None:
+        spool_file.parent.mkdir()
+        sqlite3.connect(spool_file).close()
+        spool_file.chmod(0o644)
+        async with SpoolStore.open(spool_file):
+            assert stat.S_IMODE(spool_file.stat().st_mode) == 0o600
 
     async def test_entries_survive_closing_and_reopening(self, spool_file: Path) -> None:
         async with SpoolStore.open(spool_file) as spool:
