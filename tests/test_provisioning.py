@@ -479,14 +479,18 @@ class TestThroughTheGrafanaApi:
                 url: http://169.254.169.254/
                 jsonData: {replicaUrls: ["http://prometheus:9091", "http://[::ffff:169.254.169.254]/"]}
               - {name: sql, type: postgres, url: "169.254.169.254:5432"}
+              - {name: mssql, type: mssql, url: "sqlserver://169.254.169.254:1433"}
             """,
         )
         assert await self.start_up_failure(settings) == (
-            f"provisioning ({folder}): 2 problem(s), nothing was applied:\n"
+            f"provisioning ({folder}): 3 problem(s), nothing was applied:\n"
             f"  {folder}/meta.yaml:6: url: not allowed: 169.254.169.254 is in the denied "
             "network 169.254.0.0/16\n"
             f"  {folder}/meta.yaml:6: jsonData.replicaUrls[1]: not allowed: ::ffff:a9fe:a9fe is "
-            "in the denied network 169.254.0.0/16"
+            "in the denied network 169.254.0.0/16\n"
+            # As the APIs read a database address: only the `scheme://host` form names a host.
+            f"  {folder}/meta.yaml:11: url: not allowed: 169.254.169.254 is in the denied "
+            "network 169.254.0.0/16"
         )
 
     async def test_start_up_lists_20_problems_then_counts_the_rest(

@@ -4,7 +4,8 @@ Both APIs refuse a source whose `url` or `jsonData.replicaUrls` entry the policy
 (`proxy.allowed_hosts`, `proxy.denied_networks`: gateway/proxy/ssrf.py); a file is held to the
 same rule, at start-up, on SIGHUP and in `gateway provision --check`, so a file cannot place a
 source the APIs would have refused (the metadata address, say). Where a name actually connects
-is checked again at connect time, as for every source.
+is checked again at connect time, as for every source. Exactly the APIs' rule: a SQL type's
+database address is checked too when it has the `scheme://host` form the policy can read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Iterable
 from gateway.provisioning.model import Problem, ProvisioningFile
 from gateway.proxy.ssrf import SsrfPolicy, TargetRefused
 from gateway.registry.models import REPLICA_URLS
-from gateway.registry.rules import DATABASE_ADDRESS_TYPES
 
 
 async def refused_targets(files: Iterable[ProvisioningFile], policy: SsrfPolicy) -> list[Problem]:
@@ -22,8 +22,6 @@ async def refused_targets(files: Iterable[ProvisioningFile], policy: SsrfPolicy)
     problems = []
     for source in (source for file in files for source in file.sources):
         spec = source.spec
-        if spec.type in DATABASE_ADDRESS_TYPES:
-            continue  # a database address: the gateway never connects to it
         replicas = spec.json_data.get(REPLICA_URLS)
         urls = [("url", spec.url)]
         if isinstance(replicas, list):

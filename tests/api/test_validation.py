@@ -315,3 +315,17 @@ async def test_an_error_body_lists_20_problems_then_counts_the_rest(
         "/api/datasources", json={**GRAFANA, **many_unknown_keys(20)}, headers=admin_headers
     )
     assert (await exactly_20.json())["message"].endswith("k19: unknown field")
+
+
+async def test_the_ssrf_policy_reads_a_database_address_as_provisioning_does(
+    client: AppClient, admin_headers: Headers
+) -> None:
+    """tests/test_provisioning.py holds a file to the same reading: only the `scheme://host`
+    form of a database address names a host the policy can judge."""
+    for address, status in (
+        ("sqlserver://169.254.169.254:1433", 400),
+        ("169.254.169.254:5432", 200),
+    ):
+        body = {"name": address, "type": "mssql", "access": "proxy", "url": address}
+        response = await client.post("/api/datasources", json=body, headers=admin_headers)
+        assert response.status == status, await response.text()
