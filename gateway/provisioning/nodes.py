@@ -123,10 +123,11 @@ class NodeReader:
 
     # --- scalars -------------------------------------------------------------------------------
 
-    def text(self, node: Node, field: str) -> str | None:
-        """A string field: any scalar's text, variables expanded; null is ""."""
+    def text(self, node: Node, field: str, expected: str = "a string") -> str | None:
+        """A string field: any scalar's text, variables expanded; null is "". A list or
+        mapping is `expected` (the field's type, in the APIs' words) it is not."""
         if not isinstance(node, ScalarNode):
-            self.report(node, f"{field}: must be a single value, got {node_type(node)}")
+            self.report(node, f"{field}: must be {expected}, got {node_type(node)}")
             return None
         if node.tag == NULL:
             return ""
@@ -140,7 +141,7 @@ class NodeReader:
 
     def flag(self, node: Node, field: str) -> bool | None:
         """A bool field (None when empty), after expansion. Quoted "true" counts, as in Grafana."""
-        text = self.text(node, field)
+        text = self.text(node, field, "a boolean")
         if not text:
             return None
         if text not in _BOOL_SPELLINGS:
@@ -150,7 +151,7 @@ class NodeReader:
 
     def integer(self, node: Node, field: str) -> int | None:
         """An integer field (None when empty), after expansion."""
-        text = self.text(node, field)
+        text = self.text(node, field, "a whole number")
         if not text:
             return None
         number = parse_int64(text)
