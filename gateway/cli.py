@@ -27,7 +27,7 @@ from gateway.heap import settle_heap
 from gateway.keys import LIFECYCLE, PIPELINE
 from gateway.logging import configure_logging
 from gateway.loop import event_loop_factory
-from gateway.provisioning import check_files
+from gateway.provisioning import check_folder
 from gateway.proxy.front_carrier import front_router
 from gateway.registry.audit import CLI, acting_as
 from gateway.registry.interface import OrgNameTaken, Registry
@@ -269,7 +269,7 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
 
 async def provision_check(settings: Settings, _: argparse.Namespace) -> int:
     """Print every problem in the provisioning files as `file:line: message`; exit 1 if any."""
-    problems = check_files(settings.provisioning_path, os.environ)
+    problems = await check_folder(settings, os.environ)
     for problem in problems:
         print(problem)
     if problems:
@@ -373,8 +373,8 @@ async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def org_create(settings: Settings, args: argparse.Namespace) -> int:
+    _check(org_name_violations(args.name))  # as given: "   " is blank, not missing
     name = args.name.strip()
-    _check(org_name_violations(name))
 
     async def action(store: Registry) -> int:
         try:

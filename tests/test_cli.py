@@ -99,7 +99,13 @@ def test_org_create_gives_an_influx_id_and_refuses_duplicates(data_dir: Path) ->
     int(influx_id, 16)
     duplicate = run_cli("org", "create", "team b", data_dir=data_dir)
     assert duplicate.returncode == 1
-    assert "already exists" in duplicate.stderr
+    # Names compare case-insensitively: the message names the org that holds the name.
+    assert duplicate.stderr.strip().endswith(
+        'name: an organization named "Team B" already exists'
+    ), duplicate.stderr
+    blank = run_cli("org", "create", "   ", data_dir=data_dir)
+    assert blank.returncode == 1
+    assert blank.stderr.strip().endswith("name: must not be blank"), blank.stderr
     listed = run_cli("org", "list", data_dir=data_dir).stdout.splitlines()
     assert [line.split("\t")[2] for line in listed] == ["Main Org.", "Team B"]
 
@@ -158,7 +164,8 @@ def test_the_data_directory_and_database_are_private(data_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("org", "create", " "), "name: required"),
+        (("org", "create", " "), "name: must not be blank"),  # as the API says of a source
+        (("org", "create", ""), "name: required"),
         (("org", "create", "Team\tB"), "name: must not contain control characters"),
         (("org", "create", "n" * 191), "name: must be at most 190 characters, got 191"),
         (

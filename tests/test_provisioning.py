@@ -452,6 +452,59 @@ class TestThroughTheGrafanaApi:
             f"  {folder}/bad.yaml:3: org 7 does not exist (see `gateway org list`)"
         )
 
+    async def start_up_failure(self, settings: Settings) -> str:
+        runner = web.AppRunner(create_app(settings))
+        try:
+            with pytest.raises(StartupError) as failure:
+                await runner.setup()
+        finally:
+            await runner.cleanup()
+        return str(failure.value)
+
+    async def test_a_target_the_apis_would_refuse_stops_start_up(
+        self, settings: Settings, folder: Path
+    ) -> None:
+        """The SSRF policy at save, as both APIs apply it (`proxy.denied_networks`)."""
+        write(
+            folder,
+            "meta.yaml",
+            """
+            apiVersion: 1
+            datasources:
+              - name: ok
+                type: prometheus
+                url: http://prometheus:9090
+              - name: metadata
+                type: prometheus
+                url: http://169.254.169.254/
+                jsonData: {replicaUrls: ["http://prometheus:9091", "http://[::ffff:169.254.169.254]/"]}
+              - {name: sql, type: postgres, url: "169.254.169.254:5432"}
+              - {name: mssql, type: mssql, url: "sqlserver://169.254.169.254:1433"}
+            """,
+        )
+        assert await self.start_up_failure(settings) == (
+            f"provisioning ({folder}): 3 problem(s), nothing was applied:\n"
+            f"  {folder}/meta.yaml:6: url: not allowed: 169.254.169.254 is in the denied "
+            "network 169.254.0.0/16\n"
+            f"  {folder}/meta.yaml:6: jsonData.replicaUrls[1]: not allowed: ::ffff:a9fe:a9fe is "
+            "in the denied network 169.254.0.0/16\n"
+            # As the APIs read a database address: only the `scheme://host` form names a host.
+            f"  {folder}/meta.yaml:11: url: not allowed: 169.254.169.254 is in the denied "
+            "network 169.254.0.0/16"
+        )
+
+    async def test_start_up_lists_20_problems_then_counts_the_rest(
+        self, settings: Settings, folder: Path
+    ) -> None:
+        keys = ", ".join(f"k{index}: 1" for index in range(25))
+        write(folder, "many.yaml", f"apiVersion: 1\ndatasources:\n  - {{name: x, type: y, {keys}}}")
+        listed = "".join(
+            f"\n  {folder}/many.yaml:3: k{index}: unknown field" for index in range(20)
+        )
+        assert await self.start_up_failure(settings) == (
+            f"provisioning ({folder}): 25 problem(s), nothing was applied:{listed}\n  and 5 more"
+        )
+
 
 class FakeProvisioner:
     """Counts applies and how many overlap; each waits until released."""

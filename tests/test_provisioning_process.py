@@ -103,7 +103,7 @@ def test_start_up_applies_the_files_and_sighup_applies_them_all_or_nothing(
         assert (failed["problems"], failed["registry"]) == (2, "unchanged")
         problems = [nth_event(gateway, "provisioning_problem", n)["problem"] for n in (1, 2)]
         assert problems == [
-            f"{folder}/main.yaml:5: isDefault: must be true or false, got '$DSG_TEST_SECRET'",
+            f"{folder}/main.yaml:5: isDefault: must be a boolean, got a string",
             f"{folder}/main.yaml:5: type: required",
         ]
         assert registry(gateway) == before
@@ -178,7 +178,7 @@ class TestCheckCommand:
         result = run_cli("provision", "--check", data_dir=data, env=env)
         assert result.returncode == 1
         assert result.stdout.splitlines() == [
-            f"{folder}/a.yaml:5: isDefault: must be true or false, got '$DSG_TEST_SECRET'",
+            f"{folder}/a.yaml:5: isDefault: must be a boolean, got a string",
             f"{folder}/a.yaml:5: type: required",
             f'{folder}/b.yml:2: uid: must be 1 to 40 letters, digits, "-" or "_"',
         ]
@@ -207,6 +207,38 @@ class TestCheckCommand:
             f"{folder}/main.yaml:9: secureJsonData.basicAuthPassword: environment variable "
             "DSG_TEST_SECRET is not set (write $$ for a literal $)\n"
         )
+
+    def test_a_folder_that_does_not_exist_is_a_problem(self, tmp_path: Path) -> None:
+        missing = tmp_path / "mistyped"
+        env: dict[str, str | None] = {"GATEWAY_PROVISIONING_PATH": str(missing)}
+        result = run_cli("provision", "--check", data_dir=tmp_path / "data", env=env)
+        assert (result.returncode, result.stdout) == (1, f"{missing}: the folder does not exist\n")
+        assert result.stderr.strip() == f"1 problem(s) in {missing}"
+
+    def test_the_apis_ssrf_policy_applies(
+        self, tmp_path: Path, folder: Path, env: dict[str, str | None]
+    ) -> None:
+        write(
+            folder,
+            "main.yaml",
+            """
+            apiVersion: 1
+            datasources:
+              - {name: listed, type: prometheus, url: "http://prometheus:9090"}
+              - {name: other, type: prometheus, url: "http://elsewhere:9090"}
+              - {name: meta, type: loki, url: "http://169.254.169.254/"}
+            """,
+        )
+        result = run_cli(
+            "provision", "--check", data_dir=tmp_path / "data",
+            env={**env, "GATEWAY_PROXY_ALLOWED_HOSTS": "prometheus:9090,169.254.169.254:80"},
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert result.stdout.splitlines() == [
+            f"{folder}/main.yaml:4: url: not allowed: elsewhere:9090 is not in proxy.allowed_hosts",
+            f"{folder}/main.yaml:5: url: not allowed: 169.254.169.254 is in the denied network "
+            "169.254.0.0/16",
+        ]
 
     def test_the_shipped_example_passes(self, tmp_path: Path) -> None:
         env: dict[str, str | None] = {"GATEWAY_PROVISIONING_PATH": str(REPO_EXAMPLES)}

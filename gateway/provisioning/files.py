@@ -24,7 +24,7 @@ from gateway.provisioning.model import (
     fold_name,
     in_order,
 )
-from gateway.provisioning.nodes import INT, NULL, Field, NodeReader, shown
+from gateway.provisioning.nodes import INT, NULL, Field, NodeReader, node_type, shown_value
 from gateway.registry.models import (
     DEFAULT_ORG_ID,
     SOURCE_FIELDS,
@@ -82,8 +82,18 @@ def read_folder(
 
 def check_files(path: Path, environ: Mapping[str, str]) -> list[str]:
     """Every problem in the provisioning files as `file:line: message`; touches no database."""
-    _, problems = read_folder(path, environ)
+    _, problems = read_folder_to_check(path, environ)
     return [str(problem) for problem in problems]
+
+
+def read_folder_to_check(
+    folder: Path, environ: Mapping[str, str]
+) -> tuple[list[ProvisioningFile], list[Problem]]:
+    """`read_folder` for `gateway provision --check`: there a folder that does not exist is
+    a problem (a mistyped path must not pass as "ok"), though at start-up it holds nothing."""
+    if not folder.exists():
+        return [], [Problem(str(folder), 0, "the folder does not exist")]
+    return read_folder(folder, environ)
 
 
 def _is_provisioning_file(path: Path) -> bool:
@@ -146,10 +156,10 @@ def _has_api_version_1(reader: NodeReader, root: Node, field: Field | None) -> b
         return False
     node = field.value
     if not isinstance(node, ScalarNode):
-        reader.report(node, f"apiVersion: must be {API_VERSION}, got a list or mapping")
+        reader.report(node, f"apiVersion: must be {API_VERSION}, got {node_type(node)}")
         return False
     if node.tag != INT or node.value != str(API_VERSION):
-        reader.report(node, f"apiVersion: must be {API_VERSION}, got {shown(node.value)}")
+        reader.report(node, f"apiVersion: must be {API_VERSION}, got {shown_value(node)}")
         return False
     return True
 
@@ -258,9 +268,7 @@ class _Entry:
     def org_id(self) -> int:
         number = self.integer("orgId")
         if number is not None and number < 0:
-            self.report(
-                "orgId", f"orgId: must be a positive number, got {shown(self.raw('orgId'))}"
-            )
+            self.report("orgId", f"orgId: must be a positive number, got {number}")
         # Grafana reads an absent orgId, or 0, as the default org.
         return number or DEFAULT_ORG_ID
 

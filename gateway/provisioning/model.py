@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.registry.models import DataSourceSpec
+from gateway.registry.validation import MAX_LISTED_PROBLEMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,11 @@ class ProvisioningFailed(Exception):
         super().__init__(f"{len(self.problems)} provisioning problem(s)")
 
     def lines(self) -> list[str]:
-        return [str(problem) for problem in self.problems]
+        """The first MAX_LISTED_PROBLEMS problems, then one line for the rest: a file of
+        20,000 unknown keys must not print (or log) 20,000 lines."""
+        lines = [str(problem) for problem in self.problems[:MAX_LISTED_PROBLEMS]]
+        rest = len(self.problems) - MAX_LISTED_PROBLEMS
+        return lines + ([f"and {rest} more"] if rest > 0 else [])
 
 
 def in_order(problems: Iterable[Problem]) -> list[Problem]:

@@ -12,6 +12,7 @@ often secrets.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
@@ -77,7 +78,8 @@ class NodeReader:
         for key, field in pairs.items():
             if key not in allowed and key not in ignored:
                 hint = (hints or {}).get(key, "")
-                self.report(field.key, f"unknown field {shown(key)} in {what}{hint}")
+                # The APIs' words (gateway/registry/validation.py), the key JSON-quoted.
+                self.report(field.key, f"{shown(key)[1:-1]}: unknown field{hint}")
         return {key: field for key, field in pairs.items() if key in allowed}
 
     def mapping(self, node: Node, what: str, depth: int = 0) -> dict[str, Field] | None:
@@ -121,10 +123,11 @@ class NodeReader:
 
     # --- scalars -------------------------------------------------------------------------------
 
-    def text(self, node: Node, field: str) -> str | None:
-        """A string field: any scalar's text, variables expanded; null is ""."""
+    def text(self, node: Node, field: str, expected: str = "a string") -> str | None:
+        """A string field: any scalar's text, variables expanded; null is "". A list or
+        mapping is `expected` (the field's type, in the APIs' words) it is not."""
         if not isinstance(node, ScalarNode):
-            self.report(node, f"{field}: must be a single value, got a list or mapping")
+            self.report(node, f"{field}: must be {expected}, got {node_type(node)}")
             return None
         if node.tag == NULL:
             return ""
@@ -138,22 +141,22 @@ class NodeReader:
 
     def flag(self, node: Node, field: str) -> bool | None:
         """A bool field (None when empty), after expansion. Quoted "true" counts, as in Grafana."""
-        text = self.text(node, field)
+        text = self.text(node, field, "a boolean")
         if not text:
             return None
         if text not in _BOOL_SPELLINGS:
-            self.report(node, f"{field}: must be true or false, got {shown(node.value)}")
+            self.report(node, f"{field}: must be a boolean, got {node_type(node)}")
             return None
         return SafeConstructor.bool_values[text.lower()]
 
     def integer(self, node: Node, field: str) -> int | None:
         """An integer field (None when empty), after expansion."""
-        text = self.text(node, field)
+        text = self.text(node, field, "a whole number")
         if not text:
             return None
         number = parse_int64(text)
         if number is None:
-            self.report(node, f"{field}: must be a whole number, got {shown(node.value)}")
+            self.report(node, f"{field}: must be a whole number, got {node_type(node)}")
         return number
 
     # --- jsonData and secureJsonData ----------------------------------------------------------
@@ -163,7 +166,7 @@ class NodeReader:
         if isinstance(node, ScalarNode) and node.tag == NULL:
             return {}
         if not isinstance(node, MappingNode):
-            self.report(node, f"{field}: must be a mapping")
+            self.report(node, f"{field}: must be an object, got {node_type(node)}")
             return {}
         value = self._json(node, field, 0)
         return value if isinstance(value, dict) else {}
@@ -214,7 +217,30 @@ class NodeReader:
 
 
 def shown(text: str) -> str:
-    """File text quoted for a message, cut short."""
+    """File text quoted for a message as JSON quotes it (as the APIs do), cut short."""
     if len(text) > _SHOWN_LENGTH:
         text = text[: _SHOWN_LENGTH - 1] + "…"
-    return repr(text)
+    return json.dumps(text, ensure_ascii=False)
+
+
+def shown_value(node: ScalarNode) -> str:
+    """A scalar as JSON would show it: a YAML number as written (`2`), text quoted (`"2"`)."""
+    if node.tag in (INT, FLOAT, BOOL, NULL):
+        return str(node.value)[:_SHOWN_LENGTH]
+    return shown(str(node.value))
+
+
+def node_type(node: Node) -> str:
+    """A value's type in the APIs' words ("a string", "an array", …), by its YAML tag: the
+    text itself may come from a variable, whose value is never shown."""
+    if isinstance(node, MappingNode):
+        return "an object"
+    if isinstance(node, SequenceNode):
+        return "an array"
+    if node.tag == NULL:
+        return "null"
+    if node.tag == BOOL:
+        return "a boolean"
+    if node.tag in (INT, FLOAT):
+        return "a number"
+    return "a string"

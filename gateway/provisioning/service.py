@@ -14,11 +14,14 @@ from typing import Protocol
 import structlog
 from aiohttp import web
 
+from gateway.config import Settings
 from gateway.errors import StartupError
-from gateway.keys import SETTINGS, STORE
+from gateway.keys import SETTINGS, SSRF, STORE
 from gateway.provisioning.apply import Counts, apply_files
-from gateway.provisioning.files import read_folder
-from gateway.provisioning.model import ProvisioningFailed
+from gateway.provisioning.files import read_folder, read_folder_to_check
+from gateway.provisioning.model import ProvisioningFailed, in_order
+from gateway.provisioning.targets import refused_targets
+from gateway.proxy.ssrf import SsrfPolicy
 from gateway.registry.interface import Registry
 
 log = structlog.get_logger(__name__)
@@ -27,7 +30,9 @@ log = structlog.get_logger(__name__)
 async def provisioning_ctx(app: web.Application) -> AsyncIterator[None]:
     """Apply the files before the gateway is ready (a problem stops start-up), then re-apply
     them on every SIGHUP until shutdown."""
-    provisioner = Provisioner(app[STORE], app[SETTINGS].provisioning_path, os.environ)
+    provisioner = Provisioner(
+        app[STORE], app[SETTINGS].provisioning_path, os.environ, policy=app[SSRF]
+    )
     try:
         await provisioner.apply("startup")
     except ProvisioningFailed as exc:
@@ -46,17 +51,42 @@ def startup_message(folder: Path, failure: ProvisioningFailed) -> str:
     return f"provisioning ({folder}): {count} problem(s), nothing was applied:\n{lines}"
 
 
+async def check_folder(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """What `gateway provision --check` prints: every problem in the files, the SSRF policy's
+    refusals included, as `file:line: message`; touches no database."""
+    files, problems = await asyncio.to_thread(
+        read_folder_to_check, settings.provisioning_path, dict(environ)
+    )
+    problems += await refused_targets(files, ssrf_policy(settings))
+    return [str(problem) for problem in in_order(problems)]
+
+
+def ssrf_policy(settings: Settings) -> SsrfPolicy:
+    return SsrfPolicy.from_rules(settings.proxy_allowed_hosts, settings.proxy_denied_networks)
+
+
 class Provisioner:
-    def __init__(self, store: Registry, folder: Path, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        store: Registry,
+        folder: Path,
+        environ: Mapping[str, str],
+        *,
+        policy: SsrfPolicy | None = None,
+    ) -> None:
+        """`policy`: the SSRF policy the APIs apply at save (None: every target allowed)."""
         self.folder = folder
         self._store = store
         self._environ = environ
+        self._policy = policy
 
     async def apply(self, trigger: str) -> Counts:
         """Read and apply every file; ProvisioningFailed leaves the registry as it was."""
         # A copy: the thread must not read the environment while something else may change it.
         environ = dict(self._environ)
         files, problems = await asyncio.to_thread(read_folder, self.folder, environ)
+        if self._policy is not None and not problems:
+            problems = await refused_targets(files, self._policy)
         if problems:
             raise ProvisioningFailed(problems)
         counts = Counts()

@@ -36,6 +36,49 @@ URL_WITH_CREDENTIALS = (
 )
 
 
+# Grafana's SQL types store a database address, not an HTTP URL: `localhost:5432`, `db:3306`,
+# `sqlserver://db:1433`, mssql's `host\\instance:1433`. The gateway neither proxies nor probes
+# them (the proxy answers 400 "Invalid data source URL", a probe says there is no http(s) URL),
+# so their url is kept as Grafana keeps it, checked only for what may never be stored.
+DATABASE_ADDRESS_TYPES = frozenset({"postgres", "grafana-postgresql-datasource", "mysql", "mssql"})
+# Space and control characters never belong in an address; a backslash does (mssql instances).
+_ADDRESS_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+ADDRESS_FORBIDDEN_CHARACTERS = "must not contain spaces or control characters"
+ADDRESS_WITH_CREDENTIALS = (
+    "must not contain a user or password: give them as the source's user and "
+    "secureJsonData.password"
+)
+# mssql's ODBC form may carry credentials as `;password=…`.
+_ODBC_SECRET_KEYS = frozenset({"password", "pwd"})
+
+
+def source_url_problem(source_type: str, url: str) -> str | None:
+    """What is wrong with a source's `url` for a source of `source_type`, or None."""
+    if source_type in DATABASE_ADDRESS_TYPES:
+        return address_problem(url)
+    return url_problem(url)
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with a SQL source's database address (Grafana's own forms are kept): too
+    long, spaces or control characters, or credentials in it."""
+    if len(address) > MAX_URL_LENGTH:
+        return URL_TOO_LONG
+    if _ADDRESS_FORBIDDEN.search(address):
+        return ADDRESS_FORBIDDEN_CHARACTERS
+    host, _, options = address.partition(";")
+    try:
+        # As Grafana reads `db:5432` (it prepends a scheme): anything before `@` is userinfo.
+        parts = urlsplit(host if "://" in host else "//" + host)
+        has_userinfo = parts.username is not None or parts.password is not None
+    except ValueError:
+        has_userinfo = "@" in host
+    odbc_keys = {option.partition("=")[0].strip().lower() for option in options.split(";")}
+    if has_userinfo or odbc_keys & _ODBC_SECRET_KEYS:
+        return ADDRESS_WITH_CREDENTIALS
+    return None
+
+
 def url_problem(url: str) -> str | None:
     """What is wrong with a source URL (stricter than Grafana: an absolute http(s) URL with a
     host, a port from 1 to 65535, no credentials), or None."""

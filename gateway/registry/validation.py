@@ -29,7 +29,13 @@ from gateway.registry.models import (
     DataSourceSpec,
     FieldKind,
 )
-from gateway.registry.rules import ACCESS_MODES, has_unstorable_text, target_problems, url_problem
+from gateway.registry.rules import (
+    ACCESS_MODES,
+    has_unstorable_text,
+    source_url_problem,
+    target_problems,
+    url_problem,
+)
 
 MAX_TEXT_LENGTH = 255  # every text column but name's (Grafana's varchar(255))
 MAX_SECRET_LENGTH = 8192
@@ -82,7 +88,18 @@ class InvalidSource(BadRequest):
         self, violations: Iterable[Violation], names: Mapping[str, str] | None = None
     ) -> None:
         self.violations = tuple(violations)
-        super().__init__("; ".join(violation.message(names) for violation in self.violations))
+        super().__init__(bounded([violation.message(names) for violation in self.violations]))
+
+
+# A body of 20,000 unknown keys must not get an answer listing them all.
+MAX_LISTED_PROBLEMS = 20
+
+
+def bounded(messages: list[str], limit: int = MAX_LISTED_PROBLEMS) -> str:
+    """The first `limit` messages `; `-joined, then `; and N more` for the rest."""
+    shown_part = "; ".join(messages[:limit])
+    rest = len(messages) - limit
+    return shown_part + (f"; and {rest} more" if rest > 0 else "")
 
 
 def raise_violations(
@@ -222,7 +239,7 @@ def _access(spec: DataSourceSpec, field: str, access: str) -> list[Violation]:
 
 
 def _url(spec: DataSourceSpec, field: str, url: str) -> list[Violation]:
-    problem = url_problem(url) if url else None
+    problem = source_url_problem(spec.type, url) if url else None
     return [Violation(field, problem)] if problem else []
 
 
@@ -293,9 +310,21 @@ def parse_hex16(text: str) -> int | None:
 
 
 def org_name_violations(name: str) -> list[Violation]:
-    if not name.strip():
+    """An org's name as given (before stripping): the words a source's name gets."""
+    if not name:
         return [Violation("name", "required")]
-    return text_violations("name", name, MAX_ORG_NAME_LENGTH)
+    problems = text_violations("name", name, MAX_ORG_NAME_LENGTH)
+    if not name.strip():
+        problems.append(Violation("name", "must not be blank"))
+    return problems
+
+
+def org_name_taken(existing_name: str) -> str:
+    """Names compare case-insensitively (ASCII, as the registry's index does): the message
+    names the org that holds the name, spelt as it is stored."""
+    return Violation(
+        "name", f"an organization named {shown(existing_name)} already exists"
+    ).message()
 
 
 def token_description_violations(description: str) -> list[Violation]:
@@ -304,13 +333,16 @@ def token_description_violations(description: str) -> list[Violation]:
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "MAX_LISTED_PROBLEMS",
     "URL_REQUIRED_TYPES",
     "InvalidSource",
     "Violation",
+    "bounded",
     "decode_field",
     "json_data_violations",
     "json_type",
     "needs_url",
+    "org_name_taken",
     "org_name_violations",
     "parse_hex16",
     "raise_violations",

@@ -496,6 +496,26 @@ class TestRead:
             response = await client.get(SOURCES, params={"org": name}, headers=admin_headers)
             await assert_error(response, 404, "not found", f'organization name "{name}" not found')
 
+    async def test_org_filter_by_id(
+        self, client: AppClient, admin_headers: Headers, make_token: MakeToken
+    ) -> None:
+        created = await create(client, admin_headers)
+        other = await make_token(org="Other")
+        own_id = created["orgID"]
+        for text in (own_id, own_id.upper()):
+            own = await client.get(SOURCES, params={"orgID": text}, headers=admin_headers)
+            assert (await body_of(own, 200))["sources"] == [created]
+        for text in ("zz", "", "0000000000000000", own_id + "0"):
+            response = await client.get(SOURCES, params={"orgID": text}, headers=admin_headers)
+            await assert_error(
+                response, 400, "invalid", "orgID: must be 16 hex digits, not all zero"
+            )
+        theirs = await create(client, other, name="theirs")
+        response = await client.get(
+            SOURCES, params={"orgID": theirs["orgID"]}, headers=admin_headers
+        )
+        await assert_error(response, 404, "not found", "organization not found")
+
     async def test_get_answers_what_post_answered(
         self, client: AppClient, admin_headers: Headers
     ) -> None:

@@ -31,6 +31,10 @@ CREDENTIALS = (
     "must not contain a user or password: give credentials as the source's basic auth user "
     "and password"
 )
+ADDRESS_CREDENTIALS = (
+    "must not contain a user or password: give them as the source's user and "
+    "secureJsonData.password"
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,14 @@ CASES = {
         {"jsonData": {"replicaUrls": ["http://b:8086/", "b:8086"]}}, None,
         f"jsonData.replicaUrls[1]: {NOT_HTTP}"),
     "prometheus without url": Case({"type": "prometheus", "url": ""}, None, "url: required"),
+    "database address with a user": Case({"type": "postgres", "url": "me:pw@db:5432"}, None,
+                                         f"url: {ADDRESS_CREDENTIALS}"),
+    "mssql address with a password": Case({"type": "mssql", "url": "db;Password=x"}, None,
+                                          f"url: {ADDRESS_CREDENTIALS}"),
+    "database address with a newline": Case({"type": "mysql", "url": "db:3306\nx"}, None,
+                                            "url: must not contain spaces or control characters"),
+    "database address too long": Case({"type": "mysql", "url": "d" * 256}, None,
+                                      "url: must be at most 255 characters"),
 }  # fmt: skip
 
 
@@ -229,3 +241,91 @@ async def test_the_readmes_examples_are_true(client: AppClient, admin_headers: H
         '{"code": "invalid", "message": "default: must be a boolean, got a string"}',
     )
     assert await client.app[STORE].list_sources(DEFAULT_ORG_ID) == []
+
+
+# Grafana's SQL types store a database address, as Grafana's own docs and UI write it.
+DATABASE_ADDRESSES = {
+    "postgres": "localhost:5432",
+    "grafana-postgresql-datasource": "db.example:5432",
+    "mysql": "db:3306",
+    "mssql": "sqlserver://db:1433",
+}
+
+
+@pytest.mark.parametrize(("type_", "address"), DATABASE_ADDRESSES.items())
+async def test_a_database_address_is_kept_as_grafana_keeps_it(
+    client: AppClient, admin_headers: Headers, tmp_path: Path, type_: str, address: str
+) -> None:
+    body = {"name": "sql", "type": type_, "access": "proxy", "url": address}
+    created = await client.post("/api/datasources", json=body, headers=admin_headers)
+    assert created.status == 200, await created.text()
+    source_id = (await created.json())["id"]
+    updated = await client.put(
+        f"/api/datasources/{source_id}",
+        json={**body, "url": f"{address};x=1"},
+        headers=admin_headers,
+    )
+    assert updated.status == 200, await updated.text()
+    [stored] = await client.app[STORE].list_sources(DEFAULT_ORG_ID)
+    assert stored.url == f"{address};x=1"
+    (tmp_path / "ds.yaml").write_text(f"apiVersion: 1\ndatasources:\n  - {json.dumps(body)}\n")
+    assert check_files(tmp_path, {}) == []
+    # Only those types: the same text is no URL for a type the gateway proxies.
+    prometheus = {**body, "name": "prom", "type": "prometheus"}
+    refused = await client.post("/api/datasources", json=prometheus, headers=admin_headers)
+    assert (refused.status, await refused.json()) == (400, {"message": f"url: {NOT_HTTP}"})
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+async def test_the_proxy_refuses_a_database_address_cleanly(
+    client: AppClient, admin_headers: Headers
+) -> None:
+    body = {"name": "sql", "type": "postgres", "access": "proxy", "url": "localhost:5432"}
+    created = await client.post("/api/datasources", json=body, headers=admin_headers)
+    uid = (await created.json())["datasource"]["uid"]
+    proxied = await client.get(f"/api/datasources/proxy/uid/{uid}/x", headers=admin_headers)
+    assert (proxied.status, await proxied.json()) == (
+        400,
+        {"message": "Invalid data source URL"},
+    )
+
+
+def many_unknown_keys(count: int) -> dict[str, int]:
+    return {f"k{index}": 1 for index in range(count)}
+
+
+def listed_then_more(count: int) -> str:
+    listed = "; ".join(f"k{index}: unknown field" for index in range(20))
+    return f"{listed}; and {count - 20} more"
+
+
+async def test_an_error_body_lists_20_problems_then_counts_the_rest(
+    client: AppClient, admin_headers: Headers
+) -> None:
+    """20,000 unknown keys got a 448,903-byte answer listing every one."""
+    keys = many_unknown_keys(20_000)
+    grafana = await client.post("/api/datasources", json={**GRAFANA, **keys}, headers=admin_headers)
+    assert (grafana.status, await grafana.json()) == (400, {"message": listed_then_more(20_000)})
+    influx = await client.post("/api/v2/sources", json={**INFLUX, **keys}, headers=admin_headers)
+    assert (influx.status, await influx.json()) == (
+        400,
+        {"code": "invalid", "message": listed_then_more(20_000)},
+    )
+    exactly_20 = await client.post(
+        "/api/datasources", json={**GRAFANA, **many_unknown_keys(20)}, headers=admin_headers
+    )
+    assert (await exactly_20.json())["message"].endswith("k19: unknown field")
+
+
+async def test_the_ssrf_policy_reads_a_database_address_as_provisioning_does(
+    client: AppClient, admin_headers: Headers
+) -> None:
+    """tests/test_provisioning.py holds a file to the same reading: only the `scheme://host`
+    form of a database address names a host the policy can judge."""
+    for address, status in (
+        ("sqlserver://169.254.169.254:1433", 400),
+        ("169.254.169.254:5432", 200),
+    ):
+        body = {"name": address, "type": "mssql", "access": "proxy", "url": address}
+        response = await client.post("/api/datasources", json=body, headers=admin_headers)
+        assert response.status == status, await response.text()

@@ -47,6 +47,7 @@ from gateway.registry.postgres.rows import (
     source_of,
 )
 from gateway.registry.secrets import SecretBox
+from gateway.registry.validation import org_name_taken
 
 # A connection from the pool (generic only to the type checker).
 Db: TypeAlias = "PoolConnectionProxy[Record]"
@@ -188,7 +189,7 @@ class PostgresRegistry:
                     now(),
                 )
         except asyncpg.UniqueViolationError as exc:
-            raise OrgNameTaken(f"an org named {name!r} already exists") from exc
+            raise OrgNameTaken(org_name_taken(await self._org_name_like(name))) from exc
         return await self.get_org(org_id)
 
     @_reachable
@@ -209,6 +210,13 @@ class PostgresRegistry:
         if row is None:
             raise OrgNotFound()
         return org_of(row)
+
+    async def _org_name_like(self, name: str) -> str:
+        """The stored name that `name` collides with (it may differ in case)."""
+        try:
+            return (await self.find_org(name=name)).name
+        except OrgNotFound:  # gone since: name what was given
+            return name
 
     @_reachable
     async def list_orgs(self) -> list[Org]:

@@ -36,6 +36,7 @@ from gateway.registry.sqlite.rows import (
     parse_time,
     source_of,
 )
+from gateway.registry.validation import org_name_taken
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +111,7 @@ class SqliteRegistry:
                 )
                 org_id = cursor.lastrowid
         except sqlite3.IntegrityError as exc:
-            raise OrgNameTaken(f"an org named {name!r} already exists") from exc
+            raise OrgNameTaken(org_name_taken(await self._org_name_like(name))) from exc
         assert org_id is not None
         return await self.get_org(org_id)
 
@@ -128,6 +129,13 @@ class SqliteRegistry:
         if row is None:
             raise OrgNotFound()
         return org_of(row)
+
+    async def _org_name_like(self, name: str) -> str:
+        """The stored name that `name` collides with (it may differ in case)."""
+        try:
+            return (await self.find_org(name=name)).name
+        except OrgNotFound:  # gone since: name what was given
+            return name
 
     async def list_orgs(self) -> list[Org]:
         return [org_of(row) for row in await self._fetchall("SELECT * FROM org ORDER BY id")]
