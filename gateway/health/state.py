@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway.health.probes import HealthCheck
 from gateway.registry.models import REPLICA_URLS, DataSource, target_label
+from gateway.registry.rules import DATABASE_ADDRESS_TYPES
 from gateway.registry.validation import needs_url
 
 DEFAULT_RISE = 2
@@ -309,11 +310,17 @@ def not_probed_check(source: DataSource) -> HealthCheck | None:
     is nothing to probe, so such a source is not probed and never counts as failing: its check
     passes and says why, as Grafana's TestData health check passes without reaching anything.
     A record of a type that needs a URL and has none (written around the APIs) is broken, and
-    is probed and fails as such.
+    is probed and fails as such. Grafana's SQL types keep a database address, not a URL: not
+    probed either.
     """
-    if source.target_urls or needs_url(source.spec()):
+    if source.type in DATABASE_ADDRESS_TYPES:
+        # Grafana's SQL sources hold a database address (`db:5432`), which the gateway
+        # neither proxies nor probes: nothing of it is reached over HTTP.
+        message = f"not probed: {source.type} sources are databases, not reached over HTTP"
+    elif source.target_urls or needs_url(source.spec()):
         return None
-    message = f"not probed: {source.type} sources have no URL"
+    else:
+        message = f"not probed: {source.type} sources have no URL"
     return {"name": source.name, "status": "pass", "message": message}
 
 

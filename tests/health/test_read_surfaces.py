@@ -174,3 +174,27 @@ async def test_a_source_with_no_url_is_not_probed_and_never_counts_as_failing(
     assert metrics_registry.get_sample_value("gateway_source_up", labels) is None
     registered = {"org": "1", "source_type": "grafana-testdata-datasource"}
     assert metrics_registry.get_sample_value("gateway_registry_sources", registered) == 1.0
+
+
+async def test_a_sql_source_keeps_its_database_address_and_is_not_probed(
+    client: AppClient, schedule: Schedule, metrics_registry: CollectorRegistry
+) -> None:
+    store = client.app[STORE]
+    # Grafana's form of a SQL source's address: accepted as Grafana accepts it, never reached.
+    spec = DataSourceSpec(name="orders-db", type="postgres", url="db.internal:5432")
+    postgres = await store.create_source(1, spec)
+    await schedule.monitor.synced()
+    await schedule.let_pass(3)
+
+    state = schedule.monitor.state(postgres.id)
+    assert state is not None
+    assert (state.status, state.last_checked) == (None, None)
+    expected = "not probed: postgres sources are databases, not reached over HTTP"
+    health = await (await client.get("/health", headers=AUTH)).json()
+    (check,) = [check for check in health["checks"] if check["name"] == "orders-db"]
+    assert check == {"name": "orders-db", "status": "pass", "message": expected}
+    grafana = await client.get(f"/api/datasources/uid/{postgres.uid}/health", headers=AUTH)
+    assert (grafana.status, await grafana.json()) == (200, {"status": "OK", "message": expected})
+    labels = {"org": "1", "source_uid": postgres.uid, "source_name": "orders-db",
+              "source_type": "grafana-postgresql-datasource"}  # fmt: skip
+    assert metrics_registry.get_sample_value("gateway_source_up", labels) is None
