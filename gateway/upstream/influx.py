@@ -45,6 +45,7 @@ from gateway.upstream.credentials import (
     tls_skip_verify,
     url_without_userinfo,
 )
+from gateway.upstream.failures import describe_transport_error
 
 InfluxKind = Literal["v1", "v2"]
 
@@ -357,17 +358,22 @@ class _Upstream:
                 influx_message=f"source did not answer within {self._timeouts.total:g} s"
             ) from exc
         except aiohttp.ClientError as exc:
-            raise Unavailable(
-                influx_message=f"source is unreachable ({type(exc).__name__})"
-            ) from exc
+            # Never connected (refused, DNS, TLS) or failed on the way back (cut short).
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                what = "source is unreachable"
+            else:
+                what = "the request to the source failed"
+            raise Unavailable(influx_message=f"{what}: {describe_transport_error(exc)}") from exc
         if status != 200:
             raise BadGateway(influx_message=f"source answered HTTP {status}")
         try:
             return json.loads(body)
-        except (ValueError, RecursionError):
+        except ValueError:
             raise BadGateway(
                 influx_message="source answered with a body that is not JSON"
             ) from None
+        except RecursionError:
+            raise BadGateway(influx_message="source answered with JSON nested too deeply") from None
 
 
 def _base_url(text: str) -> yarl.URL:
