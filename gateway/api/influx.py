@@ -136,7 +136,7 @@ def _valid_health_check(check: HealthCheck, name: str) -> HealthCheck:
     return valid
 
 
-_NO_DEFAULT = "a self source uses the organization's default InfluxDB source, and there is none"
+_NO_DEFAULT = dto.SELF_WITHOUT_DEFAULT
 
 
 async def _find_source(request: web.Request) -> tuple[DataSource, SourceType]:
