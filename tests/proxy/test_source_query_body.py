@@ -204,3 +204,22 @@ async def test_a_self_source_without_a_default_answers_as_its_buckets_do(
     )
     assert await answer(query) == (200, ANSWER)
     assert influx1.forms == [{"q": "SHOW DATABASES"}]
+
+
+async def test_the_readmes_example_is_true(
+    client: AppClient, admin_headers: Headers, influx1: Recorder
+) -> None:
+    """README, "The body of `POST /api/v2/sources/{id}/query`"."""
+    link = await v1_link(client, admin_headers, influx1)
+    response = await post_raw(
+        client,
+        link,
+        b'{"query":"SHOW DATABASES","type":"flux","x":1}',
+        admin_headers,
+        "application/json",
+    )
+    assert (response.status, await response.text()) == (
+        400,
+        '{"code": "invalid", "message": "x: unknown field; type: must be \\"influxql\\" for a v1 '
+        '(InfluxQL) source, got \\"flux\\""}',
+    )
