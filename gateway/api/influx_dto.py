@@ -53,11 +53,6 @@ class SourceType(StrEnum):
     SELF = "self"
 
 
-# What a `self` source's buckets, health and query answer when it has nothing to stand for.
-SELF_WITHOUT_DEFAULT = (
-    "a self source uses the organization's default InfluxDB source, and there is none"
-)
-
 LANGUAGES: Mapping[SourceType, list[str]] = {
     SourceType.V1: ["influxql"],
     SourceType.V2: ["flux"],

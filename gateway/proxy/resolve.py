@@ -14,11 +14,9 @@ import re
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlencode
 
-from gateway.api import influx_dto
-from gateway.api.influx_dto import SourceType
-from gateway.api.json_body import check_content_type_header, decode_json_object, too_large
 from gateway.bodies import BodyTooLarge
-from gateway.errors import BadRequest, DataSourceNotFound, NotFound, Unavailable
+from gateway.errors import BadRequest, DataSourceNotFound, InvalidId, NotFound, Unavailable
+from gateway.json_document import check_content_type_header, decode_json_object, too_large
 from gateway.proxy.policy import (
     AUTH_QUERY_PARAMS,
     ProxyPath,
@@ -31,6 +29,7 @@ from gateway.registry.models import UID_PATTERN, DataSource, Principal, Role
 from gateway.registry.validation import (
     Violation,
     json_type,
+    parse_hex16,
     raise_violations,
     shown,
     unknown_field,
@@ -38,6 +37,7 @@ from gateway.registry.validation import (
 from gateway.requests import query_param
 from gateway.security.org import ORG_HEADER, acting_org_id
 from gateway.upstream.credentials import InfluxQueryLanguage, influx_query_language
+from gateway.upstream.influx import SELF_WITHOUT_DEFAULT
 
 if TYPE_CHECKING:
     from gateway.proxy.pipeline import ProxyRequest
@@ -197,21 +197,33 @@ def influx_source(snapshot: Snapshot, org_id: int, wanted: str) -> DataSource:
 
 
 def source_by_influx_id(snapshot: Snapshot, org_id: int, text: str) -> DataSource:
-    """The path's source, read and refused as every other /api/v2/sources/{id} route does (400
-    "invalid ID" for a malformed id, 404 for one this API does not show); for a `self` source,
-    the org's default v1 or v2 InfluxDB source, or 503 as its buckets answer when there is none."""
-    source = snapshot.get(org_id, id=influx_dto.parse_source_id(text))
-    if source is None:
+    """The path's source, read and refused as every other /api/v2/sources/{id} route does
+    (gateway/api/influx_dto.py `parse_id`: 400 "invalid ID" for a malformed id, 404 for an
+    `influxdb` source it does not name); for a `self` source, the org's default InfluxDB source,
+    or the 503 its buckets answer when there is none."""
+    if len(text) != 16:
+        raise BadRequest(influx_message="id must have a length of 16 bytes")
+    source_id = parse_hex16(text)
+    if source_id is None:
+        raise InvalidId()
+    source = snapshot.get(org_id, id=source_id)
+    if source is None or source.type != "influxdb":
         raise DataSourceNotFound()
-    if influx_dto.require_type(source) is not SourceType.SELF:
+    if not _is_self(source):
         return source
     for candidate in snapshot.by_org.get(org_id, ()):
-        if candidate.is_default and influx_dto.source_type(candidate) in _BACKING_TYPES:
+        if candidate.is_default and not _is_self(candidate) and _queryable(candidate):
             return candidate
-    raise Unavailable(influx_message=influx_dto.SELF_WITHOUT_DEFAULT)
+    raise Unavailable(influx_message=SELF_WITHOUT_DEFAULT)
 
 
-_BACKING_TYPES = (SourceType.V1, SourceType.V2)
+def _queryable(source: DataSource) -> bool:
+    return influx_query_language(source) in (InfluxQueryLanguage.INFLUXQL, InfluxQueryLanguage.FLUX)
+
+
+def _is_self(source: DataSource) -> bool:
+    """An InfluxDB API `self` source: it stands for the org's default InfluxDB source."""
+    return source.json_data.get("influxSourceType") == "self"
 
 
 async def _body(request: ProxyRequest) -> bytes:

@@ -56,6 +56,10 @@ V1_CONCURRENCY = 8  # SHOW RETENTION POLICIES queries in flight at once
 V1_MAX_DATABASES = 1000  # one query each: a listing stops there, as v2's stops at V2_MAX_PAGES
 JWT_LIFETIME_SECONDS = 60
 CREDENTIALS_REJECTED = "source rejected the credentials"
+# What a `self` source's buckets, health and query answer when it has nothing to stand for.
+SELF_WITHOUT_DEFAULT = (
+    "a self source uses the organization's default InfluxDB source, and there is none"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +410,7 @@ def _unexpected() -> BadGateway:
 
 __all__ = [
     "CREDENTIALS_REJECTED",
+    "SELF_WITHOUT_DEFAULT",
     "Bucket",
     "ListingTimeouts",
     "RetentionRule",

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from gateway.api.influx_dto import SELF_WITHOUT_DEFAULT
 from gateway.errors import Dialect, PayloadTooLarge, error_parts
 from gateway.proxy.resolve import QUERY_BODY_LIMIT
+from gateway.upstream.influx import SELF_WITHOUT_DEFAULT
 from tests.conftest import Headers
 from tests.types import AppClient
 
