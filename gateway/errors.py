@@ -206,6 +206,7 @@ class PayloadTooLarge(GatewayError):
     status = 413
     influx_code = "request too large"
     message = "request body too large"
+    influx_message = "request body too large"
 
 
 class Unavailable(GatewayError):

@@ -32,7 +32,12 @@ from gateway.health.probes import HealthCheck
 from gateway.keys import HTTP, MONITOR, PRINCIPAL, PROBER, SETTINGS, SSRF, STORE
 from gateway.registry.models import DataSource, Principal, influx_id
 from gateway.registry.validation import parse_hex16
-from gateway.upstream.influx import ListingTimeouts, list_v1_buckets, list_v2_buckets
+from gateway.upstream.influx import (
+    SELF_WITHOUT_DEFAULT,
+    ListingTimeouts,
+    list_v1_buckets,
+    list_v2_buckets,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -136,7 +141,7 @@ def _valid_health_check(check: HealthCheck, name: str) -> HealthCheck:
     return valid
 
 
-_NO_DEFAULT = "a self source uses the organization's default InfluxDB source, and there is none"
+_NO_DEFAULT = SELF_WITHOUT_DEFAULT
 
 
 async def _find_source(request: web.Request) -> tuple[DataSource, SourceType]:

@@ -1,66 +1,34 @@
 """A write's JSON body, read the same way by both APIs: each way it can be unreadable has its
-own message (the dialect's error shape wraps it; a body over the limit is a 413)."""
+own message (the dialect's error shape wraps it; a body over the limit is a 413). The rules are
+in gateway/json_document.py, which the proxy's sources `query` link shares."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from gateway.bodies import BodyTooLarge, read_limited
-from gateway.errors import BadRequest, PayloadTooLarge
-from gateway.registry.rules import finite_float, reject_json_constant
-from gateway.registry.validation import MAX_BODY_BYTES, json_type, shown
-
-JSON_TYPE = "application/json"
-BODY = "request body"
+from gateway.json_document import check_content_type_header, decode_json_object, too_large
+from gateway.registry.validation import MAX_BODY_BYTES
 
 
 async def read_json_object(request: web.Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The body as a JSON object, or 400 (413 when over `limit`) saying what is wrong."""
     check_content_type(request)
     if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     try:
         raw = await read_limited(request.content.iter_any(), limit)
     except BodyTooLarge:
-        raise _too_large(limit) from None
+        raise too_large(limit) from None
     return decode_json_object(raw)
 
 
 def check_content_type(request: web.Request) -> None:
     """`application/json`, with any parameters (`; charset=utf-8`). Still a 400, as Grafana
     answers it, not a 415."""
-    if "Content-Type" not in request.headers:
-        raise BadRequest(f"Content-Type: required, send {JSON_TYPE}")
-    if request.content_type != JSON_TYPE:
-        raise BadRequest(
-            f"Content-Type: must be {JSON_TYPE}, got {shown(request.headers['Content-Type'])}"
-        )
+    check_content_type_header(request.headers.get("Content-Type"))
 
 
-def decode_json_object(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        raise BadRequest(f"{BODY}: empty, expected a JSON object")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"{BODY}: not UTF-8 text (at byte {exc.start})") from None
-    try:
-        document = json.loads(text, parse_float=finite_float, parse_constant=reject_json_constant)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(
-            f"{BODY}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-        ) from None
-    except ValueError as exc:  # NaN, Infinity, or a number a float cannot hold
-        raise BadRequest(f"{BODY}: not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest(f"{BODY}: nested too deeply") from None
-    if not isinstance(document, dict):
-        raise BadRequest(f"{BODY}: must be a JSON object, got {json_type(document)}")
-    return document
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"{BODY}: larger than the limit of {limit} bytes")
+__all__ = ["check_content_type", "decode_json_object", "read_json_object"]

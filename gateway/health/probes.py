@@ -27,9 +27,7 @@ Rules all probes share:
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +48,7 @@ from gateway.upstream.credentials import (
     tls_skip_verify,
     url_without_userinfo,
 )
+from gateway.upstream.failures import describe_transport_error
 
 HealthCheck = dict[str, Any]
 
@@ -96,10 +95,18 @@ class _Reply:
         return self.status is not None and 200 <= self.status < 300
 
     def json(self) -> Any:
+        """The body as JSON, None when it is not JSON; `UnusableAnswer` when it is too deeply
+        nested to read (a hostile or broken upstream: a failed check, not a crashed probe)."""
         try:
             return json.loads(self.body)
         except ValueError:  # also covers bytes that are not UTF-8
             return None
+        except RecursionError:
+            raise UnusableAnswer("nested too deeply") from None
+
+
+class UnusableAnswer(Exception):
+    """An answer whose JSON cannot be read at all; `str()` says why, in words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +168,7 @@ class _Probe:
             took = _elapsed(started)
             return _Reply(f"{request}: timed out after {took} (probe timeout {self._seconds:g} s)")
         except (aiohttp.ClientError, OSError) as exc:
-            return _Reply(f"{request}: {_describe_error(exc)} after {_elapsed(started)}")
+            return _Reply(f"{request}: {describe_transport_error(exc)} after {_elapsed(started)}")
         summary = f"{request}: HTTP {response.status} in {_elapsed(started)}"
         return _Reply(summary, response.status, response.headers, body)
 
@@ -169,7 +176,7 @@ class _Probe:
         """Record check `name` for `reply` as `judge` reads it; True if it passed."""
         if self._stopped_at(name, reply):
             return False
-        return self._record(name, reply, judge(reply))
+        return self._record(name, reply, _judged(reply, judge))
 
     def authenticated_check(self, name: str, reply: _Reply, judge: _Judge) -> bool:
         """Like `check`, with an `auth` check first when the reply proves the credentials work."""
@@ -177,7 +184,7 @@ class _Probe:
             return False
         if reply.succeeded:
             self.add("auth", True, f"{reply.summary}, {self._accepted()}")
-        return self._record(name, reply, judge(reply))
+        return self._record(name, reply, _judged(reply, judge))
 
     def add(self, name: str, passed: bool, message: str, **extra: Any) -> None:
         self.checks.append(
@@ -332,6 +339,13 @@ def _probe_for(source: DataSource) -> _ProbeFunction:
 # Judges: what a reply means, per check
 
 
+def _judged(reply: _Reply, judge: _Judge) -> _Verdict:
+    try:
+        return judge(reply)
+    except UnusableAnswer as exc:
+        return _Verdict(False, f"answer is not usable JSON: {exc}")
+
+
 def _expect_success(reply: _Reply) -> _Verdict:
     if reply.succeeded:
         return _Verdict(True)
@@ -356,7 +370,10 @@ def _prometheus_build(reply: _Reply) -> tuple[str, str]:
     """(version, revision) from buildinfo; empty when the upstream does not say (not a failure)."""
     if not reply.succeeded:
         return "", ""
-    data = _dig(reply.json(), "data")
+    try:
+        data = _dig(reply.json(), "data")
+    except UnusableAnswer:
+        return "", ""
     version, revision = _dig(data, "version"), _dig(data, "revision")
     return (
         version if isinstance(version, str) else "",
@@ -439,7 +456,10 @@ def _upstream_reason(reply: _Reply) -> str:
 
     Raw upstream text: the caller redacts it before shortening, so a secret is never cut in half
     (which would leave its first part showing)."""
-    body = reply.json()
+    try:
+        body = reply.json()
+    except UnusableAnswer:
+        return ""
     if isinstance(body, dict):
         for key in ("error", "message"):
             value = body.get(key)
@@ -483,34 +503,6 @@ async def _read_body(response: aiohttp.ClientResponse) -> bytes:
         if len(body) >= MAX_BODY_BYTES:
             break  # enough to judge by; an honest health answer is far smaller
     return bytes(body[:MAX_BODY_BYTES])
-
-
-def _describe_error(exc: BaseException) -> str:
-    """A transport failure in words; built from error codes, never from the request URL."""
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        reason = getattr(exc.certificate_error, "verify_message", "") or "not trusted"
-        return f"TLS certificate rejected ({reason})"
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return "TLS handshake failed"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "host name did not resolve"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return _os_error_text(exc.os_error)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection without answering"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the response body was cut short"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return "the answer was not valid HTTP"
-    if isinstance(exc, OSError):
-        return _os_error_text(exc)
-    return f"request failed ({type(exc).__name__})"
-
-
-def _os_error_text(error: OSError) -> str:
-    if error.errno is not None and error.errno in errno.errorcode:
-        return os.strerror(error.errno).lower()
-    return "cannot connect"
 
 
 def _base_url(url: str) -> URL | None:

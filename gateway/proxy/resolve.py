@@ -10,13 +10,13 @@ request of its own instead of the client's (the sources `query` link), the `Rewr
 from __future__ import annotations
 
 import functools
-import json
 import re
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlencode
 
 from gateway.bodies import BodyTooLarge
-from gateway.errors import BadRequest, NotFound, PayloadTooLarge
+from gateway.errors import BadRequest, DataSourceNotFound, InvalidId, NotFound, Unavailable
+from gateway.json_document import check_content_type_header, decode_json_object, too_large
 from gateway.proxy.policy import (
     AUTH_QUERY_PARAMS,
     ProxyPath,
@@ -26,10 +26,18 @@ from gateway.proxy.policy import (
 )
 from gateway.registry.cache import Snapshot, SourceCache
 from gateway.registry.models import UID_PATTERN, DataSource, Principal, Role
-from gateway.registry.validation import parse_hex16
+from gateway.registry.validation import (
+    Violation,
+    json_type,
+    parse_hex16,
+    raise_violations,
+    shown,
+    unknown_field,
+)
 from gateway.requests import query_param
 from gateway.security.org import ORG_HEADER, acting_org_id
 from gateway.upstream.credentials import InfluxQueryLanguage, influx_query_language
+from gateway.upstream.influx import SELF_WITHOUT_DEFAULT
 
 if TYPE_CHECKING:
     from gateway.proxy.pipeline import ProxyRequest
@@ -38,13 +46,16 @@ SOURCE_HEADER = "X-Gateway-Source"
 # The request headers the resolvers read (lower-case, as the pipeline collects them).
 ORG_HEADER_KEY = ORG_HEADER.lower().encode()
 SOURCE_HEADER_KEY = SOURCE_HEADER.lower().encode()
-RESOLVER_HEADERS = frozenset({ORG_HEADER_KEY, SOURCE_HEADER_KEY})
+CONTENT_TYPE_KEY = b"content-type"
+RESOLVER_HEADERS = frozenset({ORG_HEADER_KEY, SOURCE_HEADER_KEY, CONTENT_TYPE_KEY})
 # Query parameters consumed by the gateway on Influx passthrough: never forwarded.
 # u/p are InfluxDB 1.x's credentials (here: the gateway token); `source` picks the source.
 PASSTHROUGH_PARAMS = AUTH_QUERY_PARAMS | {"source", "u", "p"}
 _INT64 = re.compile(r"[0-9]{1,18}")
 # The JSON body of a sources `query` request: a query, not data.
 QUERY_BODY_LIMIT = 1024 * 1024
+# Its fields for a v1 (InfluxQL) source; "query" is required, "type" defaults to "influxql".
+_INFLUXQL_QUERY_FIELDS = ("query", "type", "db", "rp")
 _FORM_HEADERS = ((b"Content-Type", b"application/x-www-form-urlencoded"),)
 
 
@@ -106,24 +117,18 @@ async def influx_passthrough(
 async def source_query(
     request: ProxyRequest, principal: Principal, sources: SourceCache
 ) -> Resolution:
-    """POST /api/v2/sources/{id}/query: Flux to a v2 source as is, InfluxQL JSON to a v1 one."""
-    source = source_by_influx_id(await sources.snapshot(), principal.org.id, request.key)
+    """POST /api/v2/sources/{id}/query: Flux to a v2 source as is, InfluxQL JSON to a v1 one; a
+    `self` source queries the org's default InfluxDB source, as its buckets and health do.
+    The body is JSON (`Content-Type: application/json`, as every InfluxDB API write here)."""
+    snapshot = await sources.snapshot()
+    source = source_by_influx_id(snapshot, principal.org.id, request.key)
+    check_content_type_header(request.headers.get(CONTENT_TYPE_KEY))
     language = influx_query_language(source)
     if language is InfluxQueryLanguage.FLUX:
         return source, UpstreamPath(ProxyPath.parse("api/v2/query")), None
     if language is not InfluxQueryLanguage.INFLUXQL:
         raise BadRequest(influx_message=f"querying a {source.type} source is not supported here")
-    body = await _json_object(request)
-    kind = body.get("type", "influxql")
-    if kind != "influxql":
-        raise BadRequest(
-            influx_message=f'"type" {kind!r} cannot be sent to a v1 (InfluxQL) source; '
-            'send {"query": "<InfluxQL>", "type": "influxql", "db": ..., "rp": ...}'
-        )
-    form = {"q": _string(body, "query", required=True)}
-    for key in ("db", "rp"):
-        if value := _string(body, key):
-            form[key] = value
+    form = _influxql_form(decode_json_object(await _body(request)))
     target = UpstreamPath(ProxyPath.parse("query"))
     return source, target, Rewrite("POST", urlencode(form).encode(), _FORM_HEADERS)
 
@@ -199,35 +204,65 @@ def influx_source(snapshot: Snapshot, org_id: int, wanted: str) -> DataSource:
 
 
 def source_by_influx_id(snapshot: Snapshot, org_id: int, text: str) -> DataSource:
-    """The path's source: exactly 16 hex digits, as every other id parser reads them (`int(text,
-    16)` alone would also take `0x…`, `_` and a sign); any other 16 characters name no source."""
+    """The path's source, read and refused as every other /api/v2/sources/{id} route does
+    (gateway/api/influx_dto.py `parse_id`: 400 "invalid ID" for a malformed id, 404 for an
+    `influxdb` source it does not name); for a `self` source, the org's default InfluxDB source,
+    or the 503 its buckets answer when there is none."""
     if len(text) != 16:
         raise BadRequest(influx_message="id must have a length of 16 bytes")
     source_id = parse_hex16(text)
-    source = snapshot.get(org_id, id=source_id) if source_id else None
+    if source_id is None:
+        raise InvalidId()
+    source = snapshot.get(org_id, id=source_id)
     if source is None or source.type != "influxdb":
-        raise NotFound(influx_message="source not found")
-    return source
+        raise DataSourceNotFound()
+    if not _is_self(source):
+        return source
+    for candidate in snapshot.by_org.get(org_id, ()):
+        if candidate.is_default and not _is_self(candidate) and _queryable(candidate):
+            return candidate
+    raise Unavailable(influx_message=SELF_WITHOUT_DEFAULT)
 
 
-async def _json_object(request: ProxyRequest) -> dict[str, object]:
+def _queryable(source: DataSource) -> bool:
+    return influx_query_language(source) in (InfluxQueryLanguage.INFLUXQL, InfluxQueryLanguage.FLUX)
+
+
+def _is_self(source: DataSource) -> bool:
+    """An InfluxDB API `self` source: it stands for the org's default InfluxDB source."""
+    return source.json_data.get("influxSourceType") == "self"
+
+
+async def _body(request: ProxyRequest) -> bytes:
     try:
-        raw = await request.exchange.read_body(QUERY_BODY_LIMIT)
+        return await request.exchange.read_body(QUERY_BODY_LIMIT)
     except BodyTooLarge:
-        raise PayloadTooLarge() from None
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest(influx_message="the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest(influx_message="the body must be a JSON object")
-    return body
+        raise too_large(QUERY_BODY_LIMIT) from None
 
 
-def _string(body: dict[str, object], key: str, *, required: bool = False) -> str:
-    value = body.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise BadRequest(influx_message=f'"{key}" must be a non-empty string')
-    return value
+def _influxql_form(body: dict[str, object]) -> dict[str, str]:
+    """The form influxd's /query takes, from a valid body; else 400 naming every problem."""
+    problems = [unknown_field(key) for key in body if key not in _INFLUXQL_QUERY_FIELDS]
+    form: dict[str, str] = {}
+    for key, form_key in (("query", "q"), ("db", "db"), ("rp", "rp")):
+        value = body.get(key)
+        if value is None and key != "query":
+            continue
+        if not isinstance(value, str):
+            got = json_type(value) if key in body else ""
+            problems.append(Violation(key, "required" if not got else "must be a string", got))
+        elif key == "query" and not value.strip():
+            problems.append(Violation(key, "must not be blank"))
+        elif value:
+            form[form_key] = value
+    kind = body.get("type", "influxql")
+    if kind != "influxql":
+        problems.append(
+            Violation(
+                "type",
+                'must be "influxql" for a v1 (InfluxQL) source',
+                shown(kind) if isinstance(kind, str) else json_type(kind),
+            )
+        )
+    raise_violations(problems)
+    return form

@@ -45,6 +45,7 @@ from gateway.upstream.credentials import (
     tls_skip_verify,
     url_without_userinfo,
 )
+from gateway.upstream.failures import describe_transport_error
 
 InfluxKind = Literal["v1", "v2"]
 
@@ -55,6 +56,10 @@ V1_CONCURRENCY = 8  # SHOW RETENTION POLICIES queries in flight at once
 V1_MAX_DATABASES = 1000  # one query each: a listing stops there, as v2's stops at V2_MAX_PAGES
 JWT_LIFETIME_SECONDS = 60
 CREDENTIALS_REJECTED = "source rejected the credentials"
+# What a `self` source's buckets, health and query answer when it has nothing to stand for.
+SELF_WITHOUT_DEFAULT = (
+    "a self source uses the organization's default InfluxDB source, and there is none"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,17 +362,22 @@ class _Upstream:
                 influx_message=f"source did not answer within {self._timeouts.total:g} s"
             ) from exc
         except aiohttp.ClientError as exc:
-            raise Unavailable(
-                influx_message=f"source is unreachable ({type(exc).__name__})"
-            ) from exc
+            # Never connected (refused, DNS, TLS) or failed on the way back (cut short).
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                what = "source is unreachable"
+            else:
+                what = "the request to the source failed"
+            raise Unavailable(influx_message=f"{what}: {describe_transport_error(exc)}") from exc
         if status != 200:
             raise BadGateway(influx_message=f"source answered HTTP {status}")
         try:
             return json.loads(body)
-        except (ValueError, RecursionError):
+        except ValueError:
             raise BadGateway(
                 influx_message="source answered with a body that is not JSON"
             ) from None
+        except RecursionError:
+            raise BadGateway(influx_message="source answered with JSON nested too deeply") from None
 
 
 def _base_url(text: str) -> yarl.URL:
@@ -400,6 +410,7 @@ def _unexpected() -> BadGateway:
 
 __all__ = [
     "CREDENTIALS_REJECTED",
+    "SELF_WITHOUT_DEFAULT",
     "Bucket",
     "ListingTimeouts",
     "RetentionRule",

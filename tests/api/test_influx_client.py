@@ -218,7 +218,7 @@ async def test_an_unreachable_source_raises_with_the_health_check_as_body(source
     health = json.loads(error.body)
     assert (health["name"], health["status"]) == ("down", "fail")
     error = await sources.fails("get_sources_id_buckets", created.id)
-    assert (error.status, error.message) == (503, "source is unreachable (ClientConnectorError)")
+    assert (error.status, error.message) == (503, "source is unreachable: connection refused")
 
 
 async def test_refused_credentials_do_not_look_like_a_bad_gateway_token(

@@ -7,6 +7,7 @@ reference (format checks off: InfluxDB's own links are relative paths).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import io
@@ -1136,8 +1137,31 @@ class TestBucketsV1:
         created = await create(client, admin_headers, url=closed_port_url())
         response = await client.get(f"{SOURCES}/{created['id']}/buckets", headers=admin_headers)
         await assert_error(
-            response, 503, "unavailable", "source is unreachable (ClientConnectorError)"
+            response, 503, "unavailable", "source is unreachable: connection refused"
         )
+
+    async def test_a_source_that_hangs_up_is_unavailable_in_words(
+        self, client: AppClient, admin_headers: Headers
+    ) -> None:
+        """What went wrong, never a Python class name (ServerDisconnectedError)."""
+
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            created = await create(client, admin_headers, url=f"http://127.0.0.1:{port}")
+            path = f"{SOURCES}/{created['id']}/buckets"
+            response = await client.get(path, headers=admin_headers)
+            await assert_error(
+                response,
+                503,
+                "unavailable",
+                "the request to the source failed: "
+                "the server closed the connection without answering",
+            )
 
 
 def fake_influxdb1(answers: dict[str, tuple[int, Any]]) -> web.Application:
@@ -1396,7 +1420,7 @@ class TestBucketsV2:
              502, "source answered with an unexpected body"),
             ((200, b'{"buckets": [{"name": "b", "retentionRules": [{"everySeconds": true}]}]}'),
              502, "source answered with an unexpected body"),
-            ((200, b"[" * 100_000), 502, "source answered with a body that is not JSON"),
+            ((200, b"[" * 100_000), 502, "source answered with JSON nested too deeply"),
         ],
     )  # fmt: skip
     async def test_an_unexpected_answer_is_a_bad_gateway(

@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import time
@@ -114,6 +115,18 @@ KINDS = [
 kinds = pytest.mark.parametrize("kind", KINDS, ids=[kind.id for kind in KINDS])
 
 
+def deep_json_app(status: int) -> web.Application:
+    """Answers every GET with `status` and JSON nested far deeper than a parser will go."""
+    deep = "[" * 100_000 + "]" * 100_000
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=deep, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    return app
+
+
 class TestEveryKind:
     @kinds
     async def test_a_healthy_upstream_passes_every_check(
@@ -164,6 +177,39 @@ class TestEveryKind:
         assert check_names(health) == [("reachable", "fail")]
         assert f"HTTP {status} in " in health["message"]
         assert "upstream says: upstream connect error" in health["message"]
+        assert_message_shape(health)
+
+    @pytest.mark.parametrize(
+        "kind", [kind for kind in KINDS if kind.id not in ("loki", "generic")], ids=lambda k: k.id
+    )
+    async def test_a_deeply_nested_answer_fails_the_check_that_reads_it(
+        self, kind: Kind, aiohttp_server: AiohttpServer, session: aiohttp.ClientSession
+    ) -> None:
+        """JSON too deep for the parser is an unusable answer, said in words: a failed check,
+        not a crashed probe (which the monitor would log as `probe_crashed`)."""
+        url = await serve(aiohttp_server, deep_json_app(200))
+        source = make_source(url, kind.type, json_data=kind.json_data)
+        health = await probe_source(session, source, SECONDS)
+        assert health["status"] == "fail"
+        assert re.fullmatch(
+            r"GET /\S*: HTTP 200 in \d+ ms, answer is not usable JSON: nested too deeply",
+            health["message"],
+        ), health["message"]
+        assert_message_shape(health)
+
+    @kinds
+    async def test_a_deeply_nested_error_answer_fails_with_its_status(
+        self, kind: Kind, aiohttp_server: AiohttpServer, session: aiohttp.ClientSession
+    ) -> None:
+        url = await serve(aiohttp_server, deep_json_app(500))
+        source = make_source(url, kind.type, json_data=kind.json_data)
+        health = await probe_source(session, source, SECONDS)
+        assert check_names(health) == [("reachable", "fail")]
+        # Flux's /health is read as JSON whatever its status (InfluxDB answers 503 with one).
+        unusable = ", answer is not usable JSON: nested too deeply" if kind.id == "flux" else ""
+        assert re.fullmatch(
+            r"GET /\S*: HTTP 500 in \d+ ms" + re.escape(unusable), health["message"]
+        ), health["message"]
         assert_message_shape(health)
 
     @kinds
