@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,9 +14,18 @@ from gateway.registry.secrets import SecretBox
 # Each writable field of a source is stored in the column of its name (migration 1), in the form
 # its kind asks for: flags as integers, jsonData as JSON text, secrets encrypted.
 WRITABLE_COLUMNS = tuple(field.attribute for field in SOURCE_FIELDS)
-SOURCE_COLUMNS = ", ".join(
-    ("id", "org_id", *WRITABLE_COLUMNS, "version", "created", "updated", "provisioned_by")
+SOURCE_COLUMN_NAMES = (
+    "id",
+    "org_id",
+    *WRITABLE_COLUMNS,
+    "version",
+    "created",
+    "updated",
+    "provisioned_by",
 )
+SOURCE_COLUMNS = ", ".join(SOURCE_COLUMN_NAMES)
+# A row as sqlite3 gives it without a row factory: the SOURCE_COLUMNS values, in that order.
+PlainRow = tuple[Any, ...]
 
 
 def now() -> str:
@@ -39,7 +49,7 @@ def org_of(row: sqlite3.Row) -> Org:
     return Org(id=row["id"], influx_id=row["influx_id"], name=row["name"], created=created)
 
 
-def source_of(row: sqlite3.Row, box: SecretBox) -> DataSource:
+def source_of(row: sqlite3.Row | Mapping[str, Any], box: SecretBox) -> DataSource:
     fields = {
         field.attribute: _read(field.kind, row[field.attribute], box) for field in SOURCE_FIELDS
     }
@@ -52,6 +62,37 @@ def source_of(row: sqlite3.Row, box: SecretBox) -> DataSource:
         provisioned_by=row["provisioned_by"],
         **fields,
     )
+
+
+class RowReader:
+    """Plain rows to sources for whole listings (a cache reload, after every change anywhere):
+    a row exactly equal to one in the last listing gives the same source as then, so reloading
+    10,000 sources of which one changed decrypts and maps one, and skips the AES-GCM and JSON
+    work (~20-30 us a row) for the other 9,999.
+
+    The key is the whole row, every column as stored, not (id, version): clearing `is_default`
+    on an org's other sources does not bump their version, and a key rotation rewrites
+    ciphertexts alone. A source is a pure function of its row and the key, so a reused source
+    can never be stale; the registry makes a new reader when its key changes. Only what the
+    last listing held is kept (the rows' text, a few MB for 10,000). Sources are frozen, so
+    sharing them between successive snapshots is safe."""
+
+    def __init__(self, box: SecretBox) -> None:
+        self.box = box
+        self._known: dict[PlainRow, DataSource] = {}
+
+    def sources(self, rows: Iterable[PlainRow]) -> list[DataSource]:
+        known: dict[PlainRow, DataSource] = {}
+        previous = self._known
+        listed = []
+        for row in rows:
+            source = previous.get(row)
+            if source is None:
+                source = source_of(dict(zip(SOURCE_COLUMN_NAMES, row, strict=True)), self.box)
+            known[row] = source
+            listed.append(source)
+        self._known = known
+        return listed
 
 
 def column_values(spec: DataSourceSpec, box: SecretBox) -> list[Any]:
