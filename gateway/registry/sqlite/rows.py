@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,17 +49,41 @@ def org_of(row: sqlite3.Row) -> Org:
     return Org(id=row["id"], influx_id=row["influx_id"], name=row["name"], created=created)
 
 
-def source_of(row: sqlite3.Row | Mapping[str, Any], box: SecretBox) -> DataSource:
-    fields = {
-        field.attribute: _read(field.kind, row[field.attribute], box) for field in SOURCE_FIELDS
-    }
+# Where each field sits in a row of SOURCE_COLUMNS, by kind: a listing reads every row of the
+# table, and reading by position with no per-field dispatch is a third cheaper than by name.
+_AT = {column: index for index, column in enumerate(SOURCE_COLUMN_NAMES)}
+
+
+def _fields_at(kind: FieldKind) -> tuple[tuple[str, int], ...]:
+    return tuple((f.attribute, _AT[f.attribute]) for f in SOURCE_FIELDS if f.kind is kind)
+
+
+_TEXT_AT = _fields_at(FieldKind.TEXT)
+_FLAG_AT = _fields_at(FieldKind.FLAG)
+_OBJECT_AT = _fields_at(FieldKind.OBJECT)
+_SECRETS_AT = _fields_at(FieldKind.SECRETS)
+assert len(_TEXT_AT + _FLAG_AT + _OBJECT_AT + _SECRETS_AT) == len(SOURCE_FIELDS), "a new kind"
+_ID, _ORG_ID, _VERSION, _CREATED, _UPDATED, _PROVISIONED_BY = (
+    _AT[column] for column in ("id", "org_id", "version", "created", "updated", "provisioned_by")
+)
+
+
+def source_of(row: sqlite3.Row | PlainRow, box: SecretBox) -> DataSource:
+    """The source in a row of SOURCE_COLUMNS, in that order (a `sqlite3.Row` or a tuple)."""
+    fields: dict[str, Any] = {attribute: row[at] for attribute, at in _TEXT_AT}
+    for attribute, at in _FLAG_AT:
+        fields[attribute] = bool(row[at])
+    for attribute, at in _OBJECT_AT:
+        fields[attribute] = json.loads(row[at])
+    for attribute, at in _SECRETS_AT:
+        fields[attribute] = box.decrypt(row[at])
     return DataSource(
-        id=row["id"],
-        org_id=row["org_id"],
-        version=row["version"],
-        created=parse_time(row["created"]),
-        updated=parse_time(row["updated"]),
-        provisioned_by=row["provisioned_by"],
+        id=row[_ID],
+        org_id=row[_ORG_ID],
+        version=row[_VERSION],
+        created=parse_time(row[_CREATED]),
+        updated=parse_time(row[_UPDATED]),
+        provisioned_by=row[_PROVISIONED_BY],
         **fields,
     )
 
@@ -88,7 +112,7 @@ class RowReader:
         for row in rows:
             source = previous.get(row)
             if source is None:
-                source = source_of(dict(zip(SOURCE_COLUMN_NAMES, row, strict=True)), self.box)
+                source = source_of(row, self.box)
             known[row] = source
             listed.append(source)
         self._known = known
@@ -106,13 +130,3 @@ def _stored(kind: FieldKind, value: Any, box: SecretBox) -> Any:
     if kind is FieldKind.SECRETS:
         return box.encrypt(value)
     return value  # sqlite3 stores a bool as 0 or 1
-
-
-def _read(kind: FieldKind, value: Any, box: SecretBox) -> Any:
-    if kind is FieldKind.FLAG:
-        return bool(value)
-    if kind is FieldKind.OBJECT:
-        return json.loads(value)
-    if kind is FieldKind.SECRETS:
-        return box.decrypt(value)
-    return value
