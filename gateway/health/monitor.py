@@ -43,9 +43,11 @@ import asyncio
 import contextlib
 import heapq
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from random import Random
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -103,6 +105,52 @@ __all__ = [
 ]
 
 
+class Slots:
+    """A counting semaphore whose waiters leave in O(1) when cancelled.
+
+    Every due source gets a probe task at once, and all but `max_in_flight` of them wait for a
+    slot. asyncio.Semaphore removes a cancelled waiter by scanning its deque: stopping a monitor
+    of 10,000 sources cancelled 10,000 waiters, ~10,000 x 5,000 comparisons, seconds of CPU on
+    an idle machine and more than the drain timeout on a loaded one (issue 20's benchmark saw a
+    gateway still there 60 s after SIGTERM). Here the waiters are an OrderedDict: a cancelled
+    one is deleted by key, and a freed slot goes to the oldest waiter directly."""
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiters: OrderedDict[asyncio.Future[None], None] = OrderedDict()
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[waiter] = None
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot, but cancelled before taking it: pass it on
+            else:
+                self._waiters.pop(waiter, None)
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter, _ = self._waiters.popitem(last=False)
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to the oldest waiter, never freed
+                return
+        self._free += 1
+
+
 class HealthMonitor:
     def __init__(
         self,
@@ -126,7 +174,7 @@ class HealthMonitor:
         self._prober = prober
         self._interval = interval
         self._timeout = timeout
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots = Slots(max_in_flight)
         self._on_transition = on_transition
         self._on_probe = on_probe
         self._on_target_transition = on_target_transition

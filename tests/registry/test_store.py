@@ -209,6 +209,48 @@ class TestSources:
             await registry.get_source(1, id=created.id)
 
 
+class TestListingEverySource:
+    """A full listing (what a cache reload asks for) reuses the records of rows unchanged since
+    the last one: these prove a reused record is never stale."""
+
+    async def test_a_relisting_sees_every_kind_of_change(self, registry: Registry) -> None:
+        team = await registry.create_org("Team")
+        one = await registry.create_source(1, spec("one", secure_json_data={"password": "a"}))
+        await registry.create_source(1, spec("two"))
+        await registry.create_source(team.id, spec("other", is_default=True))
+        gone = await registry.create_source(team.id, spec("gone"))
+        before = {source.name: source for source in await registry.list_sources()}
+        assert before["one"].is_default
+
+        await registry.update_source(
+            1,
+            one.id,
+            lambda s: dataclasses.replace(s.spec(), secure_json_data={"password": "b"}),
+        )
+        # A new default clears the flag on "one" without bumping its version.
+        await registry.create_source(1, spec("three", is_default=True))
+        await registry.delete_source(team.id, gone.id)
+        after = {source.name: source for source in await registry.list_sources()}
+
+        assert sorted(after) == ["one", "other", "three", "two"]
+        assert after["one"].secure_json_data == {"password": "b"}
+        assert not after["one"].is_default
+        assert after["three"].is_default
+        assert after["other"].is_default  # another org's default is its own
+        # The rows nothing touched give the very records of the last listing: the path that
+        # could go stale is the one exercised above.
+        assert after["two"] is before["two"]
+        assert after["other"] is before["other"]
+
+    async def test_a_relisting_after_a_key_rotation_reads_with_the_new_key(
+        self, registry: Registry
+    ) -> None:
+        await registry.create_source(1, spec("one", secure_json_data={"token": "t"}))
+        assert [s.secure_json_data for s in await registry.list_sources()] == [{"token": "t"}]
+        await registry.rotate_key(SecretBox("rotated"))
+        assert [s.secure_json_data for s in await registry.list_sources()] == [{"token": "t"}]
+
+
 class TestVersionedUpdates:
     @staticmethod
     def rename(to: str) -> Callable[[DataSource], DataSourceSpec]:

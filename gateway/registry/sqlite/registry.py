@@ -30,6 +30,8 @@ from gateway.registry.sqlite import schema, writes
 from gateway.registry.sqlite.batch import SqliteBatch
 from gateway.registry.sqlite.rows import (
     SOURCE_COLUMNS,
+    PlainRow,
+    RowReader,
     list_sources_sql,
     now,
     org_of,
@@ -45,6 +47,7 @@ class SqliteRegistry:
     def __init__(self, conn: aiosqlite.Connection, box: SecretBox) -> None:
         self._conn = conn
         self._box = box
+        self._reader = RowReader(box)
         self._lock = asyncio.Lock()
         self._listeners: list[ChangeListener] = []
 
@@ -217,8 +220,12 @@ class SqliteRegistry:
     # --- data sources ------------------------------------------------------------------------
 
     async def list_sources(self, org_id: int | None = None) -> list[DataSource]:
-        rows = await self._fetchall(*list_sources_sql(org_id))
-        return [source_of(row, self._box) for row in rows]
+        if org_id is not None:
+            rows = await self._fetchall(*list_sources_sql(org_id))
+            return [source_of(row, self._box) for row in rows]
+        # Every source: what a cache reload asks for, after any change. Plain tuples fetch in
+        # half the time of sqlite3.Row and are the reader's keys as they come.
+        return self._reader.sources(await self._fetchall_plain(*list_sources_sql(None)))
 
     async def get_source(
         self,
@@ -302,6 +309,7 @@ class SqliteRegistry:
                 "UPDATE meta SET value = ? WHERE key = ?", (new_box.key_check(), schema.KEY_CHECK)
             )
         self._box = new_box
+        self._reader = RowReader(new_box)
         return len(rows)
 
     # --- internals ---------------------------------------------------------------------------
@@ -328,3 +336,11 @@ class SqliteRegistry:
         async with self._lock:
             cursor = await self._conn.execute(sql, tuple(params))
             return list(await cursor.fetchall())
+
+    async def _fetchall_plain(self, sql: str, params: Iterable[Any] = ()) -> list[PlainRow]:
+        """Rows as plain tuples of the selected columns' values, not `sqlite3.Row`s."""
+        async with self._lock:
+            cursor = await self._conn.execute(sql, tuple(params))
+            cursor.row_factory = None
+            rows: list[PlainRow] = list(await cursor.fetchall())  # type: ignore[arg-type]
+            return rows
