@@ -30,18 +30,23 @@ _OPERAND: Final = "operand"
 _PUNCT: Final = "punct"
 
 _QUOTED = r"(?:[^\"\\\n]|\\.)*+"  # an identifier's text, escapes included; possessive as influxd
+# One token and the blanks before it (fewer matches: blanks are half of a query's pieces).
 _TOKEN = re.compile(
     r"""
-    (?P<space>[ \t\n\r]+)
-    | (?P<line_comment>--[^\n]*+)
+    [ \t\n\r]*+
+    (?:
+      (?P<line_comment>--[^\n]*+)
     | (?P<block_comment>/\*(?s:.*?)\*/)
     | (?P<string>'(?:[^'\\\n]|\\.)*+')
     | (?P<quoted>"QUOTED")
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*+)(?P<glued>"QUOTED")?
     | (?P<number>[0-9]++(?:\.[0-9]*+|[A-Za-zµ][A-Za-zµ0-9]*+)?|\.[0-9]++)
     | (?P<param>\$(?:[A-Za-z0-9_]*+(?:"QUOTED")?))
-    | (?P<punct>=~|!~|!=|<>|<=|>=|::|/(?!\*)|[-+*%&|^=<>(),:.])
+    | (?P<slash>/(?!\*))
+    | (?P<punct>=~|!~|!=|<>|<=|>=|::|[-+*%&|^=<>(),:.])
     | (?P<semicolon>;)
+    | (?P<end>\Z)
+    )
     """.replace("QUOTED", _QUOTED),
     re.VERBOSE,
 )
@@ -103,28 +108,35 @@ def split_statements(query: str) -> list[list[tuple[str, str]]]:
     position = 0
     end = len(query)
     while position < end:
-        if query[position] == "/" and _regex_may_start(current, path):
-            match = _REGEX.match(query, position)
-            if match is None:
-                raise Unclassifiable(f"an unterminated regex at offset {position}")
+        match = _TOKEN.match(query, position)
+        if match is None:
+            raise Unclassifiable(_unexpected(query, position))
+        kind = match.lastgroup or ""
+        if kind in ("slash", "block_comment") and _regex_may_start(current, path):
+            start = match.start(kind)  # influxd reads a regex here, even one starting `/*`
+            regex = _REGEX.match(query, start)
+            if regex is None:
+                raise Unclassifiable(f"an unterminated regex at offset {start}")
             token = (_OPERAND, "regex")
-            position = match.end()
+            position = regex.end()
         else:
-            match = _TOKEN.match(query, position)
-            if match is None:
-                raise Unclassifiable(_unexpected(query, position))
             position = match.end()
-            kind = match.lastgroup
-            if kind in ("space", "line_comment", "block_comment"):
+            if kind == "word":
+                token = (_WORD, match.group(kind).upper())
+            elif kind == "punct" or kind == "slash":
+                token = (_PUNCT, match.group(kind))
+            elif kind in ("line_comment", "block_comment", "end"):
                 continue
-            if kind == "semicolon":
+            elif kind == "semicolon":
                 if current:
                     statements.append(current)
                 current = []
                 path = _Path.OUT
                 continue
-            token = _token(kind, match)
-        path = _path_after(path, current[-1] if current else None, token)
+            else:
+                token = _token(kind, match)
+        if path != _Path.OUT or token in _PATH_STARTS:
+            path = _path_after(path, current[-1] if current else None, token)
         current.append(token)
     if current:
         statements.append(current)
@@ -141,6 +153,9 @@ def _token(kind: str | None, match: re.Match[str]) -> tuple[str, str]:
     if kind == "punct":
         return _PUNCT, match.group("punct")
     return _OPERAND, "quoted" if kind == "glued" else kind or ""
+
+
+_PATH_STARTS = frozenset({(_WORD, "FROM"), (_PUNCT, "="), (_PUNCT, "=~")})
 
 
 class _Path:
@@ -180,6 +195,7 @@ def _regex_may_start(tokens: list[tuple[str, str]], path: int) -> bool:
 
 
 def _unexpected(query: str, position: int) -> str:
+    position = len(query) - len(query[position:].lstrip(" \t\n\r"))
     character = query[position]
     if query.startswith("/*", position):
         return f"an unterminated comment at offset {position}"
