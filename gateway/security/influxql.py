@@ -37,6 +37,7 @@ _TOKEN = re.compile(
     (?:
       (?P<line_comment>--[^\n]*+)
     | (?P<block_comment>/\*(?s:.*?)\*/)
+    | (?P<open_comment>/\*)
     | (?P<string>'(?:[^'\\\n]|\\.)*+')
     | (?P<quoted>"QUOTED")
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*+)(?P<glued>"QUOTED")?
@@ -50,6 +51,8 @@ _TOKEN = re.compile(
     """.replace("QUOTED", _QUOTED),
     re.VERBOSE,
 )
+# The tokens that start with `/`: each opens a regex where influxd reads one.
+_SLASHES = frozenset({"slash", "block_comment", "open_comment"})
 # InfluxQL's regex literal: `\/` is the only escape, any other backslash stands for itself.
 _REGEX = re.compile(r"/(?:[^/\\\n]++|\\/?+)*+/")
 
@@ -112,7 +115,7 @@ def split_statements(query: str) -> list[list[tuple[str, str]]]:
         if match is None:
             raise Unclassifiable(_unexpected(query, position))
         kind = match.lastgroup or ""
-        if kind in ("slash", "block_comment") and _regex_may_start(current, path):
+        if kind in _SLASHES and _regex_may_start(current, path):
             start = match.start(kind)  # influxd reads a regex here, even one starting `/*`
             regex = _REGEX.match(query, start)
             if regex is None:
@@ -127,6 +130,8 @@ def split_statements(query: str) -> list[list[tuple[str, str]]]:
                 token = (_PUNCT, match.group(kind))
             elif kind in ("line_comment", "block_comment", "end"):
                 continue
+            elif kind == "open_comment":
+                raise Unclassifiable(f"an unterminated comment at offset {match.start(kind)}")
             elif kind == "semicolon":
                 if current:
                     statements.append(current)
@@ -197,8 +202,6 @@ def _regex_may_start(tokens: list[tuple[str, str]], path: int) -> bool:
 def _unexpected(query: str, position: int) -> str:
     position = len(query) - len(query[position:].lstrip(" \t\n\r"))
     character = query[position]
-    if query.startswith("/*", position):
-        return f"an unterminated comment at offset {position}"
     if character in "'\"":
         return f"an unterminated quoted text at offset {position}"
     return f"the character {character!r} at offset {position}"
