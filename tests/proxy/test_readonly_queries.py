@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from aiohttp import web
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.rest import ApiException
+from pytest_aiohttp import AiohttpServer
 
 from gateway.security.influxql import influxql_refusal, split_statements
 from tests.conftest import ADMIN_TOKEN, Headers, MakeToken
@@ -351,3 +354,42 @@ async def test_influxd_parses_these_queries_the_way_they_are_classified(
     assert response.status == 200, await response.text()
     (result,) = (await response.json())["results"]
     assert "error" not in result, result
+
+
+async def test_an_editors_query_is_not_read_before_it_is_sent(
+    client: AppClient,
+    admin_headers: Headers,
+    make_token: MakeToken,
+    aiohttp_server: AiohttpServer,
+) -> None:
+    # Past the viewer's limit, and written in chunks of unknown total length: an editor's body
+    # streams upstream as it comes, never held for a check.
+    received: list[int] = []
+
+    async def query(request: web.Request) -> web.Response:
+        size = 0
+        async for data in request.content.iter_any():
+            size += len(data)
+        received.append(size)
+        return web.Response(text="", content_type="text/csv")
+
+    upstream = web.Application()
+    upstream.router.add_post("/api/v2/query", query)
+    server = await aiohttp_server(upstream)
+    url = str(server.make_url("")).rstrip("/")
+    await flux_source(client, admin_headers, Influx2Upstream(url, []))
+    editor = await make_token(role="editor", scheme="Token")
+    chunk = b"// " + b"x" * (64 * 1024 - 4) + b"\n"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(32):
+            yield chunk
+        yield WRITE_FLUX.encode()
+
+    response = await client.post(
+        "/api/v2/query?org=acme",
+        data=chunks(),
+        headers={**editor, "Content-Type": "application/vnd.flux"},
+    )
+    assert response.status == 200, await response.text()
+    assert received == [32 * len(chunk) + len(WRITE_FLUX)]
