@@ -12,12 +12,15 @@ segment names the source; a trailing `/{path}` is the remainder that goes upstre
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
-from gateway.errors import Dialect
+from gateway.bodies import BodyTooLarge
+from gateway.errors import Dialect, PayloadTooLarge
 from gateway.proxy.resolve import (
+    CONTENT_TYPE_KEY,
     Resolution,
+    Rewrite,
     by_id,
     by_uid,
     influx_passthrough,
@@ -25,7 +28,8 @@ from gateway.proxy.resolve import (
 )
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import Principal, Role
-from gateway.security.roles import require_role
+from gateway.security.readonly import QUERY_BODY_LIMIT, body_needed, query_refusal
+from gateway.security.roles import RoleRequired, has_role, require_role
 
 if TYPE_CHECKING:
     from gateway.proxy.pipeline import ProxyRequest
@@ -51,10 +55,86 @@ def _writing(resolve: Resolve) -> Resolve:
     return resolve_write
 
 
+def _querying(resolve: Resolve) -> Resolve:
+    """`resolve`, for a route that runs queries: below the editor role, only a query that reads
+    passes (gateway/security/readonly.py); anything else is refused (403) before it is sent.
+    Editors and admins pay nothing: their request streams as it came."""
+
+    async def resolve_query(
+        request: ProxyRequest, principal: Principal, sources: SourceCache
+    ) -> Resolution:
+        resolution = await resolve(request, principal, sources)
+        if has_role(principal, Role.EDITOR):
+            return resolution
+        return await _read_only(request, principal, resolution)
+
+    return resolve_query
+
+
+async def _read_only(
+    request: ProxyRequest, principal: Principal, resolution: Resolution
+) -> Resolution:
+    """`resolution` when the request it sends upstream only reads, else RoleRequired. What is
+    classified is what goes upstream: the gateway's own request when the resolver made one (a
+    v1 source's query link), else the client's, whose body, when InfluxDB reads the query from
+    it, is read whole (bounded) and then sent as read."""
+    source, target, rewrite = resolution
+    exchange = request.exchange
+    if rewrite is not None:
+        method, body, headers = rewrite.method, rewrite.body, rewrite.headers
+        content_type = _header(headers, b"content-type")
+        content_encoding = _header(headers, b"content-encoding")
+    else:
+        method = exchange.method
+        content_type = request.headers.get(CONTENT_TYPE_KEY)
+        content_encoding = _header(exchange.headers, b"content-encoding")
+        body = None
+        if body_needed(method, target.path.clean, content_type):
+            body = await _query_body(request)
+            # The body is consumed: it goes upstream as read, described as the client did.
+            described = tuple(
+                (name, value.encode("latin-1"))
+                for name, value in (
+                    (b"Content-Type", content_type),
+                    (b"Content-Encoding", content_encoding),
+                )
+                if value is not None
+            )
+            rewrite = Rewrite(method, body, described)
+    refusal = query_refusal(
+        method, target.path.clean, target.query, content_type, content_encoding, body
+    )
+    if refusal is not None:
+        raise RoleRequired(refusal, Role.EDITOR, principal.role)
+    return source, target, rewrite
+
+
+async def _query_body(request: ProxyRequest) -> bytes:
+    exchange = request.exchange
+    if not exchange.has_body:
+        return b""
+    try:
+        return await exchange.read_body(QUERY_BODY_LIMIT)
+    except BodyTooLarge as exc:
+        raise PayloadTooLarge(
+            f"a query body is read whole to check that it only reads, for a token below the "
+            f"editor role; it must not exceed {QUERY_BODY_LIMIT} bytes"
+        ) from exc
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], lower_name: bytes) -> str | None:
+    """The first value of a header, or None."""
+    for name, value in headers:
+        if name.lower() == lower_name:
+            return value.decode("latin-1")
+    return None
+
+
 class ProxyRoute:
     """One proxied route: its name, the methods it takes (None: any), the dialect of its
     errors, how it resolves the source and upstream target, and whether it writes data (the
-    editor role is then needed). The rest is derived from the name once, for the routers."""
+    editor role is then needed) or runs queries (below the editor role, only queries that
+    read). The rest is derived from the name once, for the routers."""
 
     __slots__ = (
         "dialect",
@@ -62,6 +142,7 @@ class ProxyRoute:
         "methods",
         "name",
         "prefix",
+        "queries",
         "resolve",
         "segments",
         "tail",
@@ -76,12 +157,18 @@ class ProxyRoute:
         resolve: Resolve,
         *,
         writes: bool = False,
+        queries: bool = False,
     ) -> None:
         self.name = name
         self.methods = frozenset(methods) if methods is not None else None
         self.dialect = dialect
         self.writes = writes
-        self.resolve = _writing(resolve) if writes else resolve
+        self.queries = queries
+        if writes:
+            resolve = _writing(resolve)
+        elif queries:
+            resolve = _querying(resolve)
+        self.resolve = resolve
         prefix, brace, rest = name.partition("{")
         key, _, tail = rest.partition("}")
         # The literal text before the key (the whole path when there is none), the key's name,
@@ -112,7 +199,8 @@ _BY_ID = PROXY_PREFIX + "/{id}"
 
 # The Grafana data source proxy routes keep Grafana's rule: any role that may query a source
 # may use them (Grafana checks `datasources:query` only), whatever the method; a source type's
-# own route roles apply there (gateway/proxy/policy.py). InfluxDB's write routes need an editor.
+# own route roles apply there (gateway/proxy/policy.py). InfluxDB's write routes need an editor;
+# on its query routes a token below the editor role may send only queries that read.
 #
 # In matching order: aiohttp tries them in this order, and `…/proxy/uid/…` must come before
 # `…/proxy/{id}/…`.
@@ -122,9 +210,9 @@ ROUTES: tuple[ProxyRoute, ...] = (
     ProxyRoute(_BY_ID, None, _GRAFANA, by_id),
     ProxyRoute(_BY_ID + REMAINDER, None, _GRAFANA, by_id),
     ProxyRoute("/api/v2/write", ("POST",), _INFLUX, influx_passthrough, writes=True),
-    ProxyRoute("/api/v2/query", ("POST",), _INFLUX, influx_passthrough),
+    ProxyRoute("/api/v2/query", ("POST",), _INFLUX, influx_passthrough, queries=True),
     # HEAD as aiohttp's `add_get` takes it: clients probe `/query` with it.
-    ProxyRoute("/query", ("GET", "HEAD", "POST"), _INFLUX, influx_passthrough),
+    ProxyRoute("/query", ("GET", "HEAD", "POST"), _INFLUX, influx_passthrough, queries=True),
     ProxyRoute("/write", ("POST",), _INFLUX, influx_passthrough, writes=True),
-    ProxyRoute("/api/v2/sources/{source_id}/query", ("POST",), _INFLUX, source_query),
+    ProxyRoute("/api/v2/sources/{source_id}/query", ("POST",), _INFLUX, source_query, queries=True),
 )

@@ -20,7 +20,12 @@ class RoleRequired(PermissionDenied):
         )
 
 
+def has_role(principal: Principal, needed: Role) -> bool:
+    """Whether the token's role is `needed` or above."""
+    return _RANK[principal.role] >= _RANK[needed]
+
+
 def require_role(principal: Principal, needed: Role, action: str) -> None:
     """Raise RoleRequired unless the token's role is `needed` or above."""
-    if _RANK[principal.role] < _RANK[needed]:
+    if not has_role(principal, needed):
         raise RoleRequired(action, needed, principal.role)

@@ -776,7 +776,9 @@ async def test_a_viewer_may_query_but_not_write_through_influxdbs_paths(
     assert influx2.seen == []  # neither sent nor spooled
 
     query = await client.post(
-        "/api/v2/query?org=acme", data='from(bucket: "metrics")', headers=viewer
+        "/api/v2/query?org=acme",
+        data='from(bucket: "metrics")',
+        headers={**viewer, "Content-Type": "application/vnd.flux"},
     )
     assert query.status == 200
     editor = await make_token(role="editor", scheme="Token")
