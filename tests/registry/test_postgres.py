@@ -19,12 +19,13 @@ import pytest
 
 from gateway.bootstrap import open_registry
 from gateway.config import Settings
-from gateway.errors import StartupError
+from gateway.errors import RegistryUnavailable, StartupError
 from gateway.registry.cache import SourceCache
 from gateway.registry.interface import StoreUnusable
 from gateway.registry.models import Role
 from gateway.registry.postgres import PostgresBackend, PostgresRegistry
 from gateway.registry.postgres.backend import WATCH_APPLICATION_NAME
+from gateway.registry.postgres.failures import describe_database_error
 from gateway.registry.postgres.migrations import MIGRATIONS
 from gateway.registry.secrets import SecretBox, SecretKeyMismatch
 from gateway.registry.sqlite.migrations import MIGRATIONS as SQLITE_MIGRATIONS
@@ -371,3 +372,96 @@ class TestConnecting:
         with pytest.raises(StoreUnusable, match="no_such_database"):
             async with backend.open(SecretBox("k")):
                 pass
+
+
+class Relay:
+    """A TCP relay to the test's PostgreSQL that can stop passing bytes on: a frozen server, as
+    the gateway's connections see it, without freezing the session's server."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.passing = asyncio.Event()
+        self.passing.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        self.passing.set()
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _relay(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.target_port)
+        for source, sink in ((client_in, server_out), (server_in, client_out)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self.passing.wait()
+                sink.write(data)
+                await sink.drain()
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+
+class TestOutageReason:
+    """What a 503 says when the database cannot be reached: what failed, in words, as probes say
+    it for upstreams; never the DSN's password, never a Python class name."""
+
+    async def test_a_frozen_server_is_a_timeout_with_its_seconds(
+        self, postgres_server: PostgresServer, postgres_url: str
+    ) -> None:
+        relay = Relay(postgres_server.port)
+        port = await relay.start()
+        database = postgres_url.rsplit("/", 1)[1]
+        url = f"postgresql://{postgres_server.user}:{SECRET}@127.0.0.1:{port}/{database}"
+        backend = PostgresBackend(url, query_timeout=0.3, keepalive_seconds=30)
+        try:
+            async with backend.open(SecretBox("k")) as registry:
+                relay.passing.clear()
+                with pytest.raises(RegistryUnavailable) as refused:
+                    await registry.list_sources()
+                relay.passing.set()
+        finally:
+            await relay.close()
+        message = str(refused.value)
+        assert message == "registry database unavailable: PostgreSQL did not answer in time (0.3 s)"
+
+    async def test_a_refused_connection_says_so(self) -> None:
+        url = closed_port_url().replace("http://", f"postgresql://gw:{SECRET}@") + "/registry"
+        with pytest.raises(ConnectionRefusedError) as refused:
+            await asyncpg.connect(url, timeout=5)
+        assert describe_database_error(refused.value, timeout=5) == "connection refused"
+
+    async def test_credentials_the_server_refuses_are_an_authentication_failure(
+        self, postgres_server: PostgresServer
+    ) -> None:
+        url = postgres_server.url().replace(f"{postgres_server.user}@", f"nobody:{SECRET}@")
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            await asyncpg.connect(url, timeout=5)
+        assert describe_database_error(refused.value, timeout=5) == "authentication failed"
+
+    async def test_a_connection_the_server_ended_says_so(
+        self, postgres_url: str, raw: asyncpg.Connection[asyncpg.Record]
+    ) -> None:
+        doomed = await asyncpg.connect(postgres_url)
+        await raw.execute("SELECT pg_terminate_backend($1)", doomed.get_server_pid())
+        await asyncio.sleep(0.1)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)) as lost:
+            await doomed.fetchval("SELECT 1")
+        assert describe_database_error(lost.value, timeout=5) == "the connection was closed"
