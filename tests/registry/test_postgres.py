@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 
 from gateway.bootstrap import open_registry
 from gateway.config import Settings
@@ -430,7 +431,7 @@ class TestOutageReason:
         port = await relay.start()
         database = postgres_url.rsplit("/", 1)[1]
         url = f"postgresql://{postgres_server.user}:{SECRET}@127.0.0.1:{port}/{database}"
-        backend = PostgresBackend(url, query_timeout=0.3, keepalive_seconds=30)
+        backend = PostgresBackend(url, query_timeout=1.0, keepalive_seconds=30)
         try:
             async with backend.open(SecretBox("k")) as registry:
                 relay.passing.clear()
@@ -440,7 +441,7 @@ class TestOutageReason:
         finally:
             await relay.close()
         message = str(refused.value)
-        assert message == "registry database unavailable: PostgreSQL did not answer in time (0.3 s)"
+        assert message == "registry database unavailable: PostgreSQL did not answer in time (1 s)"
 
     async def test_a_refused_connection_says_so(self) -> None:
         url = closed_port_url().replace("http://", f"postgresql://gw:{SECRET}@") + "/registry"
@@ -465,3 +466,28 @@ class TestOutageReason:
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)) as lost:
             await doomed.fetchval("SELECT 1")
         assert describe_database_error(lost.value, timeout=5) == "the connection was closed"
+
+    async def test_the_change_watch_logs_a_frozen_server_in_words(
+        self, postgres_server: PostgresServer, postgres_url: str
+    ) -> None:
+        relay = Relay(postgres_server.port)
+        port = await relay.start()
+        database = postgres_url.rsplit("/", 1)[1]
+        url = f"postgresql://{postgres_server.user}:{SECRET}@127.0.0.1:{port}/{database}"
+        backend = PostgresBackend(url, query_timeout=1.0, keepalive_seconds=0.1)
+        try:
+            async with backend.open(SecretBox("k")):
+                with structlog.testing.capture_logs() as logs:
+                    relay.passing.clear()
+                    await wait_until(
+                        lambda: any(
+                            entry["event"] == "registry_change_watch_keepalive_failed"
+                            for entry in logs
+                        ),
+                        timeout=5,
+                    )
+                relay.passing.set()
+        finally:
+            await relay.close()
+        (failed,) = [e for e in logs if e["event"] == "registry_change_watch_keepalive_failed"]
+        assert failed["error"] == "PostgreSQL did not answer in time (1 s)"
