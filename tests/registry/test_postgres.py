@@ -9,9 +9,10 @@ Each test gets a fresh database on the session's PostgreSQL (tests/services/post
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -381,8 +382,8 @@ class Relay:
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.passing = asyncio.Event()
-        self.passing.set()
+        self._passing = asyncio.Event()
+        self._passing.set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -391,8 +392,16 @@ class Relay:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        self._passing.clear()
+        try:
+            yield
+        finally:
+            self._passing.set()
+
     async def close(self) -> None:
-        self.passing.set()
+        self._passing.set()
         if self._server is not None:
             self._server.close()
         for task in self._tasks:
@@ -411,7 +420,7 @@ class Relay:
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
             while data := await source.read(65536):
-                await self.passing.wait()
+                await self._passing.wait()
                 sink.write(data)
                 await sink.drain()
         except OSError:
@@ -420,26 +429,33 @@ class Relay:
             sink.close()
 
 
+@pytest.fixture
+async def relayed_url(
+    postgres_server: PostgresServer, postgres_url: str
+) -> AsyncIterator[tuple[str, Relay]]:
+    """The test's database through a relay that the test may freeze; the URL carries a password
+    (the server trusts loopback, so it is not checked) that no message may show."""
+    relay = Relay(postgres_server.port)
+    port = await relay.start()
+    database = postgres_url.rsplit("/", 1)[1]
+    try:
+        yield f"postgresql://{postgres_server.user}:{SECRET}@127.0.0.1:{port}/{database}", relay
+    finally:
+        await relay.close()
+
+
 class TestOutageReason:
     """What a 503 says when the database cannot be reached: what failed, in words, as probes say
     it for upstreams; never the DSN's password, never a Python class name."""
 
     async def test_a_frozen_server_is_a_timeout_with_its_seconds(
-        self, postgres_server: PostgresServer, postgres_url: str
+        self, relayed_url: tuple[str, Relay]
     ) -> None:
-        relay = Relay(postgres_server.port)
-        port = await relay.start()
-        database = postgres_url.rsplit("/", 1)[1]
-        url = f"postgresql://{postgres_server.user}:{SECRET}@127.0.0.1:{port}/{database}"
+        url, relay = relayed_url
         backend = PostgresBackend(url, query_timeout=1.0, keepalive_seconds=30)
-        try:
-            async with backend.open(SecretBox("k")) as registry:
-                relay.passing.clear()
-                with pytest.raises(RegistryUnavailable) as refused:
-                    await registry.list_sources()
-                relay.passing.set()
-        finally:
-            await relay.close()
+        async with backend.open(SecretBox("k")) as registry:
+            with relay.frozen(), pytest.raises(RegistryUnavailable) as refused:
+                await registry.list_sources()
         message = str(refused.value)
         assert message == "registry database unavailable: PostgreSQL did not answer in time (1 s)"
 
@@ -468,26 +484,13 @@ class TestOutageReason:
         assert describe_database_error(lost.value, timeout=5) == "the connection was closed"
 
     async def test_the_change_watch_logs_a_frozen_server_in_words(
-        self, postgres_server: PostgresServer, postgres_url: str
+        self, relayed_url: tuple[str, Relay]
     ) -> None:
-        relay = Relay(postgres_server.port)
-        port = await relay.start()
-        database = postgres_url.rsplit("/", 1)[1]
-        url = f"postgresql://{postgres_server.user}:{SECRET}@127.0.0.1:{port}/{database}"
+        url, relay = relayed_url
         backend = PostgresBackend(url, query_timeout=1.0, keepalive_seconds=0.1)
-        try:
-            async with backend.open(SecretBox("k")):
-                with structlog.testing.capture_logs() as logs:
-                    relay.passing.clear()
-                    await wait_until(
-                        lambda: any(
-                            entry["event"] == "registry_change_watch_keepalive_failed"
-                            for entry in logs
-                        ),
-                        timeout=5,
-                    )
-                relay.passing.set()
-        finally:
-            await relay.close()
-        (failed,) = [e for e in logs if e["event"] == "registry_change_watch_keepalive_failed"]
+        event = "registry_change_watch_keepalive_failed"
+        async with backend.open(SecretBox("k")):
+            with relay.frozen(), structlog.testing.capture_logs() as logs:
+                await wait_until(lambda: any(entry["event"] == event for entry in logs), 5)
+        (failed,) = [entry for entry in logs if entry["event"] == event]
         assert failed["error"] == "PostgreSQL did not answer in time (1 s)"
