@@ -42,16 +42,12 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import ctypes
 import os
 import re
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,8 +56,19 @@ from typing import Any, Literal
 
 import aiohttp
 
+# bench/_processes.py: the script's own directory is on the path
+from _processes import (
+    HOST,
+    BenchError,
+    Processes,
+    free_port,
+    gateway_setup,
+    post_source,
+    run_bench,
+    wait_ready,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 QUERY_PATH = "api/v1/query?query=up"
 PROMETHEUS_CONFIG = """\
 global:
@@ -84,105 +91,7 @@ UPSTREAM_QUERIES = "prometheus_http_requests_total"
 TRAFFIC_THRESHOLD = 3
 
 
-class BenchError(Exception):
-    """Something the benchmark needs did not work; printed as one line, exit code 1."""
-
-
 # --- processes ----------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """Runs in each child before exec: SIGKILL it if this script dies (even by kill -9)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class Processes:
-    """Every child this script started; `stop_all` ends those still alive (also frozen ones)."""
-
-    def __init__(self) -> None:
-        self._children: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self,
-        argv: Sequence[str],
-        log_path: Path,
-        *,
-        env: dict[str, str] | None = None,
-        cwd: Path | None = None,
-    ) -> subprocess.Popen[bytes]:
-        # Called from the main thread only: PR_SET_PDEATHSIG fires when the *thread* that forked
-        # the child ends.
-        with log_path.open("ab") as log:
-            child = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,  # Ctrl-C reaches only this script, which stops them
-                preexec_fn=_die_with_parent,
-            )
-        self._children.append(child)
-        return child
-
-    def stop_all(self, grace: float = 5.0) -> None:
-        alive = [child for child in self._children if child.poll() is None]
-        for child in alive:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGCONT)  # a frozen process cannot act on SIGTERM
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in alive:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    child.kill()
-                child.wait(timeout=5)
-        self._children.clear()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-async def wait_ready(
-    http: aiohttp.ClientSession,
-    url: str,
-    child: subprocess.Popen[bytes],
-    what: str,
-    log_path: Path,
-    timeout: float = 30.0,
-) -> None:
-    """Until `url` answers 200; fails early when the process exits."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise BenchError(
-                f"{what} exited with code {child.returncode}; its log ({log_path}):\n"
-                + log_tail(log_path)
-            )
-        try:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
-                if response.status == 200:
-                    return
-                last = f"status {response.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            last = repr(exc)
-        await asyncio.sleep(0.05)
-    raise BenchError(f"{what} did not answer {url} within {timeout:g} s ({last})")
 
 
 class Replica:
@@ -248,29 +157,12 @@ class Gateway:
 
 
 def start_gateway(python: str, workdir: Path, processes: Processes) -> Gateway:
-    directory = workdir / "gateway"
-    (directory / "provisioning").mkdir(parents=True)
-    config = directory / "gateway.toml"
-    config.write_text("# benchmark: every setting at its default, the rest from GATEWAY_*\n")
-    token = "dsg_bench_" + secrets.token_urlsafe(24)
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
-    env.update(
-        {
-            "GATEWAY_CONFIG": str(config),  # every default; not the repository's file
-            "GATEWAY_DATA_DIR": str(directory / "data"),
-            "GATEWAY_PROVISIONING_PATH": str(directory / "provisioning"),
-            "GATEWAY_ADMIN_TOKEN": token,
-            "GATEWAY_HOST": HOST,
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_LOG_LEVEL": "warning",
-            "GATEWAY_LOG_FORMAT": "json",
-            "GATEWAY_DRAIN_TIMEOUT": "2",
-        }
-    )
+    setup = gateway_setup(workdir, {})
     log_path = workdir / "gateway.log"
-    child = processes.start([python, "-m", "gateway", "serve"], log_path, env=env, cwd=directory)
-    return Gateway(f"http://{HOST}:{port}", token, child, log_path)
+    child = processes.start(
+        [python, "-m", "gateway", "serve"], log_path, env=setup.env, cwd=setup.directory
+    )
+    return Gateway(setup.url, setup.token, child, log_path)
 
 
 async def create_source(
@@ -289,13 +181,7 @@ async def create_source(
             "retry": {"attempts": 2, "perTryTimeout": 1},
         },
     }
-    async with http.post(
-        f"{gateway.url}/api/datasources", json=body, headers=gateway.auth
-    ) as response:
-        text = await response.text()
-        if response.status != 200:
-            raise BenchError(f"creating the source: {response.status} {text[:300]}")
-        uid = str((await response.json())["datasource"]["uid"])
+    uid = await post_source(http, gateway.url, gateway.auth, body)
     async with http.get(f"{gateway.url}/api/datasources/uid/{uid}", headers=gateway.auth) as got:
         stored: dict[str, Any] = await got.json()
     kept = stored.get("jsonData", {}).get("replicaUrls") == replica_urls
@@ -970,23 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.prometheus or not os.access(args.prometheus, os.X_OK):
         print("bench/failover.py needs Prometheus: apt-get install prometheus (or --prometheus)")
         return 0
-    started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="gw-failover-bench-"))
-    try:
-        asyncio.run(run_all(args, workdir))
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted: everything stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\ntotal run time {time.monotonic() - started:.1f} s")
-    return 0
+    return run_bench("gw-failover-bench-", lambda workdir: run_all(args, workdir), keep=args.keep)
 
 
 if __name__ == "__main__":

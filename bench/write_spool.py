@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import os
 import random
@@ -59,10 +58,8 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,8 +68,19 @@ from typing import Any
 
 import aiohttp
 
+# bench/_processes.py: the script's own directory is on the path
+from _processes import (
+    HOST,
+    BenchError,
+    Processes,
+    free_port,
+    gateway_setup,
+    post_source,
+    run_bench,
+    wait_ready,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 BASE_NS = 1_700_000_000 * 1_000_000_000  # 2023-11-14: the durability batches, one second each
 POOL_BASE_NS = 1_690_000_000 * 1_000_000_000  # the pass-through / spooling pool, elsewhere
 MEASUREMENTS = ("cpu", "mem", "disk", "net")
@@ -82,58 +90,7 @@ REPLAY_TARGET = 5 * 20_000.0
 PASS_THROUGH_SLACK = 0.10
 
 
-class BenchError(Exception):
-    """Something the benchmark needs did not work; printed as one line, exit code 1."""
-
-
 # --- processes ----------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """Runs in each child before exec: SIGKILL it if this script dies (even by kill -9)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class Processes:
-    """Every child this script started; `stop_all` ends those still alive."""
-
-    def __init__(self) -> None:
-        self._children: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self, argv: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        # From the main thread only: PR_SET_PDEATHSIG fires when the forking *thread* ends.
-        with log_path.open("ab") as log:
-            child = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=log_path.parent,
-                start_new_session=True,  # Ctrl-C reaches only this script, which stops them
-                preexec_fn=_die_with_parent,
-            )
-        self._children.append(child)
-        return child
-
-    def stop_all(self, grace: float = 5.0) -> None:
-        alive = [child for child in self._children if child.poll() is None]
-        for child in alive:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGCONT)
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in alive:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    child.kill()
-                child.wait(timeout=5)
-        self._children.clear()
 
 
 def kill_9(child: subprocess.Popen[bytes]) -> None:
@@ -149,47 +106,6 @@ def cpu_seconds(pid: int | None) -> float:
     except (OSError, IndexError):
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-async def wait_ready(
-    http: aiohttp.ClientSession,
-    url: str,
-    child: subprocess.Popen[bytes],
-    what: str,
-    log_path: Path,
-    timeout: float = 30.0,
-) -> None:
-    """Until `url` answers 2xx; fails early when the process exits."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise BenchError(
-                f"{what} exited with code {child.returncode}; its log ({log_path}):\n"
-                + log_tail(log_path)
-            )
-        try:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
-                if 200 <= response.status < 300:
-                    return
-                last = f"status {response.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            last = repr(exc)
-        await asyncio.sleep(0.05)
-    raise BenchError(f"{what} did not answer {url} within {timeout:g} s ({last})")
 
 
 class Influx:
@@ -312,30 +228,15 @@ class Gateway:
 
 
 def make_gateway(python: str, workdir: Path) -> Gateway:
-    directory = workdir / "gateway"
-    (directory / "provisioning").mkdir(parents=True)
-    config = directory / "gateway.toml"
-    config.write_text("# benchmark: every setting at its default, the rest from GATEWAY_*\n")
-    token = "dsg_bench_" + secrets.token_urlsafe(24)
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
-    env.update(
+    setup = gateway_setup(
+        workdir,
         {
-            "GATEWAY_CONFIG": str(config),
-            "GATEWAY_DATA_DIR": str(directory / "data"),
-            "GATEWAY_PROVISIONING_PATH": str(directory / "provisioning"),
-            "GATEWAY_ADMIN_TOKEN": token,
-            "GATEWAY_HOST": HOST,
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_LOG_LEVEL": "warning",
-            "GATEWAY_LOG_FORMAT": "json",
-            "GATEWAY_DRAIN_TIMEOUT": "2",
             "GATEWAY_HEALTH_INTERVAL": "1",
             "GATEWAY_HEALTH_TIMEOUT": "1",
             "GATEWAY_SPOOL_MAX_BYTES": str(8 << 30),
-        }
+        },
     )
-    return Gateway(f"http://{HOST}:{port}", token, env, directory / "gateway.log", python)
+    return Gateway(setup.url, setup.token, setup.env, setup.directory / "gateway.log", python)
 
 
 async def create_source(http: aiohttp.ClientSession, gateway: Gateway, influx: Influx) -> str:
@@ -350,13 +251,7 @@ async def create_source(http: aiohttp.ClientSession, gateway: Gateway, influx: I
         "secureJsonData": {"password": influx.password},
         "jsonData": {"version": "InfluxQL"},
     }
-    async with http.post(
-        f"{gateway.url}/api/datasources", json=body, headers=gateway.auth
-    ) as response:
-        text = await response.text()
-        if response.status != 200:
-            raise BenchError(f"creating the source: {response.status} {text[:300]}")
-        return str((await response.json())["datasource"]["uid"])
+    return await post_source(http, gateway.url, gateway.auth, body)
 
 
 async def gateway_metrics(http: aiohttp.ClientSession, gateway: Gateway) -> dict[str, float]:
@@ -869,25 +764,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.access(args.influxd, os.X_OK):
         print("bench/write_spool.py needs influxd 1.x: apt-get install influxdb (or --influxd)")
         return 0
-    started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="gw-write-spool-bench-"))
     processes = Processes()
-    try:
-        asyncio.run(run_all(args, workdir, processes))
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted: everything stopped", file=sys.stderr)
-        return 130
-    finally:
-        processes.stop_all()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\ntotal run time {time.monotonic() - started:.1f} s")
-    return 0
+    return run_bench(
+        "gw-write-spool-bench-",
+        lambda workdir: run_all(args, workdir, processes),
+        keep=args.keep,
+        cleanup=processes.stop_all,
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from gateway.api import influx_dto as dto
@@ -38,8 +37,6 @@ from gateway.upstream.influx import (
     list_v1_buckets,
     list_v2_buckets,
 )
-
-log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 

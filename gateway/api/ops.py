@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hmac
 import time
+from typing import Any
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from gateway import __version__
 from gateway.errors import INFLUX_CONTENT_TYPE, Unauthorized
+from gateway.health.probes import HealthCheck
+from gateway.health.state import SourceState
 from gateway.keys import LIFECYCLE, METRICS, MONITOR, PRINCIPAL, PRINCIPALS, SETTINGS, STORE
 from gateway.security.auth import token_from_header
 from gateway.version import commit
@@ -78,7 +81,7 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-async def _source_checks(request: web.Request) -> list[dict[str, str]]:
+async def _source_checks(request: web.Request) -> list[dict[str, Any]]:
     """One entry per monitored source with a result, named by the source's name — for a caller
     with a token, its own org's sources only. /health needs no token, and source names and
     probe messages must not leak across orgs, so an anonymous caller gets one summary entry."""
@@ -93,22 +96,33 @@ async def _source_checks(request: web.Request) -> list[dict[str, str]]:
     ]
     results = [(state, result) for state in states if (result := state.health_check()) is not None]
     if principal is None:
-        failing = sum(1 for _, result in results if result["status"] == "fail")
-        if not results:
-            return []
-        return [
-            {
-                "name": "sources",
-                "status": "fail" if failing else "pass",
-                "message": f"{len(results) - failing} of {len(results)} monitored sources pass; "
-                "send a token to see your org's sources",
-            }
-        ]
+        return [_anonymous_summary(results)] if results else []
     entries = [
         {"name": state.source.name, "status": result["status"], "message": result["message"]}
         for state, result in results
     ]
     return sorted(entries, key=lambda entry: entry["name"].lower())
+
+
+def _anonymous_summary(results: list[tuple[SourceState, HealthCheck]]) -> dict[str, Any]:
+    """How many sources pass and fail, without a name. A source with nothing to probe (no URL,
+    a SQL source's database address) passes its own check only to say so: it is counted apart,
+    never among the monitored sources that pass."""
+    monitored = [result for state, result in results if state.unprobed is None]
+    failing = sum(1 for result in monitored if result["status"] == "fail")
+    passing = len(monitored) - failing
+    not_probed = len(results) - len(monitored)
+    message = f"{passing} of {len(monitored)} monitored sources pass"
+    if not_probed:
+        message += f", {not_probed} not probed (nothing to probe)"
+    return {
+        "name": "sources",
+        "status": "fail" if failing else "pass",
+        "message": f"{message}; send a token to see your org's sources",
+        "passing": passing,
+        "failing": failing,
+        "notProbed": not_probed,
+    }
 
 
 async def _store_check(request: web.Request) -> dict[str, str]:

@@ -198,3 +198,39 @@ async def test_a_sql_source_keeps_its_database_address_and_is_not_probed(
     labels = {"org": "1", "source_uid": postgres.uid, "source_name": "orders-db",
               "source_type": "grafana-postgresql-datasource"}  # fmt: skip
     assert metrics_registry.get_sample_value("gateway_source_up", labels) is None
+
+
+async def test_the_anonymous_summary_counts_sources_not_probed_apart(
+    client: AppClient, schedule: Schedule
+) -> None:
+    """A source with nothing to probe passes its own check only to say so: the summary an
+    anonymous caller gets must not count it among the monitored sources that pass."""
+    store = client.app[STORE]
+    await store.create_source(1, DataSourceSpec(name="test-data", type="testdata"))
+    await store.create_source(
+        1, DataSourceSpec(name="orders-db", type="postgres", url="db.internal:5432")
+    )
+    down = await store.create_source(
+        1, DataSourceSpec(name="down", type="generic-http", url=closed_port_url())
+    )
+    await settled(schedule, down, "fail")
+
+    health = await (await client.get("/health")).json()
+    assert [check["name"] for check in health["checks"]] == ["store", "sources"]
+    summary = health["checks"][1]
+    assert summary == {
+        "name": "sources",
+        "status": "fail",
+        "message": "0 of 1 monitored sources pass, 2 not probed (nothing to probe); "
+        "send a token to see your org's sources",
+        "passing": 0,
+        "failing": 1,
+        "notProbed": 2,
+    }
+
+    await store.delete_source(1, down.id)
+    await schedule.monitor.synced()
+    summary = (await (await client.get("/health")).json())["checks"][1]
+    assert summary["status"] == "pass"
+    assert summary["message"].startswith("0 of 0 monitored sources pass, 2 not probed")
+    assert (summary["passing"], summary["failing"], summary["notProbed"]) == (0, 0, 2)

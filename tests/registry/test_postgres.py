@@ -9,22 +9,25 @@ Each test gets a fresh database on the session's PostgreSQL (tests/services/post
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 
 from gateway.bootstrap import open_registry
 from gateway.config import Settings
-from gateway.errors import StartupError
+from gateway.errors import RegistryUnavailable, StartupError
 from gateway.registry.cache import SourceCache
 from gateway.registry.interface import StoreUnusable
 from gateway.registry.models import Role
 from gateway.registry.postgres import PostgresBackend, PostgresRegistry
 from gateway.registry.postgres.backend import WATCH_APPLICATION_NAME
+from gateway.registry.postgres.failures import describe_database_error
 from gateway.registry.postgres.migrations import MIGRATIONS
 from gateway.registry.secrets import SecretBox, SecretKeyMismatch
 from gateway.registry.sqlite.migrations import MIGRATIONS as SQLITE_MIGRATIONS
@@ -371,3 +374,123 @@ class TestConnecting:
         with pytest.raises(StoreUnusable, match="no_such_database"):
             async with backend.open(SecretBox("k")):
                 pass
+
+
+class Relay:
+    """A TCP relay to the test's PostgreSQL that can stop passing bytes on: a frozen server, as
+    the gateway's connections see it, without freezing the session's server."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._passing = asyncio.Event()
+        self._passing.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        self._passing.clear()
+        try:
+            yield
+        finally:
+            self._passing.set()
+
+    async def close(self) -> None:
+        self._passing.set()
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _relay(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.target_port)
+        for source, sink in ((client_in, server_out), (server_in, client_out)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self._passing.wait()
+                sink.write(data)
+                await sink.drain()
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+
+@pytest.fixture
+async def relayed_url(
+    postgres_server: PostgresServer, postgres_url: str
+) -> AsyncIterator[tuple[str, Relay]]:
+    """The test's database through a relay that the test may freeze; the URL carries a password
+    (the server trusts loopback, so it is not checked) that no message may show."""
+    relay = Relay(postgres_server.port)
+    port = await relay.start()
+    database = postgres_url.rsplit("/", 1)[1]
+    try:
+        yield f"postgresql://{postgres_server.user}:{SECRET}@127.0.0.1:{port}/{database}", relay
+    finally:
+        await relay.close()
+
+
+class TestOutageReason:
+    """What a 503 says when the database cannot be reached: what failed, in words, as probes say
+    it for upstreams; never the DSN's password, never a Python class name."""
+
+    async def test_a_frozen_server_is_a_timeout_with_its_seconds(
+        self, relayed_url: tuple[str, Relay]
+    ) -> None:
+        url, relay = relayed_url
+        backend = PostgresBackend(url, query_timeout=1.0, keepalive_seconds=30)
+        async with backend.open(SecretBox("k")) as registry:
+            with relay.frozen(), pytest.raises(RegistryUnavailable) as refused:
+                await registry.list_sources()
+        message = str(refused.value)
+        assert message == "registry database unavailable: PostgreSQL did not answer in time (1 s)"
+
+    async def test_a_refused_connection_says_so(self) -> None:
+        url = closed_port_url().replace("http://", f"postgresql://gw:{SECRET}@") + "/registry"
+        with pytest.raises(ConnectionRefusedError) as refused:
+            await asyncpg.connect(url, timeout=5)
+        assert describe_database_error(refused.value, timeout=5) == "connection refused"
+
+    async def test_credentials_the_server_refuses_are_an_authentication_failure(
+        self, postgres_server: PostgresServer
+    ) -> None:
+        url = postgres_server.url().replace(f"{postgres_server.user}@", f"nobody:{SECRET}@")
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            await asyncpg.connect(url, timeout=5)
+        assert describe_database_error(refused.value, timeout=5) == "authentication failed"
+
+    async def test_a_connection_the_server_ended_says_so(
+        self, postgres_url: str, raw: asyncpg.Connection[asyncpg.Record]
+    ) -> None:
+        doomed = await asyncpg.connect(postgres_url)
+        await raw.execute("SELECT pg_terminate_backend($1)", doomed.get_server_pid())
+        await asyncio.sleep(0.1)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)) as lost:
+            await doomed.fetchval("SELECT 1")
+        assert describe_database_error(lost.value, timeout=5) == "the connection was closed"
+
+    async def test_the_change_watch_logs_a_frozen_server_in_words(
+        self, relayed_url: tuple[str, Relay]
+    ) -> None:
+        url, relay = relayed_url
+        backend = PostgresBackend(url, query_timeout=1.0, keepalive_seconds=0.1)
+        event = "registry_change_watch_keepalive_failed"
+        async with backend.open(SecretBox("k")):
+            with relay.frozen(), structlog.testing.capture_logs() as logs:
+                await wait_until(lambda: any(entry["event"] == event for entry in logs), 5)
+        (failed,) = [entry for entry in logs if entry["event"] == event]
+        assert failed["error"] == "PostgreSQL did not answer in time (1 s)"

@@ -7,6 +7,7 @@ One database shared by every gateway of a cluster (`GATEWAY_DATABASE_URL=postgre
 - `migrations`: the numbered schema scripts, the SQLite backend's in PostgreSQL's dialect;
 - `registry`: `PostgresRegistry`, every query (reads, single writes, key rotation);
 - `batch` and `writes`: `PostgresBatch` and the statements single writes and batches share;
+- `failures`: what a 503 says when the server cannot be reached, in words;
 - `watch`: the change watch, LISTENing on its own connection for other gateways' NOTIFYs;
 - `rows`: the row layout of records.
 """

@@ -38,6 +38,7 @@ from gateway.registry.interface import ChangeListener, Mutation, OrgNameTaken
 from gateway.registry.models import DataSource, DataSourceSpec, Org, Principal, Role, TokenInfo
 from gateway.registry.postgres import schema, writes
 from gateway.registry.postgres.batch import PostgresBatch
+from gateway.registry.postgres.failures import describe_database_error
 from gateway.registry.postgres.rows import (
     SOURCE_COLUMNS,
     RowReader,
@@ -76,12 +77,6 @@ UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def unreachable_reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "PostgreSQL did not answer in time"
-    return str(exc) or type(exc).__name__
 
 
 def _reachable(
@@ -162,7 +157,7 @@ class PostgresRegistry:
     def unreachable(self, exc: BaseException) -> RegistryUnavailable:
         """The domain error for a query that did not reach the server, which counts as lost."""
         self.connection_lost()
-        return RegistryUnavailable(unreachable_reason(exc))
+        return RegistryUnavailable(describe_database_error(exc, timeout=self._timeout))
 
     def connection_restored(self) -> None:
         """The change watch is LISTENing again: the server is back, and notifications sent

@@ -21,6 +21,8 @@ import asyncpg
 import structlog
 from asyncpg import Record
 
+from gateway.registry.postgres.failures import describe_database_error
+
 log = structlog.get_logger(__name__)
 
 # What losing the connection (or failing to make it) may raise.
@@ -103,7 +105,7 @@ class ChangeWatch:
             try:
                 await asyncio.wait_for(conn.fetchval("SELECT 1"), self._query_timeout)
             except CONNECTION_ERRORS as exc:
-                log.warning("registry_change_watch_keepalive_failed", error=str(exc))
+                log.warning("registry_change_watch_keepalive_failed", error=self._describe(exc))
                 return
 
     async def _reconnect(self) -> asyncpg.Connection[Record]:
@@ -113,10 +115,16 @@ class ChangeWatch:
                 return await self._listen()
             except CONNECTION_ERRORS as exc:
                 log.warning(
-                    "registry_change_watch_reconnect_failed", error=str(exc), retry_in=delay
+                    "registry_change_watch_reconnect_failed",
+                    error=self._describe(exc),
+                    retry_in=delay,
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+    def _describe(self, exc: BaseException) -> str:
+        # In words, as the registry's 503s say it: a timeout's own text is empty.
+        return describe_database_error(exc, timeout=self._query_timeout)
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None

@@ -1,9 +1,12 @@
 """The statements that change data sources, run on a connection inside an open transaction.
 
 Shared by single writes (`PostgresRegistry`) and batches (`PostgresBatch`), which differ only in
-who opens and commits the transaction. Every write transaction holds the registry's write lock
-(see `PostgresRegistry._write`), as SQLite's `BEGIN IMMEDIATE` does: names, defaults and
-versions are read and written with no other writer in between, on any gateway.
+who opens and commits the transaction. What a write decides (a new source's name, uid and
+default; when a delete is refused) is the same for every backend: gateway/registry/write_rules.py.
+
+Every write transaction holds the registry's write lock (see `PostgresRegistry._write`), as
+SQLite's `BEGIN IMMEDIATE` does: names, defaults and versions are read and written with no
+other writer in between, on any gateway.
 
 A statement that may break a unique constraint runs in a savepoint: in PostgreSQL a failed
 statement spoils the whole transaction, in SQLite it does not, and a batch caller that catches
@@ -12,7 +15,6 @@ the domain error may go on.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -23,11 +25,9 @@ from asyncpg.pool import PoolConnectionProxy
 from gateway.errors import (
     DataSourceNotFound,
     NameConflict,
-    ReadOnlySourceDelete,
     UidConflict,
     VersionConflict,
 )
-from gateway.registry.identifiers import available_name, new_uid
 from gateway.registry.interface import Mutation
 from gateway.registry.models import DataSource, DataSourceSpec, Role
 from gateway.registry.postgres.migrations import SOURCE_NAME_KEY, SOURCE_UID_KEY
@@ -40,6 +40,7 @@ from gateway.registry.postgres.rows import (
     source_of,
 )
 from gateway.registry.secrets import SecretBox
+from gateway.registry.write_rules import check_deletable, new_source, updated_source
 
 # A connection from the pool (generic only to the type checker).
 Db: TypeAlias = "PoolConnectionProxy[Record]"
@@ -72,11 +73,7 @@ async def create_source(
     provisioned_by: str | None,
 ) -> DataSource:
     stamp = now()
-    names = await _names(db, org_id)
-    name = spec.name or available_name(spec.type, names)
-    uid = spec.uid or new_uid()
-    is_default = spec.is_default or not names
-    stored = dataclasses.replace(spec, name=name, uid=uid, is_default=is_default)
+    stored = new_source(spec, await _names(db, org_id))
     try:
         async with db.transaction():
             source_id: int = await db.fetchval(
@@ -84,7 +81,7 @@ async def create_source(
             )
     except asyncpg.UniqueViolationError as exc:
         raise _conflict(exc) from exc
-    if is_default:
+    if stored.is_default:
         await _clear_other_defaults(db, org_id, source_id)
     return source_of(await source_row(db, org_id, source_id), box)
 
@@ -101,7 +98,7 @@ async def update_source(
 ) -> DataSource:
     current = source_of(await source_row(db, org_id, source_id, lock=True), box)
     spec = mutate(current)
-    stored = dataclasses.replace(spec, uid=spec.uid or current.uid)
+    stored = updated_source(spec, current)
     # The version read above is re-checked by the UPDATE itself, and `expected_version` with it.
     try:
         async with db.transaction():
@@ -134,10 +131,7 @@ async def delete_source(
     check: Callable[[DataSource], object] | None,
 ) -> DataSource:
     source = source_of(await source_row(db, org_id, source_id, lock=True), box)
-    if check is not None:
-        check(source)
-    if source.read_only and not allow_read_only:
-        raise ReadOnlySourceDelete()
+    check_deletable(source, allow_read_only=allow_read_only, check=check)
     await db.execute("DELETE FROM data_source WHERE id = $1 AND org_id = $2", source_id, org_id)
     return source
 

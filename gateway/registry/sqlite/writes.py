@@ -1,12 +1,12 @@
 """The statements that change data sources, run on a connection inside an open transaction.
 
 Shared by single writes (`SqliteRegistry`) and batches (`SqliteBatch`), which differ only in
-who opens and commits the transaction.
+who opens and commits the transaction. What a write decides (a new source's name, uid and
+default; when a delete is refused) is the same for every backend: gateway/registry/write_rules.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Callable
 from typing import Any
@@ -16,11 +16,9 @@ import aiosqlite
 from gateway.errors import (
     DataSourceNotFound,
     NameConflict,
-    ReadOnlySourceDelete,
     UidConflict,
     VersionConflict,
 )
-from gateway.registry.identifiers import available_name, new_uid
 from gateway.registry.interface import Mutation
 from gateway.registry.models import DataSource, DataSourceSpec, Role
 from gateway.registry.secrets import SecretBox
@@ -31,6 +29,7 @@ from gateway.registry.sqlite.rows import (
     now,
     source_of,
 )
+from gateway.registry.write_rules import check_deletable, new_source, updated_source
 
 _INSERT = (
     f"INSERT INTO data_source (org_id, {', '.join(WRITABLE_COLUMNS)}, version, created, updated, "
@@ -52,11 +51,7 @@ async def create_source(
     provisioned_by: str | None,
 ) -> DataSource:
     stamp = now()
-    names = await _names(db, org_id)
-    name = spec.name or available_name(spec.type, names)
-    uid = spec.uid or new_uid()
-    is_default = spec.is_default or not names
-    stored = dataclasses.replace(spec, name=name, uid=uid, is_default=is_default)
+    stored = new_source(spec, await _names(db, org_id))
     try:
         cursor = await db.execute(
             _INSERT, (org_id, *column_values(stored, box), stamp, stamp, provisioned_by)
@@ -65,7 +60,7 @@ async def create_source(
         raise _conflict(exc) from exc
     source_id = cursor.lastrowid
     assert source_id is not None
-    if is_default:
+    if stored.is_default:
         await _clear_other_defaults(db, org_id, source_id)
     return source_of(await source_row(db, org_id, source_id), box)
 
@@ -89,7 +84,7 @@ async def update_source(
     if expected_version is not None:
         condition += " AND version <= ?"
         params.append(expected_version)
-    stored = dataclasses.replace(spec, uid=spec.uid or current.uid)
+    stored = updated_source(spec, current)
     try:
         cursor = await db.execute(
             f"{_UPDATE} WHERE {condition}",
@@ -114,10 +109,7 @@ async def delete_source(
     check: Callable[[DataSource], object] | None,
 ) -> DataSource:
     source = source_of(await source_row(db, org_id, source_id), box)
-    if check is not None:
-        check(source)
-    if source.read_only and not allow_read_only:
-        raise ReadOnlySourceDelete()
+    check_deletable(source, allow_read_only=allow_read_only, check=check)
     await db.execute("DELETE FROM data_source WHERE id = ? AND org_id = ?", (source_id, org_id))
     return source
 
