@@ -18,7 +18,7 @@ import pytest
 
 from gateway.query import durations as d
 from gateway.query.exchange import UpstreamResponse
-from gateway.query.frames import frame_dict
+from gateway.query.frames import frame_dict, frame_json
 from gateway.query.prometheus import (
     PrometheusQuery,
     convert_prometheus_response,
@@ -411,7 +411,6 @@ def test_the_matrix_fast_path_reads_pairs_only() -> None:
         "[[1],[2,3,4]]",
         '[[1,"2",3]]',
         '[[1,"x"]]',
-        '[ [1, "2"] ]',
         '[[1,"2"],[2,"3","4"]]',
         '[[1,"2"],[true,"3"]]',
         '[[1,"null"]]',
@@ -421,8 +420,54 @@ def test_the_matrix_fast_path_reads_pairs_only() -> None:
     )
     for odd in odd_values:
         assert _read_matrix_fast(matrix(odd), dataplane=True) is None, odd
+    # spaced out: not Prometheus' own spelling, but pairs still, read point by point
+    assert fast_columns('[ [1, "2"] ]') == ([1000], [2])
     (spaced,) = read_prom_style(matrix('[ [1, "2"] ]'), dataplane=True).frames
     assert list(spaced.fields[1].values) == [2]
+
+
+def test_the_matrix_fast_path_keeps_prometheus_numbers_and_shares_a_time_grid() -> None:
+    """Values go out as the text Prometheus wrote (its strconv 'f' spelling is the SDK's
+    WriteFloat64 spelling between 1e-6 and 1e21: "895", not "895.0"); series on one regular
+    grid of whole seconds share one time column; times off the grid are read one by one."""
+
+    def matrix(*series: str) -> bytes:
+        listed = ",".join(f'{{"metric":{{"i":"{i}"}},"values":{v}}}' for i, v in enumerate(series))
+        return (
+            b'{"status":"success","data":{"resultType":"matrix","result":['
+            + listed.encode()
+            + b"]}}"
+        )
+
+    on_grid = '[[1700000000,"895"],[1700000015,"0.000001"],[1700000030,"-12.5"]]'
+    answer = _read_matrix_fast(matrix(on_grid, on_grid, '[[1700000000,"1"]]'), dataplane=True)
+    assert answer is not None
+    first, second, single = answer.frames
+    assert first.fields[0].values is second.fields[0].values
+    assert frame_json(first).endswith(
+        b'"data":{"values":[[1700000000000,1700000015000,1700000030000],[895,0.000001,-12.5]]}}'
+    )
+    assert list(single.fields[0].values) == [1700000000000]
+    cases = {
+        '[[15,"1"],[45,"2"],[60,"3"]]': [15000, 45000, 60000],  # a gap
+        '[[60,"1"],[45,"2"]]': [60000, 45000],  # backwards
+        '[[15,"1"],[30.5,"2"],[46,"3"]]': [15000, 30500, 46000],  # a fraction
+        '[[15,"1"],[3e1,"2"],[45,"3"]]': [15000, 30000, 45000],  # another spelling
+        '[[-30,"1"],[-15,"2"],[0,"3"]]': [-30000, -15000, 0],
+        '[[9007199254741,"1"],[9007199254742,"2"]]': [9007199254741000, 9007199254742000],
+    }
+    for values, times in cases.items():
+        answer = _read_matrix_fast(matrix(values), dataplane=True)
+        assert answer is not None, values
+        assert list(answer.frames[0].fields[0].values) == times, values
+        assert list(answer.frames[0].fields[1].values) == [1, 2, 3][: len(times)], values
+    # numbers JSON cannot spell as Prometheus wrote them: read as Go's ParseFloat reads them
+    for text, number in (("+1", 1.0), (".5", 0.5), ("01", 1.0), ("1.", 1.0)):
+        answer = _read_matrix_fast(matrix(f'[[1,"{text}"]]'), dataplane=True)
+        assert answer is not None, text
+        assert list(answer.frames[0].fields[1].values) == [number], text
+    for odd in ('[[1,""]]', '[[1,"1e"]]', '[[1,"1}"]]', '[[1,"--1"]]', '[[1,"1,2"]]'):
+        assert _read_matrix_fast(matrix(odd), dataplane=True) is None, odd
 
 
 def exemplar_query(step_s: int) -> PrometheusQuery:
