@@ -250,25 +250,35 @@ def _string_frame(pair: Any) -> Frame:
 
 def _streams_frame(streams: list[Any]) -> Frame:
     labels_column: list[Any] = []
-    times: list[int] = []
-    lines: list[str] = []
     stamps: list[str] = []
+    lines: list[str] = []
     for stream in streams:
         labels = {key: stream["stream"][key] for key in sorted(stream.get("stream") or {})}
         for stamp, line, *_ in stream.get("values") or ():
             labels_column.append(labels)
-            times.append(loki_time_ms(stamp))
             lines.append(line)
             stamps.append(stamp)
-    return Frame(
-        fields=[
-            Field("__labels", FieldType.JSON, labels_column),
-            Field("Time", FieldType.TIME, times),
-            Field("Line", FieldType.STRING, lines),
-            Field("TS", FieldType.STRING, stamps),
-        ],
-        meta=frame_meta(),
-    )
+    return _log_frame(labels_column, stamps, lines)
+
+
+def _log_frame(
+    labels_column: list[Any], stamps: list[str], lines: list[str], types_column: Any = None
+) -> Frame:
+    """`__labels`, `Time` (with the nanoseconds past each millisecond, as the SDK writes a
+    time.Time finer than that), `Line`, `TS` (the nanoseconds as Loki wrote them), and
+    `__labelTypes` when given."""
+    nanoseconds = [loki_time_ns(stamp) for stamp in stamps]
+    times = [value // 1_000_000 for value in nanoseconds]
+    nanos = [value % 1_000_000 for value in nanoseconds]
+    fields = [
+        Field("__labels", FieldType.JSON, labels_column),
+        Field("Time", FieldType.TIME, times, nanos=nanos if any(nanos) else None),
+        Field("Line", FieldType.STRING, lines),
+        Field("TS", FieldType.STRING, stamps),
+    ]
+    if types_column is not None:
+        fields.append(Field("__labelTypes", FieldType.JSON, types_column))
+    return Frame(fields=fields, meta=frame_meta())
 
 
 def _categorized_streams_frame(streams: list[Any]) -> Frame:
@@ -278,7 +288,6 @@ def _categorized_streams_frame(streams: list[Any]) -> Frame:
     a later kind winning a shared name) and `__labelTypes` says which is which: "I", "S", "P"."""
     labels_column: list[Any] = []
     types_column: list[Any] = []
-    times: list[int] = []
     lines: list[str] = []
     stamps: list[str] = []
     for stream in streams:
@@ -299,19 +308,9 @@ def _categorized_streams_frame(streams: list[Any]) -> Frame:
                     kinds[name] = kind
             labels_column.append({name: merged[name] for name in sorted(merged)})
             types_column.append({name: kinds[name] for name in sorted(kinds)})
-            times.append(loki_time_ms(stamp))
             lines.append(line)
             stamps.append(stamp)
-    return Frame(
-        fields=[
-            Field("__labels", FieldType.JSON, labels_column),
-            Field("Time", FieldType.TIME, times),
-            Field("Line", FieldType.STRING, lines),
-            Field("TS", FieldType.STRING, stamps),
-            Field("__labelTypes", FieldType.JSON, types_column),
-        ],
-        meta=frame_meta(),
-    )
+    return _log_frame(labels_column, stamps, lines, types_column)
 
 
 def _string_map(value: object) -> dict[str, str]:
@@ -399,10 +398,10 @@ def time_ms(seconds: Any) -> int:
         raise PromStyleError(f"time out of range: {seconds!r}") from None
 
 
-def loki_time_ms(nanoseconds: str) -> int:
-    """converter.timeFromLokiString, in milliseconds (what the frame JSON carries)."""
+def loki_time_ns(nanoseconds: str) -> int:
+    """converter.timeFromLokiString, in nanoseconds."""
     try:
-        return int(nanoseconds) // 1_000_000
+        return int(nanoseconds)
     except ValueError:
         raise PromStyleError(
             f"unexpected time format '{nanoseconds}' in response. response may have been truncated"
