@@ -32,7 +32,9 @@ from gateway.query.timerange import TimeRange
 from .frames import TIME, float_field, string_field
 
 
-def query(expr: str = "", step_s: int = 1, legend: str = "") -> PrometheusQuery:
+def query(
+    expr: str = "", step_s: int = 1, legend: str = "", *, exemplar: bool = False
+) -> PrometheusQuery:
     return PrometheusQuery(
         ref_id="A",
         expr=expr,
@@ -44,6 +46,7 @@ def query(expr: str = "", step_s: int = 1, legend: str = "") -> PrometheusQuery:
         instant=False,
         legend_format=legend,
         format="time_series",
+        exemplar=exemplar,
     )
 
 
@@ -187,39 +190,49 @@ def test_matrix_with_nans_golden() -> None:
     }
 
 
-def test_scalar_and_string_goldens() -> None:
-    scalar = {
-        "status": "success",
-        "data": {"resultType": "scalar", "result": [1651680139.104, "2.482e-05"]},
-    }
-    assert converter_frames(scalar) == [
+@pytest.mark.parametrize(
+    ("result_type", "result", "frame_type", "type_version", "value_field", "value"),
+    [
+        pytest.param(
+            "scalar",
+            [1651680139.104, "2.482e-05"],
+            "numeric-multi",
+            [0, 1],
+            float_field("Value", labels={}),
+            0.00002482,
+            id="scalar",
+        ),
+        pytest.param(
+            "string",
+            [1651680139.104, "example"],
+            "timeseries-multi",
+            [0, 0],
+            string_field("Value", labels={}),
+            "example",
+            id="string",
+        ),
+    ],
+)
+def test_scalar_and_string_goldens(
+    result_type: str,
+    result: list[Any],
+    frame_type: str,
+    type_version: list[int],
+    value_field: dict[str, Any],
+    value: Any,
+) -> None:
+    body = {"status": "success", "data": {"resultType": result_type, "result": result}}
+    assert converter_frames(body) == [
         {
             "schema": {
                 "meta": {
-                    "type": "numeric-multi",
-                    "typeVersion": [0, 1],
-                    "custom": {"resultType": "scalar"},
+                    "type": frame_type,
+                    "typeVersion": type_version,
+                    "custom": {"resultType": result_type},
                 },
-                "fields": [TIME, float_field("Value", labels={})],
+                "fields": [TIME, value_field],
             },
-            "data": {"values": [[1651680139104], [0.00002482]]},
-        }
-    ]
-    string = {
-        "status": "success",
-        "data": {"resultType": "string", "result": [1651680139.104, "example"]},
-    }
-    assert converter_frames(string) == [
-        {
-            "schema": {
-                "meta": {
-                    "type": "timeseries-multi",
-                    "typeVersion": [0, 0],
-                    "custom": {"resultType": "string"},
-                },
-                "fields": [TIME, string_field("Value", labels={})],
-            },
-            "data": {"values": [[1651680139104], ["example"]]},
+            "data": {"values": [[1651680139104], [value]]},
         }
     ]
 
@@ -471,19 +484,7 @@ def test_the_matrix_fast_path_keeps_prometheus_numbers_and_shares_a_time_grid() 
 
 
 def exemplar_query(step_s: int) -> PrometheusQuery:
-    return PrometheusQuery(
-        ref_id="A",
-        expr="rpc_seconds_bucket",
-        step_ns=step_s * d.SECOND,
-        start_ms=0,
-        end_ms=0,
-        utc_offset_s=0,
-        range=True,
-        instant=False,
-        legend_format="",
-        format="time_series",
-        exemplar=True,
-    )
+    return query("rpc_seconds_bucket", step_s, exemplar=True)
 
 
 def test_stddev_sampler_golden() -> None:
