@@ -18,7 +18,13 @@ in 64 KiB chunks, handing each to a MatrixFeed that converts every series as soo
 and writes the answer; it reports the total and the part after the upstream's last byte.
 
     .venv/bin/python bench/frames.py [--points 10000] [--series 100] [--rounds 3]
-                                     [--prometheus [--expr 'rate(node_cpu_seconds_total[1m])']]
+                                     [--prometheus [--expr 'rate(node_cpu_seconds_total[1m])']
+                                      [--save-body FILE]]
+                                     [--body FILE] [--only streamed]
+
+`--save-body` keeps Prometheus' answer, `--body` converts a kept one instead of building one:
+an A/B run of two trees (`PYTHONPATH=<a copy of the other tree>`) then converts the very same
+bytes without starting Prometheus again.
 
 A benchmark, not a test: it prints figures and fails on nothing.
 """
@@ -248,6 +254,8 @@ def fed_while_arriving(url: str, points: int, end_s: int, rounds: int) -> None:
     )
 
 
+CONVERSIONS = {"fast path": fast_path, "streamed": streamed, "full parse": full_parse}
+
 # The PromQL Prometheus is asked (`--expr`): the bare selector is the cheapest for it.
 EXPRESSION = ["node_cpu_seconds_total"]
 
@@ -272,6 +280,9 @@ def main() -> None:
     parser.add_argument(
         "--expr", default=EXPRESSION[0], help="the PromQL asked of Prometheus (--prometheus)"
     )
+    parser.add_argument("--save-body", type=Path, help="keep Prometheus' answer in this file")
+    parser.add_argument("--body", type=Path, help="convert this kept answer")
+    parser.add_argument("--only", choices=sorted(CONVERSIONS), help="one conversion only")
     options = parser.parse_args()
     EXPRESSION[0] = options.expr
     if options.prometheus:
@@ -282,15 +293,19 @@ def main() -> None:
             body = prometheus_answer(url, pid, options.points, end_s, options.rounds)
             fed_while_arriving(url, options.points, end_s, options.rounds)
             gc.collect()
+        if options.save_body is not None:
+            options.save_body.write_bytes(body)
+    elif options.body is not None:
+        body = options.body.read_bytes()
     else:
         body = matrix_body(options.points, options.series)
     print(
         f"matrix: {options.series} series x {options.points} points = "
         f"{options.series * options.points:,} points, upstream body {len(body) / 2**20:.1f} MiB"
     )
-    measure("fast path", fast_path, body, options.rounds)
-    measure("streamed", streamed, body, options.rounds)
-    measure("full parse", full_parse, body, options.rounds)
+    for name, convert in CONVERSIONS.items():
+        if options.only in (None, name):
+            measure(name, convert, body, options.rounds)
 
 
 if __name__ == "__main__":

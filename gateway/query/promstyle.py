@@ -516,7 +516,8 @@ class MatrixFeed:
         if tail is None or (not tail.group(1) and tail.end() == len(buffer)):
             self._search_from = close  # the same "}" again, once more has come
             return False  # whether another series follows is not known yet
-        values = bytes(buffer[head.end() - 1 : close]).rstrip()
+        with memoryview(buffer) as view:  # one copy of the series' text, not two
+            values = bytes(view[head.end() - 1 : close]).rstrip()
         frame = _fast_series_frame(values, head.group(1), self._dataplane, self._grids)
         if frame is None:
             self._failed = True
@@ -618,7 +619,12 @@ def _numeric_columns(values: bytes, grids: TimeGrids) -> Columns | None:
     points = len(pieces) // 2
     if points < 1 or len(pieces) % 2 == 0:
         return None
-    value_column = _number_column(b",".join(pieces[1::2]), points)
+    value_pieces = pieces[1::2]
+    # The brackets go on in the join, which then makes the column in one copy.
+    value_pieces[0] = b"[" + value_pieces[0]
+    value_pieces[-1] += b"]"
+    value_column = _number_column(b",".join(value_pieces), points)
+    del value_pieces
     if value_column is None:
         return None
     time_text = b"".join(pieces[0::2])
@@ -629,11 +635,11 @@ def _numeric_columns(values: bytes, grids: TimeGrids) -> Columns | None:
     return times, value_column
 
 
-def _number_column(text: bytes, points: int) -> EncodedColumn | None:
-    """`text` (comma-separated) as a column, if it is exactly `points` finite JSON numbers."""
-    if text.translate(None, _NUMBER_TEXT):
-        return None  # letters (NaN, Inf, true, null), brackets, braces, spaces
-    encoded = b"[" + text + b"]"
+def _number_column(encoded: bytes, points: int) -> EncodedColumn | None:
+    """`encoded` (a bracketed, comma-separated list) as a column, if it is exactly `points`
+    finite JSON numbers."""
+    if encoded.translate(None, _NUMBER_TEXT) != b"[]":  # only its own two brackets
+        return None  # letters (NaN, Inf, true, null), brackets within, braces, spaces
     try:
         # orjson refuses what JSON does not allow ("+1", ".5", "01", "1.") and infinities.
         # An empty piece is refused too, so a piece holding a comma shows in the count.
