@@ -262,7 +262,10 @@ def _streams_frame(streams: list[Any]) -> Frame:
 
 
 def _log_frame(
-    labels_column: list[Any], stamps: list[str], lines: list[str], types_column: Any = None
+    labels_column: list[Any],
+    stamps: list[str],
+    lines: list[str],
+    types_column: list[Any] | None = None,
 ) -> Frame:
     """`__labels`, `Time` (with the nanoseconds past each millisecond, as the SDK writes a
     time.Time finer than that), `Line`, `TS` (the nanoseconds as Loki wrote them), and
