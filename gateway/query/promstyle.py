@@ -612,9 +612,10 @@ def _numeric_columns(values: bytes, grids: TimeGrids) -> Columns | None:
        kept; orjson reads it once only to check that each piece is exactly one finite JSON
        number (NaN, "+Inf", 1e999 or "+1" take the text route, as Grafana's float parse
        would give them).
-    3. The time pieces joined are compared with the text of a regular grid of whole seconds
-       (Prometheus' range queries are one), whose milliseconds column is then written once for
-       every series on it (`TimeGrids`); other times are read and converted (`_listed_times`).
+    3. The time pieces, joined again by the quotes (so that where each one ends still shows),
+       are compared with the text of a regular grid of whole seconds (Prometheus' range
+       queries are one), whose milliseconds column is then written once for every series on
+       it (`TimeGrids`); other times are read and converted (`_listed_times`).
     """
     if values == b"[]":
         return EncodedColumn(b"[]", 0), EncodedColumn(b"[]", 0)
@@ -630,7 +631,8 @@ def _numeric_columns(values: bytes, grids: TimeGrids) -> Columns | None:
     del value_pieces
     if value_column is None:
         return None
-    time_text = b"".join(pieces[0::2])
+    # `[[<t0>,"],[<t1>,"],...,"]]`: the array with its values emptied.
+    time_text = b'"'.join(pieces[0::2])
     del pieces
     times = grids.column(time_text, points) or _listed_times(time_text, points)
     if times is None:
@@ -655,17 +657,18 @@ def _number_column(encoded: bytes, points: int) -> EncodedColumn | None:
 
 
 class TimeGrids:
-    """The time columns of regular grids of whole seconds, by the text of the time pieces they
-    come from. The series of one range answer are on the same grid (start + k * step), mostly
-    with the same points, so one column written serves them all; only the last one is kept."""
+    """The time columns of regular grids of whole seconds, by the text of the values array
+    they come from, its values emptied. The series of one range answer are on the same grid
+    (start + k * step), mostly with the same points, so one column written serves them all;
+    only the last grid is kept."""
 
     def __init__(self) -> None:
         self._text = b""
         self._column: EncodedColumn | None = None
 
     def column(self, time_text: bytes, points: int) -> EncodedColumn | None:
-        """The milliseconds column when `time_text` is exactly `[[<t0>,],[<t0 + step>,],...]]`
-        with whole seconds and a positive step, else None."""
+        """The milliseconds column when `time_text` is exactly `[[<t0>,"],[<t0 + step>,"],
+        ...,"]]` with whole seconds and a positive step, else None."""
         if time_text == self._text:
             return self._column
         column = _grid_column(time_text, points)
@@ -679,15 +682,15 @@ def _grid_column(time_text: bytes, points: int) -> EncodedColumn | None:
     try:
         first = int(time_text[2:first_end])
         step = 1
-        if points > 1:
-            second_end = time_text.find(b",", first_end + 4)
-            step = int(time_text[first_end + 4 : second_end]) - first
+        if points > 1:  # after `,"],[`
+            second_end = time_text.find(b",", first_end + 5)
+            step = int(time_text[first_end + 5 : second_end]) - first
     except ValueError:
         return None
     last = first + (points - 1) * step
     if step < 1 or max(abs(first), abs(last)) > _EXACT_SECONDS:
         return None
-    expected = b"".join(
+    expected = b'"'.join(
         (b"[[%d," % first, *map(b"],[%d,".__mod__, range(first + step, last + 1, step)), b"]]")
     )
     if expected != time_text:  # a gap, fractions, or other spellings: read them
@@ -697,12 +700,13 @@ def _grid_column(time_text: bytes, points: int) -> EncodedColumn | None:
 
 
 def _listed_times(time_text: bytes, points: int) -> Column | None:
-    """Times off a regular grid, from the joined time pieces `[[<t0>,],[<t1>,],...]]`."""
-    if not (time_text.startswith(b"[[") and time_text.endswith(b",]]")):
+    """Times off a regular grid, from the array with its values emptied,
+    `[[<t0>,"],[<t1>,"],...,"]]`: every time must sit between `,"],[` and `,"` exactly."""
+    if not (time_text.startswith(b"[[") and time_text.endswith(b',"]]')):
         return None
-    listed = time_text[2:-3].replace(b",],[", b",")
+    listed = time_text[2:-4].replace(b',"],[', b",")
     if listed.translate(None, _NUMBER_TEXT):
-        return None  # a separator of another shape (or letters)
+        return None  # a piece of another shape (or letters)
     try:
         stamps = orjson.loads(b"[" + listed + b"]")
     except orjson.JSONDecodeError:

@@ -479,7 +479,9 @@ def test_the_matrix_fast_path_keeps_prometheus_numbers_and_shares_a_time_grid() 
         answer = _read_matrix_fast(matrix(f'[[1,"{text}"]]'), dataplane=True)
         assert answer is not None, text
         assert list(answer.frames[0].fields[1].values) == [number], text
-    for odd in ('[[1,""]]', '[[1,"1e"]]', '[[1,"1}"]]', '[[1,"--1"]]', '[[1,"1,2"]]'):
+    # pieces cut elsewhere: the time pieces joined would read as the grid [1, 2]
+    off_grid = ('[[1,],["5"2,"6"]]', '[[1,],[2,"5""6"]]', '[[1,],["5"2,"6"],[3,"7"]]')
+    for odd in ('[[1,""]]', '[[1,"1e"]]', '[[1,"1}"]]', '[[1,"--1"]]', '[[1,"1,2"]]', *off_grid):
         assert _read_matrix_fast(matrix(odd), dataplane=True) is None, odd
 
 
