@@ -18,7 +18,13 @@ in 64 KiB chunks, handing each to a MatrixFeed that converts every series as soo
 and writes the answer; it reports the total and the part after the upstream's last byte.
 
     .venv/bin/python bench/frames.py [--points 10000] [--series 100] [--rounds 3]
-                                     [--prometheus [--expr 'rate(node_cpu_seconds_total[1m])']]
+                                     [--prometheus [--expr 'rate(node_cpu_seconds_total[1m])']
+                                      [--save-body FILE]]
+                                     [--body FILE] [--only streamed]
+
+`--save-body` keeps Prometheus' answer, `--body` converts a kept one instead of building one:
+an A/B run of two trees (`PYTHONPATH=<a copy of the other tree>`) then converts the very same
+bytes without starting Prometheus again.
 
 A benchmark, not a test: it prints figures and fails on nothing.
 """
@@ -194,38 +200,45 @@ def prometheus_answer(url: str, pid: int, points: int, end_s: int, rounds: int) 
     """Time Prometheus answering the query_range (wall clock, and the CPU time its process
     spent meanwhile, which a loaded machine disturbs less); its body."""
     form = _query_range_form(points, end_s)
-    timings = []
-    cpu_timings = []
+    timings, cpu_timings, heads = [], [], []
     body = b""
     for _ in range(rounds + 1):  # the first one warms Prometheus's caches: not counted
         started, cpu_started = time.perf_counter(), cpu_seconds(pid)
         with urllib.request.urlopen(f"{url}/api/v1/query_range", data=form, timeout=60) as answer:
+            heads.append(time.perf_counter() - started)
             body = answer.read()
         timings.append(time.perf_counter() - started)
         cpu_timings.append(cpu_seconds(pid) - cpu_started)
-    timings, cpu_timings = timings[1:], cpu_timings[1:]
+    timings, cpu_timings, heads = timings[1:], cpu_timings[1:], heads[1:]
     print(
         f"{'prometheus':<11} best {min(timings) * 1000:6.0f} ms  median "
-        f"{sorted(timings)[len(timings) // 2] * 1000:6.0f} ms  cpu best "
+        f"{_median(timings) * 1000:6.0f} ms  cpu best "
         f"{min(cpu_timings) * 1000:6.0f} ms  median "
-        f"{sorted(cpu_timings)[len(cpu_timings) // 2] * 1000:6.0f} ms  (query_range answered, "
-        f"{len(body) / 2**20:.1f} MiB)"
+        f"{_median(cpu_timings) * 1000:6.0f} ms  (query_range answered, "
+        f"{len(body) / 2**20:.1f} MiB; its head after {_median(heads) * 1000:.0f} ms, median)"
     )
     return body
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def fed_while_arriving(url: str, points: int, end_s: int, rounds: int) -> None:
     """As the route does it: the body read from Prometheus 64 KiB at a time, each chunk handed
     to a MatrixFeed, then the answer written (only counted). Times from the request to the
-    answer's last byte ("total"), and the part after the upstream's last byte ("after")."""
+    answer's last byte ("total"), and the part after the upstream's last byte ("after").
+    Prometheus encodes its whole answer before it writes the head, so what comes after the
+    head is the transfer, which the conversion rides on."""
     form = _query_range_form(points, end_s)
-    totals, tails, cpus = [], [], []
+    totals, tails, cpus, heads = [], [], [], []
     for _ in range(rounds + 1):
         gc.collect()
         started, cpu_started = time.perf_counter(), time.process_time()
         feed = MatrixFeed(dataplane=True)
         chunks = []
         with urllib.request.urlopen(f"{url}/api/v1/query_range", data=form, timeout=60) as answer:
+            heads.append(time.perf_counter() - started)
             while chunk := answer.read(64 * 1024):
                 chunks.append(chunk)
                 feed.feed(chunk)
@@ -238,15 +251,17 @@ def fed_while_arriving(url: str, points: int, end_s: int, rounds: int) -> None:
         totals.append(finished - started)
         tails.append(finished - last_byte)
         cpus.append(time.process_time() - cpu_started)
-    totals, tails, cpus = totals[1:], tails[1:], cpus[1:]
+    totals, tails, cpus, heads = totals[1:], tails[1:], cpus[1:], heads[1:]
     print(
         f"{'fed':<11} best {min(totals) * 1000:6.0f} ms  median "
-        f"{sorted(totals)[len(totals) // 2] * 1000:6.0f} ms  total, of which after the last "
+        f"{_median(totals) * 1000:6.0f} ms  total, of which after the last "
         f"byte: best {min(tails) * 1000:4.0f} ms  median "
-        f"{sorted(tails)[len(tails) // 2] * 1000:4.0f} ms  (cpu best {min(cpus) * 1000:4.0f} ms, "
-        "the HTTP client's included)"
+        f"{_median(tails) * 1000:4.0f} ms  (cpu best {min(cpus) * 1000:4.0f} ms, "
+        f"the HTTP client's included; the head after {_median(heads) * 1000:.0f} ms, median)"
     )
 
+
+CONVERSIONS = {"fast path": fast_path, "streamed": streamed, "full parse": full_parse}
 
 # The PromQL Prometheus is asked (`--expr`): the bare selector is the cheapest for it.
 EXPRESSION = ["node_cpu_seconds_total"]
@@ -272,6 +287,9 @@ def main() -> None:
     parser.add_argument(
         "--expr", default=EXPRESSION[0], help="the PromQL asked of Prometheus (--prometheus)"
     )
+    parser.add_argument("--save-body", type=Path, help="keep Prometheus' answer in this file")
+    parser.add_argument("--body", type=Path, help="convert this kept answer")
+    parser.add_argument("--only", choices=sorted(CONVERSIONS), help="one conversion only")
     options = parser.parse_args()
     EXPRESSION[0] = options.expr
     if options.prometheus:
@@ -282,15 +300,19 @@ def main() -> None:
             body = prometheus_answer(url, pid, options.points, end_s, options.rounds)
             fed_while_arriving(url, options.points, end_s, options.rounds)
             gc.collect()
+        if options.save_body is not None:
+            options.save_body.write_bytes(body)
+    elif options.body is not None:
+        body = options.body.read_bytes()
     else:
         body = matrix_body(options.points, options.series)
     print(
         f"matrix: {options.series} series x {options.points} points = "
         f"{options.series * options.points:,} points, upstream body {len(body) / 2**20:.1f} MiB"
     )
-    measure("fast path", fast_path, body, options.rounds)
-    measure("streamed", streamed, body, options.rounds)
-    measure("full parse", full_parse, body, options.rounds)
+    for name, convert in CONVERSIONS.items():
+        if options.only in (None, name):
+            measure(name, convert, body, options.rounds)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ Source: grafana/grafana-plugin-sdk-go data/frame_json.go (`writeDataFrameSchema`
 - `data.values`: one list per field (column-wise). Times are epoch milliseconds. NaN, +Inf and
   -Inf become `null` and are listed in `data.entities` (one entry per field, `null` for fields
   without any) under "NaN", "Inf", "NegInf".
+- `data.nanos`, after `entities`, when a time field holds times finer than a millisecond: one
+  entry per field, the nanoseconds past each time's millisecond for such a field, else `null`.
 
 Columns may be `array.array` ('d' for floats, 'q' for times) so a large answer costs eight
 bytes a value, not a Python object; the serializer turns one column at a time into a list. A
@@ -85,6 +87,8 @@ class Field:
     labels: Mapping[str, str] | None = None
     config: Mapping[str, Any] | None = None
     nullable: bool = False
+    # For a time field: each time's nanoseconds past its millisecond, when any is not zero.
+    nanos: Sequence[int] | None = None
 
 
 @dataclass(slots=True)
@@ -221,6 +225,9 @@ def frame_json(frame: Frame) -> bytes:
     parts.append(b"]")
     if any(entity is not None for entity in entities):
         parts += (b',"entities":', orjson.dumps(entities))
+    if any(field_.nanos is not None for field_ in frame.fields):
+        nanos = [None if f.nanos is None else list(f.nanos) for f in frame.fields]
+        parts += (b',"nanos":', orjson.dumps(nanos))
     parts.append(b"}}")
     return b"".join(parts)
 

@@ -17,7 +17,7 @@ Sources, all in grafana/grafana pkg/tsdb/loki:
     `tsNs` (and `labelTypes`, "I"/"S"/"P" per label, config `custom.hidden`, when Loki
     answered with the `categorize-labels` encoding Grafana asks for: structured metadata and
     parsed labels are then merged into `labels`), an `id` field added
-    ("<tsNs>_<fnv32 of line_labels, hex>[_<n> for repeats]_<refId>"), meta
+    ("<tsNs>_<fnv32 of line_labels, hex>[_<n> for repeats]", no refId since Grafana 10), meta
     `custom: {"frameType": "LabeledTimeValues"}`, `executedQueryString` "Expr: <expr>".
 """
 
@@ -196,20 +196,21 @@ def _adjust_logs_frame(frame: Frame, query: LokiQuery) -> None:
         custom={"frameType": "LabeledTimeValues"}, executed_query=f"Expr: {query.expr}"
     )
     frame.fields.append(
-        Field("id", FieldType.STRING, make_ids(stamp_field, line_field, labels_field, query.ref_id))
+        Field("id", FieldType.STRING, make_ids(stamp_field, line_field, labels_field))
     )
 
 
-def make_ids(stamps: Field, lines: Field, labels: Field, ref_id: str) -> list[str]:
-    """frame.go makeIdField: "<tsNs>_<fnv32(line + "_" + labels json) hex>[_n]_<refId>"."""
+def make_ids(stamps: Field, lines: Field, labels: Field) -> list[str]:
+    """frame.go makeIdField: "<tsNs>_<fnv32(line + "_" + labels json) hex>[_n]". Grafana's
+    backends of 2022-23 appended "_<refId>"; today's takes the refId but leaves it unused
+    (grafana/grafana pkg/tsdb/loki/frame.go makeIdField; grafana/grafana#68119)."""
     seen: dict[str, int] = {}
     ids = []
     for stamp, line, label_set in zip(stamps.values, lines.values, labels.values, strict=True):
         checksum = f"{stamp}_{fnv32((line + '_').encode() + go_json(label_set)):x}"
         count = seen.get(checksum, 0)
         seen[checksum] = count + 1
-        suffix = f"_{count}" if count else ""
-        ids.append(f"{checksum}{suffix}_{ref_id}")
+        ids.append(f"{checksum}_{count}" if count else checksum)
     return ids
 
 

@@ -20,9 +20,11 @@ both Grafana's Prometheus and Loki backends use, with its options as Grafana run
   notices on every frame (a frame named "Warnings" when there is none);
 - a time is `int(seconds * 1000.0)` milliseconds, as `timeFromFloat` truncates.
 
-Large matrices take a fast path: the series are found with regular expressions over the bytes
-and each series' values go straight into `array` columns, so the body is never a tree of
-Python objects. Anything the fast path does not recognise falls back to a full parse.
+Large matrices take a fast path: the series are found by their heads and closing braces in
+the bytes, and each series' values array is split at its quotes into time and value pieces:
+the values column is Prometheus' own number text (checked, not re-written), and times on a
+regular grid of whole seconds are one column written once per answer. The body is never a
+tree of Python objects. Anything the fast path does not recognise falls back to a full parse.
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ _STATUS = re.compile(rb'"status"\s*:\s*"(\w+)"')
 _RESULT_TYPE = re.compile(rb'"resultType"\s*:\s*"(\w+)"')
 _RESULT_START = re.compile(rb'"result"\s*:\s*\[')
 # The head of one matrix series in the shape Prometheus writes it: its labels (values may hold
-# any character, escaped quotes included), then the opening of its values.
+# any character, escaped quotes included), then the opening bracket of its values.
 _SERIES_HEAD = re.compile(
-    rb'\s*\{\s*"metric"\s*:\s*(\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\})\s*,\s*"values"\s*:\s*\[\s*'
+    rb'\s*\{\s*"metric"\s*:\s*(\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\})\s*,\s*"values"\s*:\s*\['
 )
 # After the values: the series' closing brace, and a comma when another series follows.
 _SERIES_TAIL = re.compile(rb"\s*\}\s*(,?)")
@@ -248,25 +250,38 @@ def _string_frame(pair: Any) -> Frame:
 
 def _streams_frame(streams: list[Any]) -> Frame:
     labels_column: list[Any] = []
-    times: list[int] = []
-    lines: list[str] = []
     stamps: list[str] = []
+    lines: list[str] = []
     for stream in streams:
         labels = {key: stream["stream"][key] for key in sorted(stream.get("stream") or {})}
         for stamp, line, *_ in stream.get("values") or ():
             labels_column.append(labels)
-            times.append(loki_time_ms(stamp))
             lines.append(line)
             stamps.append(stamp)
-    return Frame(
-        fields=[
-            Field("__labels", FieldType.JSON, labels_column),
-            Field("Time", FieldType.TIME, times),
-            Field("Line", FieldType.STRING, lines),
-            Field("TS", FieldType.STRING, stamps),
-        ],
-        meta=frame_meta(),
-    )
+    return _log_frame(labels_column, stamps, lines)
+
+
+def _log_frame(
+    labels_column: list[Any],
+    stamps: list[str],
+    lines: list[str],
+    types_column: list[Any] | None = None,
+) -> Frame:
+    """`__labels`, `Time` (with the nanoseconds past each millisecond, as the SDK writes a
+    time.Time finer than that), `Line`, `TS` (the nanoseconds as Loki wrote them), and
+    `__labelTypes` when given."""
+    nanoseconds = [loki_time_ns(stamp) for stamp in stamps]
+    times = [value // 1_000_000 for value in nanoseconds]
+    nanos = [value % 1_000_000 for value in nanoseconds]
+    fields = [
+        Field("__labels", FieldType.JSON, labels_column),
+        Field("Time", FieldType.TIME, times, nanos=nanos if any(nanos) else None),
+        Field("Line", FieldType.STRING, lines),
+        Field("TS", FieldType.STRING, stamps),
+    ]
+    if types_column is not None:
+        fields.append(Field("__labelTypes", FieldType.JSON, types_column))
+    return Frame(fields=fields, meta=frame_meta())
 
 
 def _categorized_streams_frame(streams: list[Any]) -> Frame:
@@ -276,7 +291,6 @@ def _categorized_streams_frame(streams: list[Any]) -> Frame:
     a later kind winning a shared name) and `__labelTypes` says which is which: "I", "S", "P"."""
     labels_column: list[Any] = []
     types_column: list[Any] = []
-    times: list[int] = []
     lines: list[str] = []
     stamps: list[str] = []
     for stream in streams:
@@ -297,19 +311,9 @@ def _categorized_streams_frame(streams: list[Any]) -> Frame:
                     kinds[name] = kind
             labels_column.append({name: merged[name] for name in sorted(merged)})
             types_column.append({name: kinds[name] for name in sorted(kinds)})
-            times.append(loki_time_ms(stamp))
             lines.append(line)
             stamps.append(stamp)
-    return Frame(
-        fields=[
-            Field("__labels", FieldType.JSON, labels_column),
-            Field("Time", FieldType.TIME, times),
-            Field("Line", FieldType.STRING, lines),
-            Field("TS", FieldType.STRING, stamps),
-            Field("__labelTypes", FieldType.JSON, types_column),
-        ],
-        meta=frame_meta(),
-    )
+    return _log_frame(labels_column, stamps, lines, types_column)
 
 
 def _string_map(value: object) -> dict[str, str]:
@@ -397,10 +401,10 @@ def time_ms(seconds: Any) -> int:
         raise PromStyleError(f"time out of range: {seconds!r}") from None
 
 
-def loki_time_ms(nanoseconds: str) -> int:
-    """converter.timeFromLokiString, in milliseconds (what the frame JSON carries)."""
+def loki_time_ns(nanoseconds: str) -> int:
+    """converter.timeFromLokiString, in nanoseconds."""
     try:
-        return int(nanoseconds) // 1_000_000
+        return int(nanoseconds)
     except ValueError:
         raise PromStyleError(
             f"unexpected time format '{nanoseconds}' in response. response may have been truncated"
@@ -416,7 +420,7 @@ def _read_matrix_fast(body: bytes, *, dataplane: bool) -> PromStyleAnswer | None
         return None
     if status.group(1) != b"success" or result_type.group(1) != b"matrix":
         return None
-    return _finish_matrix(body, dataplane, start.end(), start.end(), [], done=False)
+    return _finish_matrix(body, dataplane, start.end(), start.end(), [], TimeGrids(), done=False)
 
 
 def _finish_matrix(
@@ -425,6 +429,7 @@ def _finish_matrix(
     result_start: int,
     position: int,
     frames: list[Frame],
+    grids: TimeGrids,
     *,
     done: bool,
 ) -> PromStyleAnswer | None:
@@ -434,8 +439,8 @@ def _finish_matrix(
         for series in _iter_series(body, position):
             if series is None:
                 return None
-            values_start, values_end, labels_bytes, position = series
-            frame = _fast_series_frame(body, values_start, values_end, labels_bytes, dataplane)
+            values, labels_bytes, position = series
+            frame = _fast_series_frame(values, labels_bytes, dataplane, grids)
             if frame is None:
                 return None
             frames.append(frame)
@@ -476,8 +481,9 @@ class MatrixFeed:
         self._buffer = bytearray()
         self._offset = 0  # where `_buffer` starts in the body
         self._result_start = -1  # in the body: just after `"result":[`
-        self._search_from = 0  # in `_buffer`: where the next "]]" may start
+        self._search_from = 0  # in `_buffer`: where the next "}" may be
         self._frames: list[Frame] = []
+        self._grids = TimeGrids()
         self._done = False  # the result array's last series has been read
         self._failed = False
 
@@ -498,33 +504,24 @@ class MatrixFeed:
     def _read_one(self) -> bool:
         """Convert the next series if all of it is in the buffer; False to wait for more."""
         buffer = self._buffer
-        close = buffer.find(b"]]", self._search_from)
-        if close < 0:
-            self._search_from = max(0, len(buffer) - 1)
-            return False
         head = _SERIES_HEAD.match(buffer)
         if head is None:
-            # Not a series head yet (a label may hold "]]"), or not one at all: `finish`
-            # decides with the whole body. One head match per chunk, and a head is small: with
-            # HEAD_LIMIT bytes in and still no head the feed stops (a body full of "]]" must
-            # not cost a match of a growing head per chunk).
+            # Not all of a series head yet, or not one at all: `finish` decides with the
+            # whole body. A head is small: with HEAD_LIMIT bytes in and still no head the feed
+            # stops (a label that never ends must not cost a match of a growing head per chunk).
             self._failed = len(buffer) > self.HEAD_LIMIT
-            self._search_from = max(0, len(buffer) - 1)
             return False
-        start = head.end()
-        if buffer[start : start + 1] == b"]":
-            end = start
-        else:
-            if close < start:  # that "]]" was in the labels
-                close = buffer.find(b"]]", start)
-                if close < 0:
-                    return False
-            end = close + 1
-        tail = _SERIES_TAIL.match(buffer, end + 1)
+        close = buffer.find(b"}", max(head.end(), self._search_from))
+        if close < 0:
+            self._search_from = len(buffer)
+            return False
+        tail = _SERIES_TAIL.match(buffer, close)
         if tail is None or (not tail.group(1) and tail.end() == len(buffer)):
-            self._search_from = close  # the same "]]" again, once more has come
+            self._search_from = close  # the same "}" again, once more has come
             return False  # whether another series follows is not known yet
-        frame = _fast_series_frame(buffer, start, end, head.group(1), self._dataplane)
+        with memoryview(buffer) as view:  # one copy of the series' text, not two
+            values = bytes(view[head.end() - 1 : close]).rstrip()
+        frame = _fast_series_frame(values, head.group(1), self._dataplane, self._grids)
         if frame is None:
             self._failed = True
             return False
@@ -545,14 +542,20 @@ class MatrixFeed:
             return None
         frames, self._frames = self._frames, []
         return _finish_matrix(
-            body, self._dataplane, self._result_start, self._offset, frames, done=self._done
+            body,
+            self._dataplane,
+            self._result_start,
+            self._offset,
+            frames,
+            self._grids,
+            done=self._done,
         )
 
 
-def _iter_series(body: bytes, position: int) -> Iterator[tuple[int, int, bytes, int] | None]:
-    """(values start, values end, labels JSON, next position) for each series; None when the
-    text is not in the shape expected. The values are pairs of a number and a plain string,
-    so the first "]]" after their start closes them."""
+def _iter_series(body: bytes, position: int) -> Iterator[tuple[bytes, bytes, int] | None]:
+    """(values array's text, labels JSON, next position) for each series; None when the text
+    is not in the shape expected. The values array holds no brace, so the first "}" after its
+    start closes the series (a malformed array cut there fails its own checks)."""
     while True:
         if _RESULT_END.match(body, position):
             return
@@ -560,33 +563,28 @@ def _iter_series(body: bytes, position: int) -> Iterator[tuple[int, int, bytes, 
         if head is None:
             yield None
             return
-        start = head.end()
-        if body[start : start + 1] == b"]":
-            end = start  # no values
-        else:
-            end = body.find(b"]]", start)
-            if end < 0:
-                yield None
-                return
-            end += 1  # keep the last pair's closing bracket inside the values
-        tail = _SERIES_TAIL.match(body, end + 1)
+        close = body.find(b"}", head.end())
+        if close < 0:
+            yield None
+            return
+        tail = _SERIES_TAIL.match(body, close)
         if tail is None:
             yield None
             return
-        yield start, end, head.group(1), tail.end()
+        yield body[head.end() - 1 : close].rstrip(), head.group(1), tail.end()
         position = tail.end()
         if not tail.group(1):  # no comma: the array must end here
             return
 
 
 def _fast_series_frame(
-    body: bytes | bytearray, start: int, end: int, labels_bytes: bytes, dataplane: bool
+    values: bytes, labels_bytes: bytes, dataplane: bool, grids: TimeGrids
 ) -> Frame | None:
     try:
         labels = orjson.loads(labels_bytes)
     except orjson.JSONDecodeError:
         return None
-    columns = _numeric_columns(body, start, end) or _text_columns(body, start, end)
+    columns = _numeric_columns(values, grids) or _text_columns(values)
     if columns is None:
         return None  # a point of another shape: let the full reader decide
     times, floats = columns
@@ -595,66 +593,136 @@ def _fast_series_frame(
 
 Columns = tuple[Column, Column]
 
-# Every byte but the four that make a values array's structure: `[`, `]`, `,` and `"`.
-_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'[],"')
-_POINT_SKELETON = b',""],['
-# What a bare JSON value other than a number starts with or holds: true, false, null, {},
-# and NaN, Infinity.
-_NOT_NUMBER_LETTERS = (b"t", b"f", b"n", b"{", b"N", b"I")
+# What JSON numbers are written with, and the comma between them.
+_NUMBER_TEXT = b"0123456789+-.eE,"
+# Whole seconds this large or smaller make exact milliseconds both as integers and through
+# timeFromFloat's float64 arithmetic (below 2**53 either way).
+_EXACT_SECONDS = 2**53 // 1000
 
 
-def _count_pairs(segment: bytes | bytearray) -> int | None:
-    """How many `[<bare>,"<quoted>"]` points a non-empty values array holds, checked in C: with
-    everything but `[],"` deleted it must read exactly `[[,""],[,""],...]`. None otherwise."""
-    skeleton = segment.translate(None, _NOT_STRUCTURE)
-    points = (len(skeleton) - 1) // 6  # "[" + n * '[,""]' + (n - 1) * "," + "]"
-    if points < 1 or skeleton != b"[[" + _POINT_SKELETON * (points - 1) + b',""]]':
-        return None
-    return points
+def _numeric_columns(values: bytes, grids: TimeGrids) -> Columns | None:
+    """The quickest way, for a values array as Prometheus writes it (`[[<seconds>,"<number>"],
+    ...]`, no NaN or infinities): both columns come out already encoded, with no Python code
+    run per point and the only Python objects per point the pieces of one split.
 
-
-def _numeric_columns(body: bytes | bytearray, start: int, end: int) -> Columns | None:
-    """The quickest way, for values as Prometheus writes them (`[<seconds>,"<number>"]`, no
-    NaN or infinities): both columns come out already encoded, with no Python object per point
-    kept and no per-point Python code run.
-
-    1. The structure is checked in C (`_count_pairs`): pairs of a bare token and a quoted one.
-    2. With the quotes and brackets dropped, the values are a JSON array of numbers, which
-       orjson reads as one flat list (not a list per point: a million small lists set off the
-       garbage collector again and again, while numbers are not tracked by it).
-       Tokens that are not numbers (true, null, {}, NaN...) are found by their letters first.
-    3. Each column is written back by orjson. Whole seconds become milliseconds
-       in the text ("000" appended to each), which is exactly timeFromFloat's
-       int64(seconds * 1000.0) for them; fractional seconds take the float route instead.
+    1. Split at the quotes, the array falls into the time pieces (`[[<t0>,`, `],[<t1>,`, ...,
+       `]]`) and the value pieces between them.
+    2. The value pieces joined by commas are the values column's JSON as it is: Prometheus
+       writes a float64 the way Grafana's SDK does (strconv 'f', shortest), so the text is
+       kept; orjson reads it once only to check that each piece is exactly one finite JSON
+       number (NaN, "+Inf", 1e999 or "+1" take the text route, as Grafana's float parse
+       would give them).
+    3. The time pieces, joined again by the quotes (so that where each one ends still shows),
+       are compared with the text of a regular grid of whole seconds (Prometheus' range
+       queries are one), whose milliseconds column is then written once for every series on
+       it (`TimeGrids`); other times are read and converted (`_listed_times`).
     """
-    segment = body[start - 1 : end + 1]  # the values array, brackets included
-    if segment == b"[]":
+    if values == b"[]":
         return EncodedColumn(b"[]", 0), EncodedColumn(b"[]", 0)
-    points = _count_pairs(segment)
-    if points is None:
+    pieces = values.split(b'"')
+    points = len(pieces) // 2
+    if points < 1 or len(pieces) % 2 == 0:
         return None
-    tokens = segment.translate(None, b'"[]')
-    # Each token is now a JSON value without brackets or quotes: a number, or one of these
-    # (NaN and ±Inf too, which orjson would refuse anyway; it refuses 1e999 as well).
-    if any(letter in tokens for letter in _NOT_NUMBER_LETTERS):
+    value_pieces = pieces[1::2]
+    # The brackets go on in the join, which then makes the column in one copy.
+    value_pieces[0] = b"[" + value_pieces[0]
+    value_pieces[-1] += b"]"
+    value_column = _number_column(b",".join(value_pieces), points)
+    del value_pieces
+    if value_column is None:
         return None
+    # `[[<t0>,"],[<t1>,"],...,"]]`: the array with its values emptied.
+    time_text = b'"'.join(pieces[0::2])
+    del pieces
+    times = grids.column(time_text, points) or _listed_times(time_text, points)
+    if times is None:
+        return None
+    return times, value_column
+
+
+def _number_column(encoded: bytes, points: int) -> EncodedColumn | None:
+    """`encoded` (a bracketed, comma-separated list) as a column, if it is exactly `points`
+    finite JSON numbers."""
+    if encoded.translate(None, _NUMBER_TEXT) != b"[]":  # only its own two brackets
+        return None  # letters (NaN, Inf, true, null), brackets within, braces, spaces
     try:
-        flat = orjson.loads(b"[" + tokens + b"]")
+        # orjson refuses what JSON does not allow ("+1", ".5", "01", "1.") and infinities.
+        # An empty piece is refused too, so a piece holding a comma shows in the count.
+        numbers = orjson.loads(encoded)
     except orjson.JSONDecodeError:
         return None
-    del tokens
-    if len(flat) != 2 * points:
+    if len(numbers) != points:
         return None
-    stamps, values = flat[0::2], flat[1::2]
-    del flat
-    values_json = orjson.dumps(values)
+    return EncodedColumn(encoded, points)
+
+
+class TimeGrids:
+    """The time columns of regular grids of whole seconds, by the text of the values array
+    they come from, its values emptied. The series of one range answer are on the same grid
+    (start + k * step), mostly with the same points, so one column written serves them all;
+    only the last grid is kept."""
+
+    def __init__(self) -> None:
+        self._text = b""
+        self._column: EncodedColumn | None = None
+
+    def column(self, time_text: bytes, points: int) -> EncodedColumn | None:
+        """The milliseconds column when `time_text` is exactly `[[<t0>,"],[<t0 + step>,"],
+        ...,"]]` with whole seconds and a positive step, else None."""
+        if time_text == self._text:
+            return self._column
+        column = _grid_column(time_text, points)
+        if column is not None:
+            self._text, self._column = time_text, column
+        return column
+
+
+def _grid_column(time_text: bytes, points: int) -> EncodedColumn | None:
+    first_end = time_text.find(b",")
+    try:
+        first = int(time_text[2:first_end])
+        step = 1
+        if points > 1:  # after `,"],[`
+            second_end = time_text.find(b",", first_end + 5)
+            step = int(time_text[first_end + 5 : second_end]) - first
+    except ValueError:
+        return None
+    last = first + (points - 1) * step
+    if step < 1 or max(abs(first), abs(last)) > _EXACT_SECONDS:
+        return None
+    expected = b'"'.join(
+        (b"[[%d," % first, *map(b"],[%d,".__mod__, range(first + step, last + 1, step)), b"]]")
+    )
+    if expected != time_text:  # a gap, fractions, or other spellings: read them
+        return None
+    milliseconds = list(range(first * 1000, last * 1000 + 1, step * 1000))
+    return EncodedColumn(_compact(orjson.dumps(milliseconds)), points)
+
+
+def _listed_times(time_text: bytes, points: int) -> Column | None:
+    """Times off a regular grid, from the array with its values emptied,
+    `[[<t0>,"],[<t1>,"],...,"]]`: every time must sit between `,"],[` and `,"` exactly."""
+    if not (time_text.startswith(b"[[") and time_text.endswith(b',"]]')):
+        return None
+    listed = time_text[2:-4].replace(b',"],[', b",")
+    if listed.translate(None, _NUMBER_TEXT):
+        return None  # a piece of another shape (or letters)
+    try:
+        stamps = orjson.loads(b"[" + listed + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    if len(stamps) != points:
+        return None
     stamps_json = orjson.dumps(stamps)
-    if any(mark in stamps_json for mark in (b".", b"e", b"-")) or stamps_json.startswith(b"[0"):
-        return _float_stamps(stamps, values_json, points)
-    if b",0" in stamps_json:
-        return _float_stamps(stamps, values_json, points)  # a zero: "0000" is no number
-    times_json = stamps_json.replace(b",", b"000,")[:-1] + b"000]"
-    return EncodedColumn(times_json, points), EncodedColumn(_compact(values_json), points)
+    if (
+        any(mark in stamps_json for mark in (b".", b"e", b"-"))
+        or stamps_json.startswith(b"[0")
+        or b",0" in stamps_json  # a zero: "0000" is no number
+        or max(stamps) > _EXACT_SECONDS
+    ):
+        return _float_times(stamps)
+    # Whole seconds made milliseconds in the text: exactly timeFromFloat for them.
+    return EncodedColumn(stamps_json.replace(b",", b"000,")[:-1] + b"000]", points)
 
 
 def _compact(encoded: bytes) -> bytes:
@@ -663,24 +731,41 @@ def _compact(encoded: bytes) -> bytes:
     return bytes(memoryview(encoded))
 
 
-def _float_stamps(stamps: list[Any], values_json: bytes, points: int) -> Columns | None:
-    """Times with fractions of a second (or negative, or zero): timeFromFloat, point by point
-    but in C-level maps."""
+def _float_times(stamps: list[Any]) -> Column | None:
+    """Times with fractions of a second (or negative, or zero, or huge): timeFromFloat, point
+    by point but in C-level maps."""
     try:
-        times = array("q", map(int, map(_TO_MS, stamps)))
+        return array("q", map(int, map(_TO_MS, stamps)))
     except (TypeError, ValueError, OverflowError):
         return None
-    return times, EncodedColumn(_compact(values_json), points)
 
 
-def _text_columns(body: bytes | bytearray, start: int, end: int) -> Columns | None:
-    """Values with NaN or infinities, which JSON cannot spell: each read as text."""
-    points = _count_pairs(body[start - 1 : end + 1])
-    stamps = _STAMP.findall(body, start, end)
-    values = _VALUE.findall(body, start, end)
-    if points is None or not len(stamps) == len(values) == points:
+# Every byte but the four that make a values array's structure: `[`, `]`, `,` and `"`.
+_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'[],"')
+_POINT_SKELETON = b',""],['
+
+
+def _count_pairs(values: bytes) -> int | None:
+    """How many `[<bare>,"<quoted>"]` points a non-empty values array holds, checked in C: with
+    everything but `[],"` deleted it must read exactly `[[,""],[,""],...]`. None otherwise."""
+    skeleton = values.translate(None, _NOT_STRUCTURE)
+    points = (len(skeleton) - 1) // 6  # "[" + n * '[,""]' + (n - 1) * "," + "]"
+    if points < 1 or skeleton != b"[[" + _POINT_SKELETON * (points - 1) + b',""]]':
+        return None
+    return points
+
+
+def _text_columns(values: bytes) -> Columns | None:
+    """Values with NaN or infinities, which JSON cannot spell (or spaced out): each read as
+    text."""
+    points = _count_pairs(values)
+    stamps = _STAMP.findall(values)
+    numbers = _VALUE.findall(values)
+    if points is None or not len(stamps) == len(numbers) == points:
         return None
     try:
-        return array("q", map(int, map(_TO_MS, map(float, stamps)))), array("d", map(float, values))
+        return array("q", map(int, map(_TO_MS, map(float, stamps)))), array(
+            "d", map(float, numbers)
+        )
     except ValueError:
         return None

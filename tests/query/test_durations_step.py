@@ -74,59 +74,45 @@ def test_min_interval_precedence() -> None:
     assert min_interval("0s", 0, "", 15 * d.SECOND) == 15 * d.SECOND
 
 
-def test_prometheus_step_one_hour_1000_points() -> None:
-    # 3600s / 1000 = 3.6s, above the 1s min interval: RoundInterval(3.6s) = 5s
-    step = prometheus_step(
-        range_ns=3600 * d.SECOND,
-        query_interval="",
-        interval_ms=1000,
-        max_data_points=1000,
-        scrape_interval="",
-        interval_factor=0,
-    )
-    assert step == 5 * d.SECOND
-
-
-def test_prometheus_step_min_interval_wins() -> None:
-    step = prometheus_step(
-        range_ns=3600 * d.SECOND,
-        query_interval="1m",
-        interval_ms=15_000,
-        max_data_points=1000,
-        scrape_interval="15s",
-        interval_factor=0,
-    )
-    assert step == 60 * d.SECOND
-
-
-def test_prometheus_step_safe_resolution_wins() -> None:
-    # 30 days at 100000 points would be 25.9s; the 11000-point limit gives RoundInterval(235s)=5m
-    step = prometheus_step(
-        range_ns=30 * d.DAY,
-        query_interval="",
-        interval_ms=1,
-        max_data_points=100_000,
-        scrape_interval="",
-        interval_factor=0,
-    )
-    assert step == 5 * d.MINUTE
-
-
-def hour_step(query_interval: str, interval_factor: int) -> int:
-    return prometheus_step(
-        range_ns=3600 * d.SECOND,
-        query_interval=query_interval,
-        interval_ms=1000,
-        max_data_points=1000,
-        scrape_interval="15s",
-        interval_factor=interval_factor,
+@pytest.mark.parametrize(
+    ("range_ns", "query_interval", "interval_ms", "max_points", "scrape", "factor", "step"),
+    [
+        # 3600s / 1000 = 3.6s, above the 1s min interval: RoundInterval(3.6s) = 5s
+        pytest.param(d.HOUR, "", 1000, 1000, "", 0, 5 * d.SECOND, id="one-hour-1000-points"),
+        pytest.param(d.HOUR, "1m", 15_000, 1000, "15s", 0, 60 * d.SECOND, id="min-interval-wins"),
+        # 30 days at 100000 points would be 25.9s; the 11000-point limit gives
+        # RoundInterval(235s) = 5m
+        pytest.param(30 * d.DAY, "", 1, 100_000, "", 0, 5 * d.MINUTE, id="safe-resolution-wins"),
+        pytest.param(d.HOUR, "", 1000, 1000, "15s", 2, 10 * d.SECOND, id="interval-factor"),
+        # $__rate_interval: max(step + scrape, 4 * scrape) = max(5s + 15s, 60s)
+        pytest.param(
+            d.HOUR, "$__rate_interval", 1000, 1000, "15s", 0, 60 * d.SECOND, id="rate-interval"
+        ),
+    ],
+)
+def test_prometheus_step(
+    range_ns: int,
+    query_interval: str,
+    interval_ms: int,
+    max_points: int,
+    scrape: str,
+    factor: int,
+    step: int,
+) -> None:
+    assert (
+        prometheus_step(
+            range_ns=range_ns,
+            query_interval=query_interval,
+            interval_ms=interval_ms,
+            max_data_points=max_points,
+            scrape_interval=scrape,
+            interval_factor=factor,
+        )
+        == step
     )
 
 
-def test_prometheus_step_interval_factor_and_rate_interval() -> None:
-    assert hour_step("", 2) == 10 * d.SECOND
-    # $__rate_interval: max(step + scrape, 4 * scrape) = max(5s + 15s, 60s)
-    assert hour_step("$__rate_interval", 0) == 60 * d.SECOND
+def test_rate_interval() -> None:
     assert rate_interval(90 * d.SECOND, "15s") == 105 * d.SECOND
 
 

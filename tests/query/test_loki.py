@@ -39,6 +39,12 @@ def loki_query(expr: str = "query1", query_type: str = "range", ref_id: str = ""
 
 
 def test_streams_simple_golden() -> None:
+    """grafana/grafana pkg/tsdb/loki/testdata/streams_simple.json and its golden frame as
+    today's Grafana writes it (the ids and nanos as in testdata_dataplane/
+    streams_structured_metadata.golden.jsonc, which has the same lines): the ids carry no
+    "_<refId>" any more (frame.go makeIdField takes the refId and leaves it unused since
+    grafana/grafana#68119; older goldens end in "_" or "_sq"), and the SDK's frame JSON
+    (data/frame_json.go writeDataFrameData) adds `nanos` for times finer than a millisecond."""
     body = {
         "status": "success",
         "data": {
@@ -108,14 +114,15 @@ def test_streams_simple_golden() -> None:
                     "1645030244091700992",
                 ],
                 [
-                    "1645030244810757120_1d8c2178_",
-                    "1645030247027735040_87a7aed2_",
-                    "1645030246277587968_318d05c9_",
-                    "1645030246277587968_318d05c9_1_",
-                    "1645030245539423744_fd17f65c_",
-                    "1645030244091700992_62ae07f3_",
+                    "1645030244810757120_1d8c2178",
+                    "1645030247027735040_87a7aed2",
+                    "1645030246277587968_318d05c9",
+                    "1645030246277587968_318d05c9_1",
+                    "1645030245539423744_fd17f65c",
+                    "1645030244091700992_62ae07f3",
                 ],
-            ]
+            ],
+            "nanos": [None, [757120, 735040, 587968, 587968, 423744, 700992], None, None, None],
         },
     }
 
@@ -222,7 +229,11 @@ def test_plan_range_and_instant() -> None:
 
 def test_structured_metadata_golden() -> None:
     """grafana/grafana pkg/promlib/converter/testdata/loki-streams-structured-metadata.json and
-    its -frame.jsonc: the converter's frame, before the Loki backend renames its fields."""
+    its -frame.jsonc: the converter's frame, before the Loki backend renames its fields.
+    Checked against pkg/promlib/converter/prom.go `readCategorizedStream` (fields `__labels`,
+    Time, Line, TS, `__labelTypes`; indexed labels "I", then structured metadata "S", then
+    parsed "P", a later kind winning a shared name). The golden writes `__labelTypes` as
+    {"nonIndexed":"S","label":"I"}: Go map order, the same object."""
     body = {
         "status": "success",
         "data": {
@@ -270,7 +281,9 @@ def test_structured_metadata_golden() -> None:
 def test_log_frame_with_structured_metadata_and_parsed_labels() -> None:
     """The Loki backend's log frame for a categorized answer: labels merged (a parsed label
     wins over structured metadata and the stream's label of the same name), `labelTypes`
-    hidden, the id computed over the merged labels."""
+    hidden, the id computed over the merged labels. As grafana/grafana pkg/tsdb/loki/frame.go
+    `adjustLegacyLogsFrame` does for a 5-field frame (labelTypes stays 5th, config
+    `custom.hidden`, then `id`), its golden testdata/streams_structured_metadata.golden.jsonc."""
     body = {
         "status": "success",
         "data": {
@@ -311,7 +324,7 @@ def test_log_frame_with_structured_metadata_and_parsed_labels() -> None:
     ]
     merged = go_json({"app": "api", "level": "error", "trace_id": "abc"})
     checksum = fnv32(b"level=error msg=boom_" + merged)
-    assert ids[0] == f"1700000000000000000_{checksum:x}_A"
+    assert ids[0] == f"1700000000000000000_{checksum:x}"
 
 
 def test_categorized_entries_must_be_well_formed() -> None:

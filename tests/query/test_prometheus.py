@@ -18,7 +18,7 @@ import pytest
 
 from gateway.query import durations as d
 from gateway.query.exchange import UpstreamResponse
-from gateway.query.frames import frame_dict
+from gateway.query.frames import frame_dict, frame_json
 from gateway.query.prometheus import (
     PrometheusQuery,
     convert_prometheus_response,
@@ -32,7 +32,9 @@ from gateway.query.timerange import TimeRange
 from .frames import TIME, float_field, string_field
 
 
-def query(expr: str = "", step_s: int = 1, legend: str = "") -> PrometheusQuery:
+def query(
+    expr: str = "", step_s: int = 1, legend: str = "", *, exemplar: bool = False
+) -> PrometheusQuery:
     return PrometheusQuery(
         ref_id="A",
         expr=expr,
@@ -44,6 +46,7 @@ def query(expr: str = "", step_s: int = 1, legend: str = "") -> PrometheusQuery:
         instant=False,
         legend_format=legend,
         format="time_series",
+        exemplar=exemplar,
     )
 
 
@@ -187,39 +190,49 @@ def test_matrix_with_nans_golden() -> None:
     }
 
 
-def test_scalar_and_string_goldens() -> None:
-    scalar = {
-        "status": "success",
-        "data": {"resultType": "scalar", "result": [1651680139.104, "2.482e-05"]},
-    }
-    assert converter_frames(scalar) == [
+@pytest.mark.parametrize(
+    ("result_type", "result", "frame_type", "type_version", "value_field", "value"),
+    [
+        pytest.param(
+            "scalar",
+            [1651680139.104, "2.482e-05"],
+            "numeric-multi",
+            [0, 1],
+            float_field("Value", labels={}),
+            0.00002482,
+            id="scalar",
+        ),
+        pytest.param(
+            "string",
+            [1651680139.104, "example"],
+            "timeseries-multi",
+            [0, 0],
+            string_field("Value", labels={}),
+            "example",
+            id="string",
+        ),
+    ],
+)
+def test_scalar_and_string_goldens(
+    result_type: str,
+    result: list[Any],
+    frame_type: str,
+    type_version: list[int],
+    value_field: dict[str, Any],
+    value: Any,
+) -> None:
+    body = {"status": "success", "data": {"resultType": result_type, "result": result}}
+    assert converter_frames(body) == [
         {
             "schema": {
                 "meta": {
-                    "type": "numeric-multi",
-                    "typeVersion": [0, 1],
-                    "custom": {"resultType": "scalar"},
+                    "type": frame_type,
+                    "typeVersion": type_version,
+                    "custom": {"resultType": result_type},
                 },
-                "fields": [TIME, float_field("Value", labels={})],
+                "fields": [TIME, value_field],
             },
-            "data": {"values": [[1651680139104], [0.00002482]]},
-        }
-    ]
-    string = {
-        "status": "success",
-        "data": {"resultType": "string", "result": [1651680139.104, "example"]},
-    }
-    assert converter_frames(string) == [
-        {
-            "schema": {
-                "meta": {
-                    "type": "timeseries-multi",
-                    "typeVersion": [0, 0],
-                    "custom": {"resultType": "string"},
-                },
-                "fields": [TIME, string_field("Value", labels={})],
-            },
-            "data": {"values": [[1651680139104], ["example"]]},
+            "data": {"values": [[1651680139104], [value]]},
         }
     ]
 
@@ -411,7 +424,6 @@ def test_the_matrix_fast_path_reads_pairs_only() -> None:
         "[[1],[2,3,4]]",
         '[[1,"2",3]]',
         '[[1,"x"]]',
-        '[ [1, "2"] ]',
         '[[1,"2"],[2,"3","4"]]',
         '[[1,"2"],[true,"3"]]',
         '[[1,"null"]]',
@@ -421,24 +433,60 @@ def test_the_matrix_fast_path_reads_pairs_only() -> None:
     )
     for odd in odd_values:
         assert _read_matrix_fast(matrix(odd), dataplane=True) is None, odd
+    # spaced out: not Prometheus' own spelling, but pairs still, read point by point
+    assert fast_columns('[ [1, "2"] ]') == ([1000], [2])
     (spaced,) = read_prom_style(matrix('[ [1, "2"] ]'), dataplane=True).frames
     assert list(spaced.fields[1].values) == [2]
 
 
-def exemplar_query(step_s: int) -> PrometheusQuery:
-    return PrometheusQuery(
-        ref_id="A",
-        expr="rpc_seconds_bucket",
-        step_ns=step_s * d.SECOND,
-        start_ms=0,
-        end_ms=0,
-        utc_offset_s=0,
-        range=True,
-        instant=False,
-        legend_format="",
-        format="time_series",
-        exemplar=True,
+def test_the_matrix_fast_path_keeps_prometheus_numbers_and_shares_a_time_grid() -> None:
+    """Values go out as the text Prometheus wrote (its strconv 'f' spelling is the SDK's
+    WriteFloat64 spelling between 1e-6 and 1e21: "895", not "895.0"); series on one regular
+    grid of whole seconds share one time column; times off the grid are read one by one."""
+
+    def matrix(*series: str) -> bytes:
+        listed = ",".join(f'{{"metric":{{"i":"{i}"}},"values":{v}}}' for i, v in enumerate(series))
+        return (
+            b'{"status":"success","data":{"resultType":"matrix","result":['
+            + listed.encode()
+            + b"]}}"
+        )
+
+    on_grid = '[[1700000000,"895"],[1700000015,"0.000001"],[1700000030,"-12.5"]]'
+    answer = _read_matrix_fast(matrix(on_grid, on_grid, '[[1700000000,"1"]]'), dataplane=True)
+    assert answer is not None
+    first, second, single = answer.frames
+    assert first.fields[0].values is second.fields[0].values
+    assert frame_json(first).endswith(
+        b'"data":{"values":[[1700000000000,1700000015000,1700000030000],[895,0.000001,-12.5]]}}'
     )
+    assert list(single.fields[0].values) == [1700000000000]
+    cases = {
+        '[[15,"1"],[45,"2"],[60,"3"]]': [15000, 45000, 60000],  # a gap
+        '[[60,"1"],[45,"2"]]': [60000, 45000],  # backwards
+        '[[15,"1"],[30.5,"2"],[46,"3"]]': [15000, 30500, 46000],  # a fraction
+        '[[15,"1"],[3e1,"2"],[45,"3"]]': [15000, 30000, 45000],  # another spelling
+        '[[-30,"1"],[-15,"2"],[0,"3"]]': [-30000, -15000, 0],
+        '[[9007199254741,"1"],[9007199254742,"2"]]': [9007199254741000, 9007199254742000],
+    }
+    for values, times in cases.items():
+        answer = _read_matrix_fast(matrix(values), dataplane=True)
+        assert answer is not None, values
+        assert list(answer.frames[0].fields[0].values) == times, values
+        assert list(answer.frames[0].fields[1].values) == [1, 2, 3][: len(times)], values
+    # numbers JSON cannot spell as Prometheus wrote them: read as Go's ParseFloat reads them
+    for text, number in (("+1", 1.0), (".5", 0.5), ("01", 1.0), ("1.", 1.0)):
+        answer = _read_matrix_fast(matrix(f'[[1,"{text}"]]'), dataplane=True)
+        assert answer is not None, text
+        assert list(answer.frames[0].fields[1].values) == [number], text
+    # pieces cut elsewhere: the time pieces joined would read as the grid [1, 2]
+    off_grid = ('[[1,],["5"2,"6"]]', '[[1,],[2,"5""6"]]', '[[1,],["5"2,"6"],[3,"7"]]')
+    for odd in ('[[1,""]]', '[[1,"1e"]]', '[[1,"1}"]]', '[[1,"--1"]]', '[[1,"1,2"]]', *off_grid):
+        assert _read_matrix_fast(matrix(odd), dataplane=True) is None, odd
+
+
+def exemplar_query(step_s: int) -> PrometheusQuery:
+    return query("rpc_seconds_bucket", step_s, exemplar=True)
 
 
 def test_stddev_sampler_golden() -> None:

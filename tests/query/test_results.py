@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.query.frames import Field, FieldType, Frame
+from gateway.query.frames import Field, FieldType, Frame, frame_json
 from gateway.query.results import (
     ErrorSource,
     QueryResult,
@@ -52,3 +52,19 @@ def test_answer_shape() -> None:
     }
     raw = results_json({"B": failed})
     assert raw.index(b'"error"') < raw.index(b'"errorSource"') < raw.index(b'"status"')
+
+
+def test_frame_data_writes_entities_then_nanos() -> None:
+    """grafana-plugin-sdk-go data/frame_json.go writeDataFrameData: after `values`, `entities`
+    (NaN, Inf, NegInf by field) and then `nanos` (each time's nanoseconds past its millisecond,
+    for a time field that has any), one entry per field, null for the others."""
+    frame = Frame(
+        fields=[
+            Field("Time", FieldType.TIME, [1, 2], nanos=[5, 0]),
+            Field("Value", FieldType.FLOAT64, [float("nan"), 1.0]),
+        ]
+    )
+    raw = frame_json(frame)
+    assert raw.endswith(
+        b'"data":{"values":[[1,2],[null,1.0]],"entities":[null,{"NaN":[0]}],"nanos":[[5,0],null]}}'
+    )
