@@ -214,7 +214,10 @@ class _FrameBuilder:
             frame = _time_series_frame(columns)
         else:
             frame = Frame(
-                fields=[Field(c.name, c.field_type, c.values, nullable=True) for c in columns]
+                fields=[
+                    Field(c.name, c.field_type, c.values, nullable=True, nanos=c.nanos)
+                    for c in columns
+                ]
             )
         self.frames.append(frame)
         if frame.fields and len(frame.fields[0].values) > self.query.max_points:
@@ -227,6 +230,8 @@ class _Column:
     datatype: str
     field_type: FieldType
     values: list[Any]
+    # A time column's nanoseconds past each millisecond, when any is not zero (see frames.py).
+    nanos: list[int] | None = None
 
 
 def _column(table: _Table, index: int) -> _Column:
@@ -237,7 +242,18 @@ def _column(table: _Table, index: int) -> _Column:
     for row in table.rows:
         cell = row[index] if index < len(row) and row[index] != "" else default
         values.append(parse(cell) if cell != "" else None)
+    if field_type is FieldType.TIME:
+        return _time_column(table.header[index], datatype, values)
     return _Column(table.header[index], datatype, field_type, values)
+
+
+def _time_column(name: str, datatype: str, epoch_ns: list[int | None]) -> _Column:
+    """Milliseconds as values, and the nanoseconds past them as the SDK writes a time.Time
+    finer than a millisecond (grafana/grafana pkg/tsdb/influxdb/flux/testdata/simple.golden.jsonc:
+    `data.nanos`)."""
+    millis = [None if ns is None else ns // 1_000_000 for ns in epoch_ns]
+    nanos = [0 if ns is None else ns % 1_000_000 for ns in epoch_ns]
+    return _Column(name, datatype, FieldType.TIME, millis, nanos if any(nanos) else None)
 
 
 def _time_series_frame(columns: list[_Column]) -> Frame:
@@ -252,7 +268,13 @@ def _time_series_frame(columns: list[_Column]) -> Frame:
     return Frame(
         name=_first_value(by_name, "_measurement"),
         fields=[
-            Field("Time", FieldType.TIME, times.values if times else [], nullable=True),
+            Field(
+                "Time",
+                FieldType.TIME,
+                times.values if times else [],
+                nullable=True,
+                nanos=times.nanos if times else None,
+            ),
             Field(
                 _first_value(by_name, "_field"),
                 value.field_type if value else FieldType.FLOAT64,
@@ -272,11 +294,11 @@ def _first_value(columns: Mapping[str, _Column], name: str) -> str:
 
 
 def _parse_time(text: str) -> int:
-    """RFC 3339 with up to nanoseconds, to epoch milliseconds (truncated, like the SDK)."""
+    """RFC 3339 with up to nanoseconds, to epoch nanoseconds."""
     main, _, fraction = text.rstrip("Z").partition(".")
     moment = datetime.fromisoformat(main).replace(tzinfo=UTC)
-    millis = int((fraction + "000")[:3]) if fraction else 0
-    return int(moment.timestamp()) * 1000 + millis
+    nanos = int((fraction + "000000000")[:9]) if fraction else 0
+    return int(moment.timestamp()) * 1_000_000_000 + nanos
 
 
 def _parse_bool(text: str) -> bool:
