@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import re
 import sys
 import threading
 import time
 from collections.abc import MutableMapping
+from contextvars import Context
 from typing import IO, Any
 
 import orjson
@@ -58,6 +60,26 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
 REQUEST_EVENT = "request"
 REQUEST_LOGGER = "gateway.request"
 _WRAP_FOR_FORMATTER = structlog.stdlib.ProcessorFormatter.wrap_for_formatter
+_CONTEXT_PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
+_CONTEXT_PREFIX_LENGTH = len(_CONTEXT_PREFIX)
+# The request line around its fixed parts: the duration (a float's shortest repr, as orjson
+# writes it for durations this size), the bound context, the time (second, microseconds).
+_LINE = (
+    b'%s%a%s%s,"level":"info","logger":"' + REQUEST_LOGGER.encode() + b'","timestamp":"%s.%06dZ"}\n'
+)
+
+
+# The request line's own fields: a bound field of the same name does not replace them.
+_LINE_KEYS = frozenset(
+    {"method", "path", "status", "duration_ms", "org", "event", "level", "logger", "timestamp"}
+)
+
+
+def _context_field(key: str, value: object) -> bytes:
+    """`,"key":value` for a field of the bound context, redacted as `redact_secrets` does."""
+    if key.lower() in _SECRET_KEYS:
+        value = "[redacted]"
+    return b"," + orjson.dumps({key: value}, default=repr)[1:-1]
 
 
 class RequestLog:
@@ -77,27 +99,31 @@ class RequestLog:
 
     __slots__ = (
         "_binary",
+        "_fixed",
         "_loop",
         "_loop_thread",
         "_pending",
         "_processors",
         "_second",
-        "_second_text",
+        "_second_bytes",
         "_stream",
     )
 
     # Lines held before writing anyway, whatever the loop does.
     MAX_PENDING = 256
+    # Distinct (method, path, status, org) whose rendered fields are kept.
+    MAX_FIXED = 4096
 
     def __init__(self) -> None:
         self._processors: list[Any] | None = None
         self._stream: IO[str] | None = None
         self._binary: IO[bytes] | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[tuple[tuple[bytes, bytes], float, Context, float]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._fixed: dict[tuple[str, str, int, int | None], tuple[bytes, bytes]] = {}
         self._second = -1
-        self._second_text = ""
+        self._second_bytes = b""
         atexit.register(self.flush)
 
     def enable(self, stream: IO[str], processors: list[Any]) -> None:
@@ -128,27 +154,33 @@ class RequestLog:
         """Write the line; False (nothing written) when the ordinary path must take it."""
         if not self.active:
             return False
-        event: dict[str, Any] = {
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            "org": org,
-            "event": REQUEST_EVENT,
-        }
-        for key, value in structlog.contextvars.get_contextvars().items():
-            if key not in event:
-                event[key] = "[redacted]" if key.lower() in _SECRET_KEYS else value
-        event["level"] = "info"
-        event["logger"] = REQUEST_LOGGER
-        event["timestamp"] = self._timestamp()
+        # The fields around the duration repeat from request to request: rendered once each.
+        parts = self._fixed.get((method, path, status, org))
+        if parts is None:
+            parts = self._render_fixed(method, path, status, org)
+        # Rendered when the lines are written, together: what a line needs is kept meanwhile
+        # (the bound context is an immutable snapshot).
         pending = self._pending
-        pending.append(orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE))
+        pending.append((parts, duration_ms, contextvars.copy_context(), time.time()))
         if len(pending) == 1:
             self._flush_soon()
         elif len(pending) >= self.MAX_PENDING:
             self.flush()
         return True
+
+    def _render_fixed(
+        self, method: str, path: str, status: int, org: int | None
+    ) -> tuple[bytes, bytes]:
+        """The line up to the duration's value, and from after it to the bound context."""
+        if len(self._fixed) >= self.MAX_FIXED:  # refused requests' paths are the clients'
+            self._fixed.clear()
+        before = orjson.dumps({"method": method, "path": path, "status": status})
+        after = orjson.dumps({"org": org, "event": REQUEST_EVENT})
+        parts = self._fixed[(method, path, status, org)] = (
+            before[:-1] + b',"duration_ms":',
+            b"," + after[1:-1],
+        )
+        return parts
 
     def _flush_soon(self) -> None:
         """Flush at the end of this turn of the running loop, or now without one."""
@@ -170,7 +202,7 @@ class RequestLog:
         pending = self._pending
         if not pending:
             return
-        data = b"".join(pending)
+        data = b"".join([self._render(*line) for line in pending])
         pending.clear()
         stream, binary = self._stream, self._binary
         try:
@@ -185,13 +217,29 @@ class RequestLog:
         except (OSError, ValueError):  # a closed or broken stream, as logging.Handler ignores
             pass
 
-    def _timestamp(self) -> str:
-        now = time.time()
+    def _render(
+        self, parts: tuple[bytes, bytes], duration_ms: float, bound: Context, now: float
+    ) -> bytes:
+        context = b""
+        for var in bound:  # as structlog's merge_contextvars: the same fields, in its order
+            name = var.name
+            if name.startswith(_CONTEXT_PREFIX):
+                value = bound[var]
+                key = name[_CONTEXT_PREFIX_LENGTH:]
+                if value is not Ellipsis and key not in _LINE_KEYS:
+                    context += _context_field(key, value)
         second = int(now)
         if second != self._second:
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second_bytes = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
             self._second = second
-        return f"{self._second_text}.{int((now - second) * 1_000_000):06d}Z"
+        return _LINE % (
+            parts[0],
+            duration_ms,
+            parts[1],
+            context,
+            self._second_bytes,
+            int((now - second) * 1_000_000),
+        )
 
 
 request_log = RequestLog()

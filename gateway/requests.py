@@ -137,8 +137,15 @@ async def principal_for(
     """Who sends `Authorization` (Bearer/Token; on InfluxDB 1.x paths also the password of
     Basic auth or of `p=`, read only then); Unauthorized if nobody."""
     token = token_from_header(authorization)
-    if token is None and path in V1_COMPAT_PATHS:
-        token = v1_password(authorization, p_param())
+    if token is None:
+        if path in V1_COMPAT_PATHS:
+            token = v1_password(authorization, p_param())
+    elif authorization is not None:
+        principal = await principals.resolve(token)
+        if principal is None:
+            raise Unauthorized()
+        principals.remember(authorization, token)
+        return principal
     principal = await principals.resolve(token) if token else None
     if principal is None:
         raise Unauthorized()

@@ -19,7 +19,7 @@ from gateway.front.body import RequestBody
 from gateway.front.limits import HTTP11, closing_error
 from gateway.requests import choose_request_id
 
-FastHandler: TypeAlias = Callable[["Exchange"], Awaitable[None]]
+FastHandler: TypeAlias = Callable[["Exchange"], Awaitable[object]]
 Router: TypeAlias = Callable[[str, str], FastHandler | None]
 
 # Response fields the protocol owns: it frames the body and manages the connection itself.

@@ -13,7 +13,7 @@ Everything a route needs is prepared here once; per request the router costs a f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 
 from gateway.front.exchange import Exchange, FastHandler, Router
 from gateway.proxy.pipeline import ProxyPipeline
@@ -99,16 +99,18 @@ class _Family:
 
 def _handlers(pipeline: ProxyPipeline, route: ProxyRoute) -> _Handlers:
     serve = pipeline.serve
+    # Plain functions that return the pipeline's coroutine: one frame less to enter, suspend
+    # and resume on every request.
     if route.key is None:
 
-        async def handler(exchange: Exchange) -> None:
-            await serve(exchange, route, "")
+        def handler(exchange: Exchange) -> Awaitable[int]:
+            return serve(exchange, route, "")
 
     else:
         start = len(route.prefix)
 
-        async def handler(exchange: Exchange) -> None:
-            await serve(exchange, route, exchange.path[start:].partition("/")[0])
+        def handler(exchange: Exchange) -> Awaitable[int]:
+            return serve(exchange, route, exchange.path[start:].partition("/")[0])
 
     if route.methods is None:
         return handler, {}

@@ -106,13 +106,31 @@ class ProxyPipeline:
         principal: Principal | None = None
         status = 500
         try:
-            principal = await principal_for(
-                self._principals,
-                route.name,  # a route's name is its path where InfluxDB 1.x credentials apply
-                request.headers.get(_AUTHORIZATION),
-                lambda: query_param(exchange.query_string, "p"),
-            )
-            status = await self._forward(request, principal)
+            authorization = request.headers.get(_AUTHORIZATION)
+            principal = self._principals.cached(authorization)
+            if principal is None:
+                principal = await principal_for(
+                    self._principals,
+                    route.name,  # a route's name is its path where InfluxDB 1.x credentials apply
+                    authorization,
+                    lambda: query_param(exchange.query_string, "p"),
+                )
+            source, target, rewrite = await route.resolve(request, principal, self._sources)
+            if rewrite is None:
+                status = await self._forwarder.forward(
+                    exchange, source, target, request_id=request.request_id, dialect=route.dialect
+                )
+            else:
+                status = await self._forwarder.forward(
+                    exchange,
+                    source,
+                    target,
+                    request_id=request.request_id,
+                    dialect=route.dialect,
+                    method=rewrite.method,
+                    body_override=rewrite.body,
+                    extra_headers=rewrite.headers,
+                )
         except GatewayError as exc:
             status = _render(request, exc)
         except asyncio.CancelledError:  # the server cancels the request when the client leaves
@@ -132,28 +150,6 @@ class ProxyPipeline:
                 principal,
             )
         return status
-
-    async def _forward(self, request: ProxyRequest, principal: Principal) -> int:
-        route = request.route
-        source, target, rewrite = await route.resolve(request, principal, self._sources)
-        if rewrite is None:
-            return await self._forwarder.forward(
-                request.exchange,
-                source,
-                target,
-                request_id=request.request_id,
-                dialect=route.dialect,
-            )
-        return await self._forwarder.forward(
-            request.exchange,
-            source,
-            target,
-            request_id=request.request_id,
-            dialect=route.dialect,
-            method=rewrite.method,
-            body_override=rewrite.body,
-            extra_headers=rewrite.headers,
-        )
 
 
 def _render(request: ProxyRequest, error: GatewayError) -> int:

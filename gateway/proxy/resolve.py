@@ -87,8 +87,10 @@ async def by_uid(request: ProxyRequest, principal: Principal, sources: SourceCac
     org_id = acting_org_id(principal, request.headers.get(ORG_HEADER_KEY))
     uid = request.key
     check_uid(uid)
-    source = (await sources.snapshot()).get(org_id, uid=uid)
-    return _grafana_target(request, principal, source)
+    snapshot = sources.fresh()
+    if snapshot is None:
+        snapshot = await sources.snapshot()
+    return _grafana_target(request, principal, snapshot.get(org_id, uid=uid))
 
 
 async def by_id(request: ProxyRequest, principal: Principal, sources: SourceCache) -> Resolution:
@@ -99,8 +101,10 @@ async def by_id(request: ProxyRequest, principal: Principal, sources: SourceCach
         # route's pattern matches; the client meant a uid.
         check_uid("")
     source_id = parse_source_id(request.key)
-    source = (await sources.snapshot()).get(org_id, id=source_id)
-    return _grafana_target(request, principal, source)
+    snapshot = sources.fresh()
+    if snapshot is None:
+        snapshot = await sources.snapshot()
+    return _grafana_target(request, principal, snapshot.get(org_id, id=source_id))
 
 
 async def influx_passthrough(

@@ -75,6 +75,13 @@ class SourceCache:
         for callback in self._subscribers:
             callback()
 
+    def fresh(self) -> Snapshot | None:
+        """The snapshot when it is current (what `snapshot` would return without waiting),
+        else None: the proxied path asks this first, and awaits `snapshot` only then."""
+        if self._stale or self._lock.locked():
+            return None
+        return self._snapshot
+
     async def snapshot(self) -> Snapshot:
         if self._stale and self._keeps_last():
             return self._snapshot  # no SQL while the database is known to be lost

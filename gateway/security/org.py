@@ -19,6 +19,8 @@ def acting_org_id(principal: Principal, org_header: str | None, *, needs: str | 
 
     As Grafana's authn service reads the header (`orgIDFromHeader`), a value that is not a
     64-bit integer, and 0, name no org: the token's own is used."""
+    if not org_header and needs is None:  # the usual case: no header, a read
+        return principal.org.id
     requested = parse_int64((org_header or "").strip()) or 0
     if requested and requested != principal.org.id:
         raise Forbidden(ORG_MISMATCH)

@@ -17,9 +17,11 @@ from pytest_aiohttp import AiohttpClient
 from gateway.app import create_app
 from gateway.bootstrap import ADMIN_TOKEN_FILE
 from gateway.config import Settings
+from gateway.errors import Unauthorized
 from gateway.keys import PRINCIPAL, STORE
 from gateway.registry.interface import Registry
 from gateway.registry.models import Org, Principal, Role
+from gateway.requests import principal_for
 from gateway.security.auth import PrincipalCache, hash_token, new_token, token_from_header
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY, MakeToken
 from tests.process import run_cli
@@ -259,3 +261,52 @@ class TestPrincipalCache:
         for token_id in range(5):
             await cache.resolve(f"dsg_{token_id}")
         assert backend.lookups - 5 >= 2  # at most 3 of the 5 were still held
+
+    async def test_a_bearer_header_resolved_once_is_then_answered_from_the_header(self) -> None:
+        backend = self.Backend()
+        backend.known[hash_token("dsg_a")] = self.principal(1)
+        cache = self.cache(backend)
+        assert cache.cached("Bearer dsg_a") is None  # never resolved yet
+        assert await principal_for(cache, "/api/x", "Bearer dsg_a", lambda: None) == (
+            self.principal(1)
+        )
+        assert cache.cached("Bearer dsg_a") == self.principal(1)
+        assert cache.cached("Token dsg_a") is None  # another header: resolved on its own
+        assert cache.cached("Bearer dsg_b") is None
+        assert cache.cached(None) is None
+        assert backend.lookups == 1
+
+    async def test_a_change_in_the_registry_forgets_the_headers_at_once(self) -> None:
+        backend = self.Backend()
+        backend.known[hash_token("dsg_a")] = self.principal(1)
+        cache = self.cache(backend)
+        await principal_for(cache, "/api/x", "Bearer dsg_a", lambda: None)
+        del backend.known[hash_token("dsg_a")]  # revoked
+        backend.changed()
+        assert cache.cached("Bearer dsg_a") is None
+        with pytest.raises(Unauthorized):
+            await principal_for(cache, "/api/x", "Bearer dsg_a", lambda: None)
+        assert cache.cached("Bearer dsg_a") is None
+
+    async def test_an_influx_v1_password_is_not_remembered_by_its_header(self) -> None:
+        # Basic auth names a principal on /query and /write only: a header remembered there
+        # would let it in on every other route.
+        backend = self.Backend()
+        backend.known[hash_token("dsg_a")] = self.principal(1)
+        cache = self.cache(backend)
+        basic = "Basic " + base64.b64encode(b"user:dsg_a").decode()
+        assert await principal_for(cache, "/query", basic, lambda: None) == self.principal(1)
+        assert cache.cached(basic) is None
+        with pytest.raises(Unauthorized):
+            await principal_for(cache, "/api/x", basic, lambda: None)
+
+    async def test_the_headers_held_are_bounded_too(self) -> None:
+        backend = self.Backend()
+        for token_id in range(5):
+            backend.known[hash_token(f"dsg_{token_id}")] = self.principal(token_id)
+        cache = self.cache(backend, limit=3)
+        for token_id in range(5):
+            await principal_for(cache, "/api/x", f"Bearer dsg_{token_id}", lambda: None)
+        held = [cache.cached(f"Bearer dsg_{token_id}") is not None for token_id in range(5)]
+        assert held[4]  # the newest is held
+        assert sum(held) <= 3
