@@ -294,7 +294,15 @@ class UpstreamResponse:
             if self._error is not None:
                 raise self._error
             await self._wait(self._body_timeout)
-        chunk = chunks.popleft()
+        return self._take()
+
+    def take_buffered(self) -> bytes | None:
+        """The next chunk if one is buffered now, else None (then `__anext__` waits for one,
+        or ends the body, or raises its failure): a chunk without a coroutine."""
+        return self._take() if self._chunks else None
+
+    def _take(self) -> bytes:
+        chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
         if self._buffered <= READ_LOW_WATER:
             conn = self._conn

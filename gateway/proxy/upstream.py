@@ -68,7 +68,6 @@ raised (`UpstreamResetError.replay_safe` is false).
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import socket
 import ssl
@@ -328,16 +327,8 @@ class UpstreamPool:
             body=body,
             content_length=content_length,
         )
-        send = functools.partial(
-            Http1Connection.send,
-            head=head,
-            body=body,
-            content_length=content_length,
-            expect_continue=expect_continue,
-            is_head=method == "HEAD",
-            idempotent=method in IDEMPOTENT_METHODS,
-            timeouts=timeouts,
-        )
+        is_head = method == "HEAD"
+        idempotent = method in IDEMPOTENT_METHODS
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -345,12 +336,30 @@ class UpstreamPool:
         if conn is not None:
             self._reused += 1
             try:
-                return await send(conn)
+                # Called directly (no partial): this runs on every proxied request.
+                return await conn.send(
+                    head,
+                    body,
+                    content_length=content_length,
+                    expect_continue=expect_continue,
+                    is_head=is_head,
+                    idempotent=idempotent,
+                    timeouts=timeouts,
+                )
             except UpstreamResetError as exc:
                 if not exc.replay_safe:
                     raise
             self._retried += 1
-        return await send(await self._connect(loop, state, timeouts.connect))
+        conn = await self._connect(loop, state, timeouts.connect)
+        return await conn.send(
+            head,
+            body,
+            content_length=content_length,
+            expect_continue=expect_continue,
+            is_head=is_head,
+            idempotent=idempotent,
+            timeouts=timeouts,
+        )
 
     def stats(self) -> PoolStats:
         return PoolStats(
