@@ -12,6 +12,8 @@ import itertools
 import re
 import secrets
 from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
@@ -53,6 +55,23 @@ def choose_request_id(
         if _SAFE_ID.fullmatch(candidate):
             return candidate
     return new_request_id()
+
+
+def _request_id_var() -> ContextVar[Any]:
+    """The ContextVar structlog keeps for the `request_id` field, found through its public API
+    (bound, then reset at once: nothing stays bound)."""
+    token = structlog.contextvars.bind_contextvars(request_id=...)["request_id"]
+    token.var.reset(token)
+    return token.var
+
+
+_REQUEST_ID = _request_id_var()
+
+
+def bind_request_id(request_id: str) -> None:
+    """`structlog.contextvars.bind_contextvars(request_id=request_id)`, without its per-call
+    work (a keyword dict, a name to build and look up, a dict of tokens): once per request."""
+    _REQUEST_ID.set(request_id)
 
 
 def new_request_id() -> str:

@@ -57,6 +57,10 @@ class ExchangeConnection(Protocol):
     async def drain(self) -> None:
         """Until the client reads again; ConnectionResetError if it goes away meanwhile."""
 
+    @property
+    def written(self) -> Awaitable[None]:
+        """Done already: what a write that need not wait returns."""
+
     def close(self) -> None: ...
     def abort(self) -> None: ...
 
@@ -140,8 +144,10 @@ class Exchange:
         """Prepare the response head; it goes out with the first `write` or with `finish`."""
         self._prepare(status, reason, headers, -1)
 
-    async def write(self, data: bytes) -> None:
-        """Send body bytes; waits while the client does not read (ConnectionResetError if gone)."""
+    def write(self, data: bytes) -> Awaitable[None]:
+        """Send body bytes, then await what this returns: it waits while the client does not
+        read (ConnectionResetError if gone). Not a coroutine: most writes need no wait, and
+        then return a future that is done already."""
         mode = self._mode
         if mode == 0 or self.finished:
             raise RuntimeError("write() outside of a started, unfinished response")
@@ -173,7 +179,8 @@ class Exchange:
         elif data:
             transport.write(data)
         if conn.write_paused:
-            await conn.drain()
+            return conn.drain()
+        return conn.written
 
     def finish(self) -> None:
         """End the response; a Content-Length body that is short aborts the connection."""

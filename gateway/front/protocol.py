@@ -117,7 +117,7 @@ class FrontProtocol(asyncio.Protocol):
         "_keepalive_timeout", "_loop", "_lost", "_max_buffered", "_max_head", "_max_target",
         "_no_body", "_parser", "_pinned", "_queue", "_reading_paused", "_resume_at", "_router",
         "_stopped", "_task", "_timer", "_url", "_waiting_to_write",
-        "closed", "date_header", "remote", "transport", "write_paused",
+        "closed", "date_header", "remote", "transport", "write_paused", "written",
     )  # fmt: skip
 
     transport: asyncio.Transport  # set by connection_made, before any other callback
@@ -169,6 +169,10 @@ class FrontProtocol(asyncio.Protocol):
         self.write_paused = False
         self._waiting_to_write = False  # the next queued exchange waits for resume_writing
         self._drain_waiter: asyncio.Future[None] | None = None
+        # What a write that need not wait returns: awaiting a done future is a C call, where a
+        # coroutine per write would be created, entered and torn down.
+        self.written: asyncio.Future[None] = loop.create_future()
+        self.written.set_result(None)
         self._closing = False  # shutting down: close after the exchange in progress
         self._stopped = False  # parsing stopped: close once the queued exchanges are done
         self.closed = False  # close or abort requested, or the transport is gone

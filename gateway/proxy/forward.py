@@ -50,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -137,7 +137,7 @@ class ClientExchange(Protocol):
     def start_response(
         self, status: int, reason: str, headers: Iterable[tuple[bytes, bytes]]
     ) -> None: ...
-    async def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> Awaitable[None]: ...
     def finish(self) -> None: ...
     def abort(self) -> None: ...
     def respond(

@@ -19,8 +19,6 @@ import time
 from http import HTTPStatus
 from typing import Protocol
 
-import structlog
-
 from gateway.errors import GatewayError, RequestTimeout, error_parts
 from gateway.metrics import GatewayMetrics
 from gateway.proxy.forward import CLIENT_CLOSED_REQUEST, ClientExchange, Forwarder
@@ -28,7 +26,14 @@ from gateway.proxy.resolve import RESOLVER_HEADERS
 from gateway.proxy.routes import ProxyRoute
 from gateway.registry.cache import SourceCache
 from gateway.registry.models import Principal
-from gateway.requests import choose_request_id, log, principal_for, query_param, record_request
+from gateway.requests import (
+    bind_request_id,
+    choose_request_id,
+    log,
+    principal_for,
+    query_param,
+    record_request,
+)
 from gateway.security.auth import PrincipalCache
 
 _AUTHORIZATION = b"authorization"
@@ -102,7 +107,7 @@ class ProxyPipeline:
         started = time.perf_counter()
         request = ProxyRequest(exchange, route, key)
         # Each request runs in a task of its own: binding here reaches only its log lines.
-        structlog.contextvars.bind_contextvars(request_id=request.request_id)
+        bind_request_id(request.request_id)
         principal: Principal | None = None
         status = 500
         try:
