@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import MutableMapping
-from contextvars import Context
+from contextvars import Context, ContextVar
 from typing import IO, Any
 
 import orjson
@@ -75,11 +75,18 @@ _LINE_KEYS = frozenset(
 )
 
 
-def _context_field(key: str, value: object) -> bytes:
-    """`,"key":value` for a field of the bound context, redacted as `redact_secrets` does."""
-    if key.lower() in _SECRET_KEYS:
-        value = "[redacted]"
-    return b"," + orjson.dumps({key: value}, default=repr)[1:-1]
+def _configured_processors() -> object:
+    """structlog's processors now: its configuration object read directly where it has one
+    (`get_config()` builds a dict each call, and this is asked on every request line)."""
+    config = _STRUCTLOG_CONFIG
+    if config is not None:
+        return getattr(config, "default_processors", None)
+    return structlog.get_config()["processors"]
+
+
+_STRUCTLOG_CONFIG = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+_UNKNOWN = (b"", False)  # not worked out yet (`RequestLog._context_field`)
+_REDACTED = orjson.dumps("[redacted]")
 
 
 class RequestLog:
@@ -99,6 +106,7 @@ class RequestLog:
 
     __slots__ = (
         "_binary",
+        "_fields",
         "_fixed",
         "_loop",
         "_loop_thread",
@@ -122,6 +130,7 @@ class RequestLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._fixed: dict[tuple[str, str, int, int | None], tuple[bytes, bytes]] = {}
+        self._fields: dict[ContextVar[Any], tuple[bytes, bool] | None] = {}
         self._second = -1
         self._second_bytes = b""
         atexit.register(self.flush)
@@ -145,13 +154,13 @@ class RequestLog:
         return (
             processors is not None
             and processors[-1] is _WRAP_FOR_FORMATTER
-            and structlog.get_config()["processors"] is processors
+            and _configured_processors() is processors
         )
 
-    def write(
-        self, method: str, path: str, status: int, duration_ms: float, org: int | None
-    ) -> bool:
-        """Write the line; False (nothing written) when the ordinary path must take it."""
+    def write(self, method: str, path: str, status: int, seconds: float, org: int | None) -> bool:
+        """Write the line (`seconds`: the request's duration, written in milliseconds rounded
+        to 2 places, as `duration_ms`); False (nothing written) when the ordinary path must take
+        it."""
         if not self.active:
             return False
         # The fields around the duration repeat from request to request: rendered once each.
@@ -161,7 +170,7 @@ class RequestLog:
         # Rendered when the lines are written, together: what a line needs is kept meanwhile
         # (the bound context is an immutable snapshot).
         pending = self._pending
-        pending.append((parts, duration_ms, contextvars.copy_context(), time.time()))
+        pending.append((parts, seconds, contextvars.copy_context(), time.time()))
         if len(pending) == 1:
             self._flush_soon()
         elif len(pending) >= self.MAX_PENDING:
@@ -218,28 +227,43 @@ class RequestLog:
             pass
 
     def _render(
-        self, parts: tuple[bytes, bytes], duration_ms: float, bound: Context, now: float
+        self, parts: tuple[bytes, bytes], seconds: float, bound: Context, now: float
     ) -> bytes:
         context = b""
-        for var in bound:  # as structlog's merge_contextvars: the same fields, in its order
-            name = var.name
-            if name.startswith(_CONTEXT_PREFIX):
-                value = bound[var]
-                key = name[_CONTEXT_PREFIX_LENGTH:]
-                if value is not Ellipsis and key not in _LINE_KEYS:
-                    context += _context_field(key, value)
+        fields = self._fields
+        for var, value in bound.items():  # as merge_contextvars: the same fields, in its order
+            field = fields.get(var, _UNKNOWN)
+            if field is _UNKNOWN:
+                field = self._context_field(var)
+            if field is not None and value is not Ellipsis:
+                prefix, redacted = field
+                context += prefix + (_REDACTED if redacted else orjson.dumps(value, default=repr))
         second = int(now)
         if second != self._second:
             self._second_bytes = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
             self._second = second
         return _LINE % (
             parts[0],
-            duration_ms,
+            round(seconds * 1000, 2),
             parts[1],
             context,
             self._second_bytes,
             int((now - second) * 1_000_000),
         )
+
+    def _context_field(self, var: ContextVar[Any]) -> tuple[bytes, bool] | None:
+        """`,"key":` for a ContextVar of structlog's bound context, and whether its value is
+        redacted (as `redact_secrets` does); None for any other variable or a field of the
+        line's own. Worked out once per variable."""
+        name = var.name
+        key = name[_CONTEXT_PREFIX_LENGTH:]
+        field: tuple[bytes, bool] | None = None
+        if name.startswith(_CONTEXT_PREFIX) and key not in _LINE_KEYS:
+            field = (b"," + orjson.dumps(key) + b":", key.lower() in _SECRET_KEYS)
+        if len(self._fields) >= self.MAX_FIXED:
+            self._fields.clear()
+        self._fields[var] = field
+        return field
 
 
 request_log = RequestLog()

@@ -93,12 +93,16 @@ def record_request(
     rendered straight to bytes when logging is JSON at info (gateway/logging.py), else through
     `logger`."""
     metrics.record_api_request(route, method, status, elapsed)
-    duration_ms = round(elapsed * 1000, 2)
     org = principal.org.id if principal else None
-    if request_log.write(method, route, status, duration_ms, org):
+    if request_log.write(method, route, status, elapsed, org):
         return
     logger.info(
-        REQUEST_EVENT, method=method, path=route, status=status, duration_ms=duration_ms, org=org
+        REQUEST_EVENT,
+        method=method,
+        path=route,
+        status=status,
+        duration_ms=round(elapsed * 1000, 2),
+        org=org,
     )
 
 
@@ -123,7 +127,7 @@ def record_refusal(
     logged_method = method or "-"
     duration_ms = round(elapsed * 1000, 2)
     with structlog.contextvars.bound_contextvars(request_id=request_id):
-        if request_log.write(logged_method, logged_path, status, duration_ms, None):
+        if request_log.write(logged_method, logged_path, status, elapsed, None):
             return
         log.info(
             REQUEST_EVENT,
