@@ -157,9 +157,13 @@ def _kept_cookies(values: Iterable[bytes], keep: frozenset[str]) -> bytes:
 
 def response_headers(upstream: Sequence[tuple[bytes, bytes]]) -> RawHeaders:
     """The upstream's headers minus hop-by-hop and Set-Cookie, plus the sandbox CSP."""
-    named = connection_named(upstream)
-    dropped = _RESPONSE_DROPPED | named if named else _RESPONSE_DROPPED
-    out = [(name, value) for name, value in upstream if name.lower() not in dropped]
+    out = [(name, value) for name, value in upstream if name.lower() not in _RESPONSE_DROPPED]
+    for name, value in upstream:
+        # `Connection: keep-alive` (most answers) names only a field dropped anyway.
+        if len(name) == 10 and name.lower() == b"connection" and value.lower() != b"keep-alive":
+            named = connection_named(upstream)
+            out = [(n, v) for n, v in out if n.lower() not in named]
+            break
     out.append(SANDBOX_CSP)
     return out
 

@@ -86,11 +86,13 @@ async def by_uid(request: ProxyRequest, principal: Principal, sources: SourceCac
     """`/api/datasources/proxy/uid/{uid}/{path}`: Grafana's data source proxy by uid."""
     org_id = acting_org_id(principal, request.headers.get(ORG_HEADER_KEY))
     uid = request.key
-    check_uid(uid)
     snapshot = sources.fresh()
     if snapshot is None:
         snapshot = await sources.snapshot()
-    return _grafana_target(request, principal, snapshot.get(org_id, uid=uid))
+    source = snapshot.get(org_id, uid=uid)
+    if source is None:  # the registry holds valid uids only: a uid found needs no check
+        check_uid(uid)
+    return _grafana_target(request, principal, source)
 
 
 async def by_id(request: ProxyRequest, principal: Principal, sources: SourceCache) -> Resolution:
