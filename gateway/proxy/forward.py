@@ -728,6 +728,8 @@ class Forwarder:
             while True:
                 chunk = upstream.take_buffered()
                 if chunk is None:
+                    if upstream.complete:  # the usual end: no coroutine, no StopAsyncIteration
+                        break
                     try:
                         chunk = await upstream.__anext__()
                     except StopAsyncIteration:
