@@ -14,13 +14,14 @@ the order they run, and a new capability plugs in as a step rather than inside a
    otherwise), or one the gateway built (a translated query);
 2. `_choose_target` — the target to try: the first healthy one (failover) or the next healthy
    one in turn (round robin), one not tried yet by this request (gateway/proxy/targets.py);
-3. `_try` — one exchange with the pool up to the response head, its result counted per target
-   and fed to outlier detection, its failures to passive health. Retries: the pool retries once
-   on a stale keep-alive connection (its retry rule); `_retry`, between `_try` and the next
-   `_choose_target`, decides whether a failed or 5xx try goes on to another target
-   (gateway/proxy/retry.py says when that is safe); `_answer` runs this loop;
-4. `_relay` — the answer back to the client: the upstream's status and headers, then `_stream`
-   copies the body with back-pressure;
+3. a try — one exchange with the pool up to the response head, its result counted per target
+   (`_count_try`) and fed to outlier detection, its failures to passive health (`_try_error`).
+   Retries: the pool retries once on a stale keep-alive connection (its retry rule); `_retry`,
+   between a try and the next `_choose_target`, decides whether a failed or 5xx try goes on to
+   another target (gateway/proxy/retry.py says when that is safe); `_answer` runs this loop,
+   with the try inlined (`_try` is the same try with a deadline, for the write spool);
+4. `_relay` — the answer back to the client: the upstream's status and headers, then the body
+   with back-pressure (what is buffered already taken without a coroutine);
 5. `_Outcome.record` — the request's metrics, recorded once, in `forward`'s `finally`, whatever
    happened. Every failure is an exception carrying its status (a `GatewayError`, or `_ClientGone`
    for 499), so no step tracks the status by hand.
@@ -697,7 +698,7 @@ class Forwarder:
         dialect: Dialect,
         request_id: bytes,
     ) -> int:
-        """The upstream's answer to the client; the status to log."""
+        """The upstream's answer to the client, its head and its body; the status to log."""
         # try/finally rather than `async with` and `async for`: two coroutines less per
         # request, and none per chunk already buffered (a small answer's only one).
         try:
@@ -712,46 +713,37 @@ class Forwarder:
             response = response_headers(upstream.headers)
             response.append((b"X-Request-Id", request_id))
             client.start_response(status, upstream.reason, response)
-            return await self._stream(client, prepared, upstream, outcome)
+            # The body, copied here rather than in a coroutine of its own (one frame less).
+            try:
+                while True:
+                    chunk = upstream.take_buffered()
+                    if chunk is None:
+                        if upstream.complete:  # the usual end: no coroutine, no exception
+                            break
+                        try:
+                            chunk = await upstream.__anext__()
+                        except StopAsyncIteration:
+                            break
+                    outcome.received += len(chunk)
+                    await client.write(chunk)
+            except UpstreamError as exc:
+                # Headers are out: the status cannot change. Cut the connection so the client
+                # sees an incomplete response, never a complete-looking short one, and count and
+                # log it as the failure it was, not as the status it began with.
+                failed = self._upstream_failed(prepared, exc)
+                log.warning(
+                    "proxy_aborted",
+                    source_uid=prepared.source.uid,
+                    reason=f"upstream {exc.kind} after {outcome.received} bytes",
+                )
+                client.abort()
+                return failed
+            except ConnectionError as exc:
+                raise _ClientGone() from exc
+            client.finish()
+            return status
         finally:
             upstream.close()
-
-    async def _stream(
-        self,
-        client: ClientExchange,
-        prepared: PreparedSource,
-        upstream: UpstreamResponse,
-        outcome: _Outcome,
-    ) -> int:
-        """Copy the response body; the status to log once it is over."""
-        try:
-            while True:
-                chunk = upstream.take_buffered()
-                if chunk is None:
-                    if upstream.complete:  # the usual end: no coroutine, no StopAsyncIteration
-                        break
-                    try:
-                        chunk = await upstream.__anext__()
-                    except StopAsyncIteration:
-                        break
-                outcome.received += len(chunk)
-                await client.write(chunk)
-        except UpstreamError as exc:
-            # Headers are out: the status cannot change. Cut the connection so the client sees
-            # an incomplete response, never a complete-looking short one, and count and log it
-            # as the failure it was, not as the status it began with.
-            status = self._upstream_failed(prepared, exc)
-            log.warning(
-                "proxy_aborted",
-                source_uid=prepared.source.uid,
-                reason=f"upstream {exc.kind} after {outcome.received} bytes",
-            )
-            client.abort()
-            return status
-        except ConnectionError as exc:
-            raise _ClientGone() from exc
-        client.finish()
-        return upstream.status
 
     def _upstream_failed(
         self, prepared: PreparedSource, exc: UpstreamError, target: Target | None = None
