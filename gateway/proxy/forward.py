@@ -312,9 +312,12 @@ class Forwarder:
                     client, prepared, request, buffer, outcome, dialect
                 )
                 return outcome.status
-            body, content_length = await self._outgoing_body(
-                client, prepared, body_override, outcome
-            )
+            if body_override is None and not client.has_body:  # most requests: no coroutine
+                body, content_length = None, None
+            else:
+                body, content_length = await self._outgoing_body(
+                    client, prepared, body_override, outcome
+                )
             request = _Upstreaming(target, headers, body, content_length, request_id)
             request.replayable = self._replayable(prepared, outcome.method, request)
             upstream = await self._answer(prepared, outcome, request)

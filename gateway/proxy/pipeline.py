@@ -120,7 +120,12 @@ class ProxyPipeline:
                     authorization,
                     lambda: query_param(exchange.query_string, "p"),
                 )
-            source, target, rewrite = await route.resolve(request, principal, self._sources)
+            resolve_now = route.resolve_now
+            snapshot = self._sources.fresh() if resolve_now is not None else None
+            if snapshot is not None and resolve_now is not None:  # no coroutine
+                source, target, rewrite = resolve_now(request, principal, snapshot)
+            else:
+                source, target, rewrite = await route.resolve(request, principal, self._sources)
             if rewrite is None:
                 status = await self._forwarder.forward(
                     exchange, source, target, request_id=request.request_id, dialect=route.dialect

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlencode
 
@@ -70,6 +71,10 @@ class Rewrite(NamedTuple):
 # The source, the upstream path (under each target's base path), and what to send instead of
 # the client's request, if any.
 Resolution = tuple[DataSource, UpstreamPath, Rewrite | None]
+# How a route finds them: from the registry's cache (waiting for a reload if need be), or,
+# for the routes that need nothing else, from a current snapshot of it, synchronously.
+Resolve = Callable[["ProxyRequest", Principal, SourceCache], Awaitable[Resolution]]
+ResolveNow = Callable[["ProxyRequest", Principal, Snapshot], Resolution]
 
 
 UID_SEGMENT = "uid"
@@ -82,20 +87,17 @@ class DataSourceNotReachable(NotFound):
 # --- the resolvers: what each route sends where ----------------------------------------------
 
 
-async def by_uid(request: ProxyRequest, principal: Principal, sources: SourceCache) -> Resolution:
+def uid_target(request: ProxyRequest, principal: Principal, snapshot: Snapshot) -> Resolution:
     """`/api/datasources/proxy/uid/{uid}/{path}`: Grafana's data source proxy by uid."""
     org_id = acting_org_id(principal, request.headers.get(ORG_HEADER_KEY))
     uid = request.key
-    snapshot = sources.fresh()
-    if snapshot is None:
-        snapshot = await sources.snapshot()
     source = snapshot.get(org_id, uid=uid)
     if source is None:  # the registry holds valid uids only: a uid found needs no check
         check_uid(uid)
     return _grafana_target(request, principal, source)
 
 
-async def by_id(request: ProxyRequest, principal: Principal, sources: SourceCache) -> Resolution:
+def id_target(request: ProxyRequest, principal: Principal, snapshot: Snapshot) -> Resolution:
     """`/api/datasources/proxy/{id}/{path}`: Grafana's data source proxy by (numeric) id."""
     org_id = acting_org_id(principal, request.headers.get(ORG_HEADER_KEY))
     if request.key == UID_SEGMENT:
@@ -103,21 +105,34 @@ async def by_id(request: ProxyRequest, principal: Principal, sources: SourceCach
         # route's pattern matches; the client meant a uid.
         check_uid("")
     source_id = parse_source_id(request.key)
-    snapshot = sources.fresh()
-    if snapshot is None:
-        snapshot = await sources.snapshot()
     return _grafana_target(request, principal, snapshot.get(org_id, id=source_id))
 
 
-async def influx_passthrough(
-    request: ProxyRequest, principal: Principal, sources: SourceCache
-) -> Resolution:
+def influx_target(request: ProxyRequest, principal: Principal, snapshot: Snapshot) -> Resolution:
     """InfluxDB's own paths, sent to the source named by `?source=` / X-Gateway-Source, else
     to the org's default InfluxDB source."""
     exchange = request.exchange
     wanted = query_param(exchange.query_string, "source") or request.headers.get(SOURCE_HEADER_KEY)
-    source = influx_source(await sources.snapshot(), principal.org.id, wanted or "")
+    source = influx_source(snapshot, principal.org.id, wanted or "")
     return source, passthrough_target(exchange.path, exchange.query_string), None
+
+
+def from_snapshot(resolve_now: ResolveNow) -> Resolve:
+    """A resolver that needs only the registry's snapshot, as a `Resolve` (it waits for a
+    reload when the snapshot is stale). The pipeline calls `resolve_now` itself while the
+    snapshot is current: no coroutine on the hot path."""
+
+    async def resolve(
+        request: ProxyRequest, principal: Principal, sources: SourceCache
+    ) -> Resolution:
+        return resolve_now(request, principal, await sources.snapshot())
+
+    return resolve
+
+
+by_uid = from_snapshot(uid_target)
+by_id = from_snapshot(id_target)
+influx_passthrough = from_snapshot(influx_target)
 
 
 async def source_query(

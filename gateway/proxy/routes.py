@@ -12,7 +12,7 @@ segment names the source; a trailing `/{path}` is the remainder that goes upstre
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from gateway.bodies import BodyTooLarge
@@ -20,13 +20,18 @@ from gateway.errors import Dialect, PayloadTooLarge
 from gateway.proxy.resolve import (
     CONTENT_TYPE_KEY,
     Resolution,
+    Resolve,
+    ResolveNow,
     Rewrite,
     by_id,
     by_uid,
+    id_target,
     influx_passthrough,
+    influx_target,
     source_query,
+    uid_target,
 )
-from gateway.registry.cache import SourceCache
+from gateway.registry.cache import Snapshot, SourceCache
 from gateway.registry.models import Principal, Role
 from gateway.security.readonly import QUERY_BODY_LIMIT, body_needed, query_refusal
 from gateway.security.roles import RoleRequired, has_role, require_role
@@ -36,10 +41,6 @@ if TYPE_CHECKING:
 
 PROXY_PREFIX = "/api/datasources/proxy"
 REMAINDER = "/{path}"
-
-
-# How a route finds its source and upstream target (gateway/proxy/resolve.py).
-Resolve = Callable[["ProxyRequest", Principal, SourceCache], Awaitable[Resolution]]
 
 
 def _writing(resolve: Resolve) -> Resolve:
@@ -130,6 +131,18 @@ def _header(headers: Iterable[tuple[bytes, bytes]], lower_name: bytes) -> str | 
     return None
 
 
+def _writing_now(resolve_now: ResolveNow) -> ResolveNow:
+    """`_writing`, for the synchronous resolver of a route that writes data."""
+
+    def resolve_write(
+        request: ProxyRequest, principal: Principal, snapshot: Snapshot
+    ) -> Resolution:
+        require_role(principal, Role.EDITOR, f"write:orgs/{principal.org.influx_id}/buckets")
+        return resolve_now(request, principal, snapshot)
+
+    return resolve_write
+
+
 class ProxyRoute:
     """One proxied route: its name, the methods it takes (None: any), the dialect of its
     errors, how it resolves the source and upstream target, and whether it writes data (the
@@ -144,6 +157,7 @@ class ProxyRoute:
         "prefix",
         "queries",
         "resolve",
+        "resolve_now",
         "segments",
         "tail",
         "writes",
@@ -156,9 +170,13 @@ class ProxyRoute:
         dialect: Dialect,
         resolve: Resolve,
         *,
+        now: ResolveNow | None = None,
         writes: bool = False,
         queries: bool = False,
     ) -> None:
+        """`now`: the route's resolver from a current snapshot, when it needs nothing else
+        (`resolve` must be the same rules, `from_snapshot(now)`); the pipeline then calls it
+        without a coroutine. A query route has none: a viewer's query body is read first."""
         self.name = name
         self.methods = frozenset(methods) if methods is not None else None
         self.dialect = dialect
@@ -166,9 +184,12 @@ class ProxyRoute:
         self.queries = queries
         if writes:
             resolve = _writing(resolve)
+            now = _writing_now(now) if now is not None else None
         elif queries:
             resolve = _querying(resolve)
+            now = None
         self.resolve = resolve
+        self.resolve_now = now
         prefix, brace, rest = name.partition("{")
         key, _, tail = rest.partition("}")
         # The literal text before the key (the whole path when there is none), the key's name,
@@ -205,14 +226,16 @@ _BY_ID = PROXY_PREFIX + "/{id}"
 # In matching order: aiohttp tries them in this order, and `…/proxy/uid/…` must come before
 # `…/proxy/{id}/…`.
 ROUTES: tuple[ProxyRoute, ...] = (
-    ProxyRoute(_BY_UID, None, _GRAFANA, by_uid),
-    ProxyRoute(_BY_UID + REMAINDER, None, _GRAFANA, by_uid),
-    ProxyRoute(_BY_ID, None, _GRAFANA, by_id),
-    ProxyRoute(_BY_ID + REMAINDER, None, _GRAFANA, by_id),
-    ProxyRoute("/api/v2/write", ("POST",), _INFLUX, influx_passthrough, writes=True),
+    ProxyRoute(_BY_UID, None, _GRAFANA, by_uid, now=uid_target),
+    ProxyRoute(_BY_UID + REMAINDER, None, _GRAFANA, by_uid, now=uid_target),
+    ProxyRoute(_BY_ID, None, _GRAFANA, by_id, now=id_target),
+    ProxyRoute(_BY_ID + REMAINDER, None, _GRAFANA, by_id, now=id_target),
+    ProxyRoute(
+        "/api/v2/write", ("POST",), _INFLUX, influx_passthrough, now=influx_target, writes=True
+    ),
     ProxyRoute("/api/v2/query", ("POST",), _INFLUX, influx_passthrough, queries=True),
     # HEAD as aiohttp's `add_get` takes it: clients probe `/query` with it.
     ProxyRoute("/query", ("GET", "HEAD", "POST"), _INFLUX, influx_passthrough, queries=True),
-    ProxyRoute("/write", ("POST",), _INFLUX, influx_passthrough, writes=True),
+    ProxyRoute("/write", ("POST",), _INFLUX, influx_passthrough, now=influx_target, writes=True),
     ProxyRoute("/api/v2/sources/{source_id}/query", ("POST",), _INFLUX, source_query, queries=True),
 )

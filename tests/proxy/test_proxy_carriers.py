@@ -291,3 +291,35 @@ async def test_head_query_is_passed_through_and_put_is_told_what_is_allowed(
     assert put.status == 405
     assert await put.json() == {"code": "method not allowed", "message": "allow: GET,HEAD,POST"}
     assert put.headers["Allow"] == "GET,HEAD,POST"
+
+
+def test_only_routes_that_need_nothing_but_the_registry_resolve_without_a_coroutine() -> None:
+    """The pipeline calls `resolve_now` while the source snapshot is current: a query route has
+    none (a viewer's query is read first), nor does a route that reads its body to resolve."""
+    synchronous = {route.name for route in ROUTES if route.resolve_now is not None}
+    assert synchronous == {
+        "/api/datasources/proxy/uid/{uid}",
+        "/api/datasources/proxy/uid/{uid}/{path}",
+        "/api/datasources/proxy/{id}",
+        "/api/datasources/proxy/{id}/{path}",
+        "/api/v2/write",
+        "/write",
+    }
+    assert all(route.resolve_now is None for route in ROUTES if route.queries)
+
+
+async def test_a_source_changed_just_before_is_resolved_afresh(
+    client: AppClient, source: DataSource, upstream: RawServer, raw_server: StartRawServer
+) -> None:
+    """A change makes the snapshot stale: the next request waits for the reload (the
+    coroutine path) and goes where the source points now; the one after takes the fresh
+    snapshot without waiting, to the same place."""
+    assert (await client.get(proxy_path(source, "x"), headers=AUTH)).status == 200
+    other = await raw_server(bare_upstream)
+    store = client.app[STORE]
+    spec = DataSourceSpec(name="bare", type="acme-json", url=f"http://127.0.0.1:{other.port}")
+    await store.update_source(1, source.id, lambda current: spec)
+    for _ in range(2):
+        response = await client.get(proxy_path(source, "named"), headers=AUTH)
+        assert (response.status, response.headers.get("Server")) == (200, "upstream/1.0")
+    assert other.connections == 1  # the new target took both, on one kept-alive connection
