@@ -97,11 +97,15 @@ class RequestLog:
     microseconds). Context keys named like secrets are redacted as `redact_secrets` does; the
     other fields are the gateway's own (a method, a route template, numbers).
 
-    Lines go to the stream of the stdlib handler, written together once per turn of the event
-    loop (a callback scheduled by the first line of the turn) instead of one write(2) per line
-    (stderr is unbuffered: ~3-4 us each). Any other log line flushes them first (`_Handler`),
-    so lines keep their order; so do the end of the process and `disable`. Without a running
-    loop, a line is written at once.
+    Lines go to the stream of the stdlib handler, rendered and written together once per turn
+    of the event loop (a callback scheduled by the first line of the turn) instead of one
+    write(2) per line (stderr is unbuffered: ~3-4 us each). Per request only the line's values
+    are kept (its time, duration and bound context, an immutable snapshot); the fields that
+    repeat (method, route, status, org) are rendered once per combination, each context field's
+    name once per ContextVar. Rendering a turn's lines in one go costs the server about half of
+    rendering each as it comes (issue 17, bench/README.md). Any other log line flushes them first
+    (`_Handler`), so lines keep their order; so do the end of the process and `disable`. Without
+    a running loop, a line is written at once.
     """
 
     __slots__ = (

@@ -718,17 +718,16 @@ class Forwarder:
             client.start_response(status, upstream.reason, response)
             # The body, copied here rather than in a coroutine of its own (one frame less).
             try:
-                while True:
-                    chunk = upstream.take_buffered()
-                    if chunk is None:
-                        if upstream.complete:  # the usual end: no coroutine, no exception
-                            break
-                        try:
-                            chunk = await upstream.__anext__()
-                        except StopAsyncIteration:
-                            break
-                    outcome.received += len(chunk)
-                    await client.write(chunk)
+                if upstream.complete:
+                    # The whole body came with the head (a small answer's usual way): copied
+                    # without a coroutine per chunk, nor a StopAsyncIteration at its end.
+                    while (chunk := upstream.take_buffered()) is not None:
+                        outcome.received += len(chunk)
+                        await client.write(chunk)
+                else:
+                    async for chunk in upstream:
+                        outcome.received += len(chunk)
+                        await client.write(chunk)
             except UpstreamError as exc:
                 # Headers are out: the status cannot change. Cut the connection so the client
                 # sees an incomplete response, never a complete-looking short one, and count and
