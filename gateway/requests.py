@@ -160,18 +160,16 @@ async def principal_for(
     """Who sends `Authorization` (Bearer/Token; on InfluxDB 1.x paths also the password of
     Basic auth or of `p=`, read only then); Unauthorized if nobody."""
     token = token_from_header(authorization)
-    if token is None:
-        if path in V1_COMPAT_PATHS:
-            token = v1_password(authorization, p_param())
-    elif authorization is not None:
-        principal = await principals.resolve(token)
-        if principal is None:
-            raise Unauthorized()
-        principals.remember(authorization, token)
-        return principal
+    # A Bearer/Token header names its principal on every route: `cached` may answer it next
+    # time. An InfluxDB 1.x password counts on some routes only, so it is never remembered.
+    remembered = authorization if token is not None else None
+    if token is None and path in V1_COMPAT_PATHS:
+        token = v1_password(authorization, p_param())
     principal = await principals.resolve(token) if token else None
     if principal is None:
         raise Unauthorized()
+    if remembered is not None and token is not None:
+        principals.remember(remembered, token)
     return principal
 
 

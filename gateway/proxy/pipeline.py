@@ -126,21 +126,16 @@ class ProxyPipeline:
                 source, target, rewrite = resolve_now(request, principal, snapshot)
             else:
                 source, target, rewrite = await route.resolve(request, principal, self._sources)
-            if rewrite is None:
-                status = await self._forwarder.forward(
-                    exchange, source, target, request_id=request.request_id, dialect=route.dialect
-                )
-            else:
-                status = await self._forwarder.forward(
-                    exchange,
-                    source,
-                    target,
-                    request_id=request.request_id,
-                    dialect=route.dialect,
-                    method=rewrite.method,
-                    body_override=rewrite.body,
-                    extra_headers=rewrite.headers,
-                )
+            status = await self._forwarder.forward(
+                exchange,
+                source,
+                target,
+                request_id=request.request_id,
+                dialect=route.dialect,
+                method=rewrite.method if rewrite is not None else None,
+                body_override=rewrite.body if rewrite is not None else None,
+                extra_headers=rewrite.headers if rewrite is not None else (),
+            )
         except GatewayError as exc:
             status = _render(request, exc)
         except asyncio.CancelledError:  # the server cancels the request when the client leaves

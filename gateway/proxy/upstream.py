@@ -333,8 +333,12 @@ class UpstreamPool:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         conn = state.take_idle(loop.time())
-        if conn is not None:
+        reused = conn is not None
+        if reused:
             self._reused += 1
+        while True:
+            if conn is None:
+                conn = await self._connect(loop, state, timeouts.connect)
             try:
                 # Called directly (no partial): this runs on every proxied request.
                 return await conn.send(
@@ -347,19 +351,12 @@ class UpstreamPool:
                     timeouts=timeouts,
                 )
             except UpstreamResetError as exc:
-                if not exc.replay_safe:
+                # A kept-alive connection the upstream closed meanwhile: once, on a new one.
+                if not (reused and exc.replay_safe):
                     raise
             self._retried += 1
-        conn = await self._connect(loop, state, timeouts.connect)
-        return await conn.send(
-            head,
-            body,
-            content_length=content_length,
-            expect_continue=expect_continue,
-            is_head=is_head,
-            idempotent=idempotent,
-            timeouts=timeouts,
-        )
+            reused = False
+            conn = None
 
     def stats(self) -> PoolStats:
         return PoolStats(
