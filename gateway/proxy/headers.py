@@ -157,13 +157,19 @@ def _kept_cookies(values: Iterable[bytes], keep: frozenset[str]) -> bytes:
 
 def response_headers(upstream: Sequence[tuple[bytes, bytes]]) -> RawHeaders:
     """The upstream's headers minus hop-by-hop and Set-Cookie, plus the sandbox CSP."""
-    out = [(name, value) for name, value in upstream if name.lower() not in _RESPONSE_DROPPED]
+    out: RawHeaders = []
+    named_more = False
     for name, value in upstream:
-        # `Connection: keep-alive` (most answers) names only a field dropped anyway.
-        if len(name) == 10 and name.lower() == b"connection" and value.lower() != b"keep-alive":
-            named = connection_named(upstream)
-            out = [(n, v) for n, v in out if n.lower() not in named]
-            break
+        lower = name.lower()
+        if lower in _RESPONSE_DROPPED:
+            # `Connection: keep-alive` (most answers) names only a field dropped anyway.
+            if lower == b"connection" and value.lower() != b"keep-alive":
+                named_more = True
+            continue
+        out.append((name, value))
+    if named_more:
+        named = connection_named(upstream)
+        out = [(n, v) for n, v in out if n.lower() not in named]
     out.append(SANDBOX_CSP)
     return out
 

@@ -335,11 +335,15 @@ class UpstreamResponse:
     def _feed(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._buffered += len(chunk)
-        _wake(self._waiter)
+        waiter = self._waiter  # _wake, inlined: this runs for every chunk
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _finish(self) -> None:
         self._complete = True
-        _wake(self._waiter)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None:
@@ -686,7 +690,8 @@ class Http1Connection(asyncio.Protocol):
         self._header_sink = None
         response._conn = None
         self._headers_deadline = None
-        _wake(self._continue_waiter)
+        if self._continue_waiter is not None:
+            _wake(self._continue_waiter)
         pump = self._pump
         if pump is not None:
             self._pump = None
@@ -812,7 +817,8 @@ class Http1Connection(asyncio.Protocol):
             return
         response.status = status
         self._headers_deadline = None
-        _wake(self._continue_waiter)  # a final status before 100 Continue: never send the body
+        if self._continue_waiter is not None:  # a final status before 100 Continue:
+            _wake(self._continue_waiter)  # never send the body
         if self._is_head:
             # llhttp cannot be told a HEAD response has no body (httptools hides the hook), so we
             # end the message here and replace the parser after this read.

@@ -73,7 +73,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import urlsplit
 
@@ -141,6 +141,8 @@ class Origin:
     tls_skip_verify: bool = False
     tls_ca_file: str | None = None
     ssl_context: ssl.SSLContext | None = None
+    # The pool looks its origin up on every request: the field hash is computed once.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         if self.scheme not in ("http", "https"):
@@ -149,6 +151,18 @@ class Origin:
             raise ValueError(f"invalid upstream host {self.host!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"invalid upstream port {self.port}")
+        fields = (
+            self.scheme,
+            self.host,
+            self.port,
+            self.tls_skip_verify,
+            self.tls_ca_file,
+            self.ssl_context,
+        )
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def from_url(

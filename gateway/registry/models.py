@@ -26,6 +26,10 @@ class Role(Enum):
     EDITOR = "editor"
     ADMIN = "admin"
 
+    # Members are singletons compared by identity: the identity hash is the C one, where
+    # Enum's own hashes the name in Python (the proxied path's cached lookups key on a role).
+    __hash__ = object.__hash__
+
     @property
     def can_write(self) -> bool:
         return self is not Role.VIEWER
