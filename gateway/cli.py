@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.bootstrap import ADMIN_TOKEN_FILE, open_registry, remove_revoked_admin_token_file
+from gateway.cluster import serving_members
 from gateway.config import Settings, SettingsError, config_path, load_settings
 from gateway.errors import OrgNotFound, StartupError
 from gateway.front.site import FrontSite, bind_listener
@@ -414,6 +415,15 @@ async def keys_rotate(settings: Settings, _: argparse.Namespace) -> int:
     pending = key_file.with_name(KEY_FILE_NAME + ".new")
 
     async def action(store: Registry) -> int:
+        # The data directory's lock covers one host; a cluster's gateways say they serve the
+        # registry by their heartbeats. Any of them would go on with the old key in memory.
+        members, window = await serving_members(settings)
+        if members:  # refused as the data directory's lock refuses: exit 2
+            raise StartupError(
+                f"{len(members)} gateway(s) serve this registry ({', '.join(members)}): stop "
+                "every gateway of the cluster first (one that stopped uncleanly counts as "
+                f"serving until {window:g} s after its last heartbeat)"
+            )
         if not settings.secret_key:
             pending.unlink(missing_ok=True)
             write_private_file(pending, new_text)

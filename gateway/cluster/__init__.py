@@ -11,6 +11,6 @@ probes every source, as a single gateway always has.
 
 from __future__ import annotations
 
-from gateway.cluster.service import SharedProbing, open_shared_probing
+from gateway.cluster.service import SharedProbing, open_shared_probing, serving_members
 
-__all__ = ["SharedProbing", "open_shared_probing"]
+__all__ = ["SharedProbing", "open_shared_probing", "serving_members"]

@@ -170,6 +170,30 @@ def cluster_url(settings: Settings) -> str | None:
     return backend.url if isinstance(backend, PostgresBackend) else None
 
 
+async def serving_members(settings: Settings) -> tuple[list[str], float]:
+    """The cluster members serving the PostgreSQL registry the settings select, and the window
+    (seconds since a last heartbeat) in which a member counts as serving; ([], window) for
+    SQLite, where the data directory's lock says whether a gateway serves it. For commands that
+    must run alone (`gateway keys rotate`): the other gateways keep the registry's key in
+    memory."""
+    window = settings.health_interval * membership.LIVE_INTERVALS
+    url = cluster_url(settings)
+    if url is None:
+        return [], window
+    where = PostgresBackend(url).location
+    try:
+        timeout = settings.database_query_timeout
+        db = await asyncpg.connect(url, timeout=timeout, command_timeout=timeout)
+    except CONNECT_ERRORS as exc:
+        raise StoreUnusable(f"cannot connect to the PostgreSQL registry at {where}: {exc}") from exc
+    try:
+        return await membership.live_members(db, settings.health_interval), window
+    except CONNECTION_ERRORS as exc:
+        raise StoreUnusable(f"cannot read the cluster's members at {where}: {exc}") from exc
+    finally:
+        await db.close(timeout=CLOSE_SECONDS)
+
+
 @contextlib.asynccontextmanager
 async def open_shared_probing(settings: Settings) -> AsyncIterator[SharedProbing | None]:
     """SharedProbing joined to the cluster when the registry is PostgreSQL; None (every source

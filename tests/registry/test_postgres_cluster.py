@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.conftest import ADMIN_TOKEN
 from tests.process import GatewayProcess, run_cli
 
 FAN_OUT_SECONDS = 1.0
@@ -54,3 +55,34 @@ def test_the_cli_and_two_gateways_share_one_registry(postgres_url: str, tmp_path
         assert first.stop() == 0
     orgs = run_cli("org", "list", data_dir=tmp_path / "cli", env=env)
     assert "Team B" in orgs.stdout
+
+
+def test_keys_rotate_waits_for_every_gateway_of_the_cluster(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A gateway of the cluster on another host keeps the key in memory, where no data directory
+    lock can see it: its heartbeat does. One killed counts until its heartbeat is stale."""
+    env = {"GATEWAY_DATABASE_URL": postgres_url, "GATEWAY_HEALTH_INTERVAL": "1"}
+    rotate = {**env, "GATEWAY_NEW_SECRET_KEY": "next-key"}
+    cli = tmp_path / "cli"
+    gateway = GatewayProcess(tmp_path / "a", env=env)
+    try:
+        refused = run_cli("keys", "rotate", data_dir=cli, env=rotate)
+        assert refused.returncode == 2, refused.stderr
+        assert "1 gateway(s) serve this registry" in refused.stderr
+        assert f"/{gateway.proc.pid}/" in refused.stderr  # the member id names host and pid
+        assert "Traceback" not in refused.stderr
+        assert status(f"{gateway.url}/api/datasources", ADMIN_TOKEN) == 200  # nothing changed
+        gateway.proc.kill()  # no clean leave: its row stays until the heartbeat is stale
+        gateway.proc.wait(10)
+        assert run_cli("keys", "rotate", data_dir=cli, env=rotate).returncode == 2
+    finally:
+        gateway.stop()
+    deadline = time.monotonic() + 10
+    while (rotated := run_cli("keys", "rotate", data_dir=cli, env=rotate)).returncode != 0:
+        assert time.monotonic() < deadline, rotated.stderr
+        time.sleep(0.2)
+    assert "re-encrypted the secrets of" in rotated.stderr
+    assert run_cli("org", "list", data_dir=cli, env=env).returncode == 2  # the old key is out
+    renewed = {**env, "GATEWAY_SECRET_KEY": "next-key"}
+    assert run_cli("org", "list", data_dir=cli, env=renewed).returncode == 0
