@@ -62,7 +62,9 @@ def test_keys_rotate_waits_for_every_gateway_of_the_cluster(
 ) -> None:
     """A gateway of the cluster on another host keeps the key in memory, where no data directory
     lock can see it: its heartbeat does. One killed counts until its heartbeat is stale."""
-    env = {"GATEWAY_DATABASE_URL": postgres_url, "GATEWAY_HEALTH_INTERVAL": "1"}
+    # A member counts as serving for 1.25 intervals after its last heartbeat: 5 s here, long
+    # enough for a CLI process to start on a loaded machine, short enough to wait out.
+    env = {"GATEWAY_DATABASE_URL": postgres_url, "GATEWAY_HEALTH_INTERVAL": "4"}
     rotate = {**env, "GATEWAY_NEW_SECRET_KEY": "next-key"}
     cli = tmp_path / "cli"
     gateway = GatewayProcess(tmp_path / "a", env=env)
@@ -78,10 +80,10 @@ def test_keys_rotate_waits_for_every_gateway_of_the_cluster(
         assert run_cli("keys", "rotate", data_dir=cli, env=rotate).returncode == 2
     finally:
         gateway.stop()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while (rotated := run_cli("keys", "rotate", data_dir=cli, env=rotate)).returncode != 0:
         assert time.monotonic() < deadline, rotated.stderr
-        time.sleep(0.2)
+        time.sleep(0.5)
     assert "re-encrypted the secrets of" in rotated.stderr
     assert run_cli("org", "list", data_dir=cli, env=env).returncode == 2  # the old key is out
     renewed = {**env, "GATEWAY_SECRET_KEY": "next-key"}
