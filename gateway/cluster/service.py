@@ -191,7 +191,10 @@ async def serving_members(settings: Settings) -> tuple[list[str], float]:
     except CONNECTION_ERRORS as exc:
         raise StoreUnusable(f"cannot read the cluster's members at {where}: {exc}") from exc
     finally:
-        await db.close(timeout=CLOSE_SECONDS)
+        try:
+            await db.close(timeout=CLOSE_SECONDS)
+        except CONNECTION_ERRORS:  # a server that stopped answering: drop the socket
+            db.terminate()
 
 
 @contextlib.asynccontextmanager
