@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -1592,3 +1593,104 @@ async def test_a_pending_hand_off_is_dropped_when_the_connection_closes(
             await writer.drain()
     assert protocol._handoff is None
     assert srv.fallback_hits == []
+
+
+# Requests cut anywhere: whatever the reads, each request is seen whole, in order.
+
+_TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
+_VALUE_CHARS = "".join(chr(c) for c in range(0x21, 0x7F)) + " \t"
+_ROUTES = ("/echo", "/echo/x", "/echo/" + "long-" * 40)
+
+
+@dataclass
+class _Sent:
+    raw: bytes
+    method: str
+    target: str
+    headers: list[list[str]]
+    body: bytes
+
+
+def _random_request(rng: random.Random) -> _Sent:
+    method = rng.choice(["GET", "GET", "POST", "PUT", "DELETE"])
+    target = rng.choice(_ROUTES)
+    if rng.random() < 0.5:
+        target += "?q=" + "".join(rng.choices(_TOKEN_CHARS, k=rng.randint(0, 30)))
+    headers = []
+    for i in range(rng.randint(0, 6)):
+        name = "".join(rng.choice((c.lower(), c.upper())) for c in f"x-t{i}")
+        # llhttp strips the value's surrounding whitespace, as RFC 9112 says: none generated.
+        value = "".join(rng.choices(_VALUE_CHARS, k=rng.randint(0, 60))).strip(" \t")
+        headers.append([name, value])
+    lines = [f"{method} {target} HTTP/1.1", "Host: test", *(f"{n}: {v}" for n, v in headers)]
+    body = b""
+    framed = b""
+    if method in ("POST", "PUT"):
+        body = rng.randbytes(rng.choice([0, 1, rng.randint(2, 6000)]))
+        if rng.random() < 0.5:
+            lines.append(f"Content-Length: {len(body)}")
+            framed = body
+        else:
+            lines.append("Transfer-Encoding: chunked")
+            rest = body
+            while rest:
+                size = rng.randint(1, max(1, len(rest)))
+                extension = b";ext=1" if rng.random() < 0.2 else b""
+                framed += b"%x%s\r\n%s\r\n" % (size, extension, rest[:size])
+                rest = rest[size:]
+            framed += b"0\r\n\r\n"
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + framed
+    return _Sent(raw, method, target, headers, body)
+
+
+def _cut(data: bytes, rng: random.Random) -> list[bytes]:
+    """`data` in pieces: byte by byte, or cut at a few random places."""
+    if len(data) <= 400 and rng.random() < 0.3:
+        return [data[i : i + 1] for i in range(len(data))]
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 12))))
+    return [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+async def _echo_request(ex: Exchange) -> None:
+    body = await ex.read_body(MiB)
+    seen = {
+        "method": ex.method,
+        "target": ex.path + ("?" + ex.query_string if ex.query_string else ""),
+        "headers": [
+            [name.decode("latin-1"), value.decode("latin-1")]
+            for name, value in ex.headers
+            if name.lower().startswith(b"x-t")
+        ],
+    }
+    ex.respond(200, "OK", [], json.dumps(seen).encode() + b"\n" + body)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_requests_cut_anywhere_are_each_served_whole_and_in_order(
+    front: StartFront, seed: int
+) -> None:
+    srv = await front(dict.fromkeys(_ROUTES, _echo_request))
+    rng = random.Random(seed)
+    for scenario in range(30):
+        sent = [_random_request(rng) for _ in range(rng.randint(1, 5))]
+        reader, writer = await srv.connect()
+        for piece in _cut(b"".join(request.raw for request in sent), rng):
+            writer.write(piece)
+            await writer.drain()
+            # A turn of the loop (sometimes a little more) for the server to read this piece on
+            # its own.
+            await asyncio.sleep(0.001 if rng.random() < 0.1 else 0)
+        for request in sent:
+            response = await read_response(reader)
+            where = f"seed {seed}, scenario {scenario}: {request.raw[:300]!r}"
+            assert response.status == 200, where
+            line, _, body = response.body.partition(b"\n")
+            assert json.loads(line) == {
+                "method": request.method,
+                "target": request.target,
+                "headers": request.headers,
+            }, where
+            assert body == request.body, where
+        writer.write(get("/echo"))  # the connection is still in step
+        assert (await read_response(reader)).status == 200
+        writer.close()

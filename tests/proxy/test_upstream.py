@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import ipaddress
 import json
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -1197,3 +1198,77 @@ class TestAddressFilter:
 
 async def serve_forever(peer: Peer) -> None:
     await peer.serve()
+
+
+# Responses cut anywhere: whatever the reads, each response is seen whole, and the connection
+# stays in step for the next one.
+
+_VALUE_CHARS = "".join(chr(c) for c in range(0x21, 0x7F)) + " \t"
+
+
+def _random_response(
+    rng: random.Random,
+) -> tuple[bytes, int, str, list[tuple[bytes, bytes]], bytes]:
+    """(raw response, status, reason, its X-R headers, body)."""
+    status = rng.choice([200, 200, 201, 404, 500, 204, 304])
+    reason = rng.choice(["OK", "Not Found", "", "Some Reason With Spaces"])
+    headers = []
+    for i in range(rng.randint(0, 6)):
+        name = "".join(rng.choice((c.lower(), c.upper())) for c in f"x-r{rng.randint(0, i)}")
+        value = "".join(rng.choices(_VALUE_CHARS, k=rng.randint(0, 60))).strip(" \t")
+        headers.append((name.encode(), value.encode("latin-1")))
+    lines = [f"HTTP/1.1 {status} {reason}".encode("latin-1")]
+    lines += [name + b": " + value for name, value in headers]
+    body = b""
+    framed = b""
+    if status not in (204, 304):
+        body = rng.randbytes(rng.choice([0, 1, rng.randint(2, 6000)]))
+        if rng.random() < 0.5:
+            lines.append(b"Content-Length: %d" % len(body))
+            framed = body
+        else:
+            lines.append(b"Transfer-Encoding: chunked")
+            rest = body
+            while rest:
+                size = rng.randint(1, max(1, len(rest)))
+                extension = b";ext=1" if rng.random() < 0.2 else b""
+                framed += b"%x%s\r\n%s\r\n" % (size, extension, rest[:size])
+                rest = rest[size:]
+            # Trailers are not headers: the pool drops them.
+            framed += b"0\r\n" + (b"X-R-Trailer: t\r\n" if rng.random() < 0.3 else b"") + b"\r\n"
+    raw = b"\r\n".join(lines) + b"\r\n\r\n" + framed
+    return raw, status, reason, headers, body
+
+
+def _cut(data: bytes, rng: random.Random) -> list[bytes]:
+    """`data` in pieces: byte by byte, or cut at a few random places."""
+    if len(data) <= 400 and rng.random() < 0.3:
+        return [data[i : i + 1] for i in range(len(data))]
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 12))))
+    return [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_responses_cut_anywhere_are_read_whole_on_one_connection(
+    pool: UpstreamPool, raw_server: StartRawServer, seed: int
+) -> None:
+    rng = random.Random(seed)
+    responses = [_random_response(rng) for _ in range(40)]
+
+    async def handler(peer: Peer) -> None:
+        while (request := await peer.read_request()) is not None:
+            raw = responses[int(request.target.lstrip("/"))][0]
+            for piece in _cut(raw, rng):
+                await peer.send(piece)
+                await asyncio.sleep(0.001 if rng.random() < 0.1 else 0)
+
+    server = await raw_server(handler)
+    for index, (_raw, status, reason, headers, body) in enumerate(responses):
+        where = f"seed {seed}, response {index}: {_raw[:300]!r}"
+        async with await pool.request(server.origin, "GET", f"/{index}") as response:
+            assert (response.status, response.reason) == (status, reason), where
+            assert [
+                (name, value) for name, value in response.headers if name.lower().startswith(b"x-r")
+            ] == headers, where
+            assert await response.read() == body, where
+    assert server.connections == 1
