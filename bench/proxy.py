@@ -409,7 +409,7 @@ ORIGIN_SERVER = """\
 PROXY_SERVER = """\
     upstream origin {{
         server {host}:{origin_port};
-        keepalive 64;
+        keepalive 256;
         keepalive_requests 1000000;
     }}
     upstream sink {{
@@ -474,7 +474,9 @@ backend sink
 """
 
 # Caddy: GOMAXPROCS=1 (set in its environment), admin endpoint and logs off, keep-alive to the
-# origin with as many idle connections as nginx-proxy keeps (64). Both limits are needed: with a
+# origin with as many idle connections as nginx-proxy and the gateway keep (256: the gateway's
+# `proxy.max_idle_connections`; below the connections in flight, e.g. at `--connections 256`,
+# every proxy closes and reopens upstream connections all the time). Both limits are needed: with a
 # `transport` block, an unset `keepalive_idle_conns_per_host` is Go's default of 2, and Caddy
 # then opens a new upstream connection for most requests (checked: TIME-WAIT piling up at the
 # origin, ~3.4k req/s). Request and response bodies are streamed (flush_interval -1); no access
@@ -504,8 +506,8 @@ http://{host}:{port} {{
             flush_interval -1
             transport http {{
                 keepalive 75s
-                keepalive_idle_conns 64
-                keepalive_idle_conns_per_host 64
+                keepalive_idle_conns 256
+                keepalive_idle_conns_per_host 256
             }}
         }}
     }}

@@ -272,6 +272,7 @@ async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
             headers=settings.proxy_response_timeout,
             body=settings.proxy_idle_timeout,
         ),
+        max_idle_per_origin=settings.proxy_max_idle_connections,
         address_filter=app[SSRF].permitted,
     )
     # The monitor is the forwarder's active health (which targets pass their probes) and hears

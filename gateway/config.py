@@ -56,6 +56,7 @@ class Settings:
     proxy_connect_timeout: float = 10.0
     proxy_response_timeout: float = 30.0
     proxy_idle_timeout: float = 60.0
+    proxy_max_idle_connections: int = 256
     proxy_allowed_hosts: tuple[str, ...] = ()
     proxy_denied_networks: tuple[str, ...] = (
         "169.254.0.0/16",  # IPv4 link-local, incl. 169.254.169.254 (AWS, GCP, Azure, OpenStack)
@@ -342,6 +343,13 @@ FIELDS: tuple[Field, ...] = (
         "GATEWAY_PROXY_IDLE_TIMEOUT",
         _seconds(minimum=0.1),
         "seconds a proxied body may stall between chunks",
+    ),
+    Field(
+        "proxy_max_idle_connections",
+        "proxy.max_idle_connections",
+        "GATEWAY_PROXY_MAX_IDLE_CONNECTIONS",
+        _integer(minimum=0, maximum=100_000),
+        "keep-alive connections kept open per upstream between requests; 0 turns keep-alive off",
     ),
     Field(
         "proxy_allowed_hosts",

@@ -73,6 +73,12 @@ async def reset_mid_body(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def peer_port(request: web.Request) -> web.Response:
+    """The gateway's port on the connection this request came in on: which connection it used."""
+    assert request.transport is not None
+    return web.Response(text=str(request.transport.get_extra_info("peername")[1]))
+
+
 ENDLESS_CLOSED = web.AppKey("endless_closed", asyncio.Event)
 
 
@@ -96,6 +102,7 @@ async def upstream(aiohttp_server: AiohttpServer) -> TestServer:
     app.router.add_route("*", "/base/slow", slow)
     app.router.add_route("*", "/base/reset", reset_mid_body)
     app.router.add_route("*", "/base/endless", endless)
+    app.router.add_route("*", "/base/peer", peer_port)
     app.router.add_route("*", "/{tail:.*}", echo)
     app[ENDLESS_CLOSED] = asyncio.Event()
     return await aiohttp_server(app)
@@ -479,3 +486,24 @@ class TestSourceHeadersWin:
             await proxied(client, source, "loki/api/v1/labels", headers={"x-scope-orgid": "b"})
         ).json()
         assert header_values(echoed, "X-Scope-OrgID") == ["tenant-a"]
+
+
+class TestKeepAliveToUpstreams:
+    async def test_sequential_requests_reuse_one_upstream_connection(
+        self, client: AppClient, add_source: AddSource
+    ) -> None:
+        source = await add_source()
+        ports = {await (await proxied(client, source, "peer")).text() for _ in range(3)}
+        assert len(ports) == 1
+
+    class TestWithKeepAliveOff:
+        @pytest.fixture
+        def settings(self, settings: Settings) -> Settings:
+            return dataclasses.replace(settings, proxy_max_idle_connections=0)
+
+        async def test_each_request_gets_a_connection_of_its_own(
+            self, client: AppClient, add_source: AddSource
+        ) -> None:
+            source = await add_source()
+            ports = {await (await proxied(client, source, "peer")).text() for _ in range(3)}
+            assert len(ports) == 3
