@@ -488,13 +488,16 @@ class TestSourceHeadersWin:
         assert header_values(echoed, "X-Scope-OrgID") == ["tenant-a"]
 
 
+async def upstream_ports(client: AppClient, source: DataSource, requests: int = 3) -> set[str]:
+    """The gateway's ports on the upstream connections `requests` sequential requests used."""
+    return {await (await proxied(client, source, "peer")).text() for _ in range(requests)}
+
+
 class TestKeepAliveToUpstreams:
     async def test_sequential_requests_reuse_one_upstream_connection(
         self, client: AppClient, add_source: AddSource
     ) -> None:
-        source = await add_source()
-        ports = {await (await proxied(client, source, "peer")).text() for _ in range(3)}
-        assert len(ports) == 1
+        assert len(await upstream_ports(client, await add_source())) == 1
 
     class TestWithKeepAliveOff:
         @pytest.fixture
@@ -504,6 +507,4 @@ class TestKeepAliveToUpstreams:
         async def test_each_request_gets_a_connection_of_its_own(
             self, client: AppClient, add_source: AddSource
         ) -> None:
-            source = await add_source()
-            ports = {await (await proxied(client, source, "peer")).text() for _ in range(3)}
-            assert len(ports) == 3
+            assert len(await upstream_ports(client, await add_source())) == 3
