@@ -45,6 +45,7 @@ from gateway.registry.validation import (
     org_name_violations,
     token_description_violations,
 )
+from gateway.rlimits import raise_open_files_limit
 from gateway.security.auth import hash_token, new_token
 from gateway.spool import SpoolStore, commands as spool_commands, spool_path
 from gateway.supervisor import WORKER_INDEX_ENV, supervise
@@ -175,6 +176,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 async def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT, then drain: /ready turns 503, in-flight requests finish
     (up to drain_timeout), and the process exits 0. With several workers, supervise them."""
+    raised = raise_open_files_limit()  # workers inherit it (and find nothing left to raise)
+    if raised is not None:
+        log.info("open_files_limit_raised", before=raised[0], after=raised[1])
     if settings.workers > 1:
         return await supervise(settings, _worker_args(args))
     worker = os.environ.get(WORKER_INDEX_ENV)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
@@ -54,7 +54,14 @@ def run_cli(
 class GatewayProcess:
     """`gateway serve` on a free port, its JSON log lines collected as they come."""
 
-    def __init__(self, data_dir: Path, env: Mapping[str, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: Mapping[str, str | None] | None = None,
+        *,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
+        """`preexec` runs in the child before `gateway` starts (to set its resource limits)."""
         extra: dict[str, str | None] = {
             "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
             "GATEWAY_PORT": "0",
@@ -66,6 +73,7 @@ class GatewayProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=preexec,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import stat
 from pathlib import Path
 
@@ -185,3 +186,32 @@ def test_org_names_and_token_descriptions_follow_the_registry_rules(
     assert [line.split("\t")[2] for line in listed] == ["Main Org."]
     tokens = run_cli("token", "list", data_dir=data_dir).stdout.splitlines()
     assert len(tokens) == 1  # the header: no token was made
+
+
+def _open_files_limits(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no 'Max open files' in /proc/<pid>/limits")
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """Two sockets a proxied request: systemd's soft limit of 1024 would refuse connections at a
+    few hundred in flight. Go programs raise it at start; so does `gateway serve`."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    gateway = GatewayProcess(tmp_path / "data", preexec=low_soft_limit)
+    try:
+        soft_now, hard_now = _open_files_limits(gateway.proc.pid)
+        assert hard_now == hard or hard == resource.RLIM_INFINITY
+        assert soft_now == hard_now
+        raised = gateway.wait_for("open_files_limit_raised")
+        assert (raised["before"], raised["after"]) == (256, soft_now)
+    finally:
+        assert gateway.stop() == 0
