@@ -349,7 +349,7 @@ FIELDS: tuple[Field, ...] = (
         "proxy.max_idle_connections",
         "GATEWAY_PROXY_MAX_IDLE_CONNECTIONS",
         _integer(minimum=0, maximum=100_000),
-        "keep-alive connections kept open per upstream between requests; 0 turns keep-alive off",
+        "keep-alive connections kept per upstream once unused for 1 s; 0 turns keep-alive off",
     ),
     Field(
         "proxy_allowed_hosts",

@@ -47,8 +47,10 @@ Reuse
   closes it: a consumer that stops early, a timeout, an error, bytes arriving on an idle
   connection, or the upstream closing an idle connection (seen at once by the protocol, which
   takes it out of the idle list).
-- Idle connections are reused newest first, so that surplus ones age out: at most
-  `max_idle_per_origin` are kept per origin (the oldest is closed to make room), each at most
+- Idle connections are reused newest first, so that surplus ones age out: beyond
+  `max_idle_per_origin` per origin, the oldest are closed once unused for `surplus_grace`
+  seconds (not at once: under a steady load above the limit they are the next requests'
+  connections, and closing them would only make those open new ones), and each is kept at most
   `idle_timeout` seconds.
 
 Retry rule
@@ -249,14 +251,28 @@ class _OriginState:
         if pool.closed or pool.max_idle_per_origin == 0:
             conn.close()
             return
-        if len(self.idle) >= pool.max_idle_per_origin:
-            oldest = self.idle.popleft()
-            oldest.pool_slot = _GONE
-            oldest.close()
         conn.pool_slot = _IDLE
         conn.idle_since = conn.loop.time()
         self.idle.append(conn)
         pool.schedule_sweep(conn.loop, conn.idle_since)
+        if len(self.idle) > pool.max_idle_per_origin:
+            # Not closed now: under a steady load above the limit the next request would only
+            # open a new one (a connect, a TIME-WAIT). What stays unused for `surplus_grace`
+            # is surplus, and goes then.
+            pool.schedule_trim(conn.loop, conn.idle_since)
+
+    def trim(self, unused_since: float) -> float | None:
+        """Close the oldest idle connections beyond the limit that have been idle since
+        `unused_since` or longer; when the list is still over the limit, when to look again."""
+        idle = self.idle
+        limit = self.pool.max_idle_per_origin
+        while len(idle) > limit and idle[0].idle_since <= unused_since:
+            conn = idle.popleft()
+            conn.pool_slot = _GONE
+            conn.close()
+        if len(idle) > limit:
+            return idle[0].idle_since + self.pool.surplus_grace
+        return None
 
     def forget(self, conn: Http1Connection) -> None:
         if conn.pool_slot == _ACTIVE:
@@ -271,7 +287,8 @@ class UpstreamPool:
 
     **Parameters:**
     - `timeouts`: defaults for every request (each request may pass its own).
-    - `max_idle_per_origin`: idle connections kept per origin; 0 disables keep-alive.
+    - `max_idle_per_origin`: idle connections kept per origin; 0 disables keep-alive. Those
+      beyond it are closed once unused for `surplus_grace` seconds.
     - `idle_timeout`: seconds an idle connection is kept. Keep it below the upstreams' own
       keep-alive timeouts (nginx 75 s, aiohttp 75 s, Go servers unlimited) to make the
       stale-connection race rare; the retry rule covers the rest.
@@ -291,18 +308,23 @@ class UpstreamPool:
         timeouts: Timeouts | None = None,
         max_idle_per_origin: int = 64,
         idle_timeout: float = 15.0,
+        surplus_grace: float = 1.0,
         address_filter: AddressFilter | None = None,
     ) -> None:
-        if max_idle_per_origin < 0 or idle_timeout <= 0:
-            raise ValueError("max_idle_per_origin must be >= 0 and idle_timeout > 0")
+        if max_idle_per_origin < 0 or idle_timeout <= 0 or surplus_grace < 0:
+            raise ValueError(
+                "max_idle_per_origin must be >= 0, idle_timeout > 0 and surplus_grace >= 0"
+            )
         self.timeouts = timeouts or Timeouts()
         self.max_idle_per_origin = max_idle_per_origin
         self.idle_timeout = idle_timeout
+        self.surplus_grace = surplus_grace
         self.address_filter = address_filter
         self.closed = False
         self._states: dict[Origin, _OriginState] = {}
         self._ssl_contexts: dict[tuple[bool, str | None], ssl.SSLContext] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._trim_handle: asyncio.TimerHandle | None = None
         self._opened = 0
         self._reused = 0
         self._retried = 0
@@ -391,6 +413,9 @@ class UpstreamPool:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
+            self._trim_handle = None
         closing: list[Http1Connection] = []
         for state in self._states.values():
             while state.idle:
@@ -413,6 +438,22 @@ class UpstreamPool:
         """Make sure idle connections are closed once they have been idle too long."""
         if self._sweep_handle is None:
             self._sweep_handle = loop.call_at(parked_at + self.idle_timeout, self._sweep, loop)
+
+    def schedule_trim(self, loop: asyncio.AbstractEventLoop, parked_at: float) -> None:
+        """Make sure idle connections beyond the limit are closed once unused for the grace."""
+        if self._trim_handle is None and not self.closed:
+            self._trim_handle = loop.call_at(parked_at + self.surplus_grace, self._trim, loop)
+
+    def _trim(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._trim_handle = None
+        unused_since = loop.time() - self.surplus_grace
+        next_look: float | None = None
+        for state in list(self._states.values()):
+            again = state.trim(unused_since)
+            if again is not None:
+                next_look = again if next_look is None else min(next_look, again)
+        if next_look is not None and not self.closed:
+            self._trim_handle = loop.call_at(next_look, self._trim, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweep_handle = None
