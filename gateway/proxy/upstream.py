@@ -216,7 +216,16 @@ class PoolStats:
 class _OriginState:
     """One origin's idle list and active count; the owner its connections report to."""
 
-    __slots__ = ("active", "host_header", "idle", "origin", "pool", "server_hostname", "ssl")
+    __slots__ = (
+        "active",
+        "address",
+        "host_header",
+        "idle",
+        "origin",
+        "pool",
+        "server_hostname",
+        "ssl",
+    )
 
     def __init__(
         self, pool: UpstreamPool, origin: Origin, ssl_context: ssl.SSLContext | None
@@ -226,6 +235,7 @@ class _OriginState:
         self.ssl = ssl_context
         self.server_hostname = origin.host if ssl_context is not None else None
         self.host_header = _host_header(origin)
+        self.address = _ip_literal(origin.host)  # None for a name: resolved at each connect
         self.idle: deque[Http1Connection] = deque()  # oldest parked on the left
         self.active = 0
 
@@ -551,8 +561,11 @@ class UpstreamPool:
         address_filter: AddressFilter,
     ) -> None:
         origin = state.origin
-        infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
-        resolved = addresses_of(infos)
+        if state.address is not None:  # an IP address: nothing to resolve (nor a thread to ask)
+            resolved = [state.address]
+        else:
+            infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
+            resolved = addresses_of(infos)
         last_error: OSError | None = None
         for address in address_filter(origin.host, origin.port, resolved):
             try:
@@ -570,6 +583,13 @@ class UpstreamPool:
             else:
                 return
         raise last_error or OSError(f"{origin.host} has no address to connect to")
+
+
+def _ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def addresses_of(infos: Iterable[tuple[Any, ...]]) -> list[IPAddress]:
