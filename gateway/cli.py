@@ -176,9 +176,15 @@ def _settings(args: argparse.Namespace) -> Settings:
 async def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT, then drain: /ready turns 503, in-flight requests finish
     (up to drain_timeout), and the process exits 0. With several workers, supervise them."""
-    raised = raise_open_files_limit()  # workers inherit it (and find nothing left to raise)
-    if raised is not None:
-        log.info("open_files_limit_raised", before=raised[0], after=raised[1])
+    limit = raise_open_files_limit()  # workers inherit it (and find nothing left to raise)
+    if limit is not None and limit.after > limit.before:
+        log.info("open_files_limit_raised", before=limit.before, after=limit.after)
+    elif limit is not None:
+        log.warning(
+            "open_files_limit_not_raised",
+            limit=limit.before,
+            hint="each proxied request holds two sockets: raise LimitNOFILE / ulimit -n",
+        )
     if settings.workers > 1:
         return await supervise(settings, _worker_args(args))
     worker = os.environ.get(WORKER_INDEX_ENV)

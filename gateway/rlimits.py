@@ -9,15 +9,24 @@ the hard limit at start; `gateway serve` does the same, once, before anything op
 from __future__ import annotations
 
 import resource
+from typing import NamedTuple
 
 # What "no hard limit" is taken to mean: Linux refuses a soft limit above fs.nr_open (1,048,576
 # by default), so asking for infinity would only fail.
 _CEILING = 1 << 20
+# macOS reports an unlimited hard limit but refuses more than kern.maxfilesperproc; OPEN_MAX
+# (10,240) is what its setrlimit(2) page says to ask for then, and what Go falls back to.
+_OPEN_MAX = 10240
 
 
-def raise_open_files_limit() -> tuple[int, int] | None:
-    """Raise the soft RLIMIT_NOFILE to the hard one; (before, after) when it was raised, None
-    when it was there already or the system refused (the gateway then runs with what it has)."""
+class OpenFiles(NamedTuple):
+    before: int
+    after: int  # equal to `before` when the system refused every higher limit
+
+
+def raise_open_files_limit() -> OpenFiles | None:
+    """Raise the soft RLIMIT_NOFILE towards the hard one; None when it is there already (or
+    cannot be read)."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (OSError, ValueError):
@@ -25,8 +34,12 @@ def raise_open_files_limit() -> tuple[int, int] | None:
     target = _CEILING if hard == resource.RLIM_INFINITY else hard
     if soft == resource.RLIM_INFINITY or soft >= target:
         return None
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (OSError, ValueError):
-        return None
-    return soft, target
+    for wanted in (target, min(target, _OPEN_MAX)):
+        if wanted <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError):
+            continue
+        return OpenFiles(soft, wanted)
+    return OpenFiles(soft, soft)

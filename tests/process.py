@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
@@ -59,21 +59,21 @@ class GatewayProcess:
         data_dir: Path,
         env: Mapping[str, str | None] | None = None,
         *,
-        preexec: Callable[[], None] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
-        """`preexec` runs in the child before `gateway` starts (to set its resource limits)."""
+        """`prefix`: a command that runs the gateway's (e.g. `prlimit --nofile=…` --), execing
+        it in the same process."""
         extra: dict[str, str | None] = {
             "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
             "GATEWAY_PORT": "0",
             **(env or {}),
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve"],
+            [*prefix, sys.executable, "-m", "gateway", "serve"],
             env=gateway_env(data_dir, extra),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            preexec_fn=preexec,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
