@@ -263,25 +263,30 @@ class _OriginState:
             return
         conn.pool_slot = _IDLE
         conn.idle_since = conn.loop.time()
-        self.idle.append(conn)
-        pool.schedule_sweep(conn.loop, conn.idle_since)
-        if len(self.idle) > pool.max_idle_per_origin:
-            # Not closed now: under a steady load above the limit the next request would only
-            # open a new one (a connect, a TIME-WAIT). What stays unused for `surplus_grace`
-            # is surplus, and goes then.
-            pool.schedule_trim(conn.loop, conn.idle_since)
-
-    def trim(self, unused_since: float) -> float | None:
-        """Close the oldest idle connections beyond the limit that have been idle since
-        `unused_since` or longer; when the list is still over the limit, when to look again."""
         idle = self.idle
-        limit = self.pool.max_idle_per_origin
-        while len(idle) > limit and idle[0].idle_since <= unused_since:
-            conn = idle.popleft()
-            conn.pool_slot = _GONE
-            conn.close()
-        if len(idle) > limit:
-            return idle[0].idle_since + self.pool.surplus_grace
+        idle.append(conn)
+        # Beyond the limit the oldest is not closed now: under a steady load above the limit it
+        # is the next request's connection, and closing it would only make that one open a new
+        # one (a connect, a TIME-WAIT). Unused for `surplus_grace`, it is surplus and goes then.
+        if len(idle) > pool.max_idle_per_origin:
+            pool.schedule_sweep(conn.loop, idle[0].idle_since + pool.surplus_grace)
+        else:
+            pool.schedule_sweep(conn.loop, conn.idle_since + pool.idle_timeout)
+
+    def sweep(self, now: float) -> float | None:
+        """Close the idle connections whose time is up: unused for `idle_timeout`, or for
+        `surplus_grace` while the list is over the limit. When the next one's is, if any."""
+        idle = self.idle
+        pool = self.pool
+        while idle:
+            oldest = idle[0]
+            surplus = len(idle) > pool.max_idle_per_origin
+            expiry = oldest.idle_since + (pool.surplus_grace if surplus else pool.idle_timeout)
+            if expiry > now:
+                return expiry
+            idle.popleft()
+            oldest.pool_slot = _GONE
+            oldest.close()
         return None
 
     def forget(self, conn: Http1Connection) -> None:
@@ -334,7 +339,7 @@ class UpstreamPool:
         self._states: dict[Origin, _OriginState] = {}
         self._ssl_contexts: dict[tuple[bool, str | None], ssl.SSLContext] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
-        self._trim_handle: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0  # when the scheduled sweep runs
         self._opened = 0
         self._reused = 0
         self._retried = 0
@@ -423,9 +428,6 @@ class UpstreamPool:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
-        if self._trim_handle is not None:
-            self._trim_handle.cancel()
-            self._trim_handle = None
         closing: list[Http1Connection] = []
         for state in self._states.values():
             while state.idle:
@@ -444,44 +446,28 @@ class UpstreamPool:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def schedule_sweep(self, loop: asyncio.AbstractEventLoop, parked_at: float) -> None:
-        """Make sure idle connections are closed once they have been idle too long."""
-        if self._sweep_handle is None:
-            self._sweep_handle = loop.call_at(parked_at + self.idle_timeout, self._sweep, loop)
-
-    def schedule_trim(self, loop: asyncio.AbstractEventLoop, parked_at: float) -> None:
-        """Make sure idle connections beyond the limit are closed once unused for the grace."""
-        if self._trim_handle is None and not self.closed:
-            self._trim_handle = loop.call_at(parked_at + self.surplus_grace, self._trim, loop)
-
-    def _trim(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._trim_handle = None
-        unused_since = loop.time() - self.surplus_grace
-        next_look: float | None = None
-        for state in list(self._states.values()):
-            again = state.trim(unused_since)
-            if again is not None:
-                next_look = again if next_look is None else min(next_look, again)
-        if next_look is not None and not self.closed:
-            self._trim_handle = loop.call_at(next_look, self._trim, loop)
+    def schedule_sweep(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        """Make sure the idle connections are swept by `at` (the sweep moves earlier if need
+        be; a later time changes nothing, the sweep then looks again)."""
+        if self.closed or (self._sweep_handle is not None and self._sweep_at <= at):
+            return
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+        self._sweep_at = at
+        self._sweep_handle = loop.call_at(at, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweep_handle = None
-        oldest_allowed = loop.time() - self.idle_timeout
+        now = loop.time()
         next_expiry: float | None = None
         for origin, state in list(self._states.items()):
-            idle = state.idle
-            while idle and idle[0].idle_since <= oldest_allowed:
-                conn = idle.popleft()
-                conn.pool_slot = _GONE
-                conn.close()
-            if idle:
-                expiry = idle[0].idle_since + self.idle_timeout
+            expiry = state.sweep(now)
+            if expiry is not None:
                 next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
             elif state.active == 0:
                 del self._states[origin]  # bounded by the registry anyway, but keep it tidy
-        if next_expiry is not None and not self.closed:
-            self._sweep_handle = loop.call_at(next_expiry, self._sweep, loop)
+        if next_expiry is not None:
+            self.schedule_sweep(loop, next_expiry)
 
     def _add_origin(self, origin: Origin) -> _OriginState:
         state = _OriginState(self, origin, self._ssl_context(origin))

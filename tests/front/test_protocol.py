@@ -25,6 +25,7 @@ from gateway.front.connections import FrontConnections
 from gateway.front.exchange import Exchange, FastHandler
 from gateway.front.limits import ServerLimits
 from gateway.front.protocol import FrontProtocol
+from tests.streams import cut, field_value, framed_body, mixed_case
 
 T = 5.0  # patience for anything that should happen at once
 MiB = 1024 * 1024
@@ -1598,7 +1599,6 @@ async def test_a_pending_hand_off_is_dropped_when_the_connection_closes(
 # Requests cut anywhere: whatever the reads, each request is seen whole, in order.
 
 _TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
-_VALUE_CHARS = "".join(chr(c) for c in range(0x21, 0x7F)) + " \t"
 _ROUTES = ("/echo", "/echo/x", "/echo/" + "long-" * 40)
 
 
@@ -1616,39 +1616,14 @@ def _random_request(rng: random.Random) -> _Sent:
     target = rng.choice(_ROUTES)
     if rng.random() < 0.5:
         target += "?q=" + "".join(rng.choices(_TOKEN_CHARS, k=rng.randint(0, 30)))
-    headers = []
-    for i in range(rng.randint(0, 6)):
-        name = "".join(rng.choice((c.lower(), c.upper())) for c in f"x-t{i}")
-        # llhttp strips the value's surrounding whitespace, as RFC 9112 says: none generated.
-        value = "".join(rng.choices(_VALUE_CHARS, k=rng.randint(0, 60))).strip(" \t")
-        headers.append([name, value])
+    headers = [[mixed_case(f"x-t{i}", rng), field_value(rng)] for i in range(rng.randint(0, 6))]
     lines = [f"{method} {target} HTTP/1.1", "Host: test", *(f"{n}: {v}" for n, v in headers)]
-    body = b""
-    framed = b""
+    head = "\r\n".join(lines).encode("latin-1")
+    body = framed = b""
     if method in ("POST", "PUT"):
-        body = rng.randbytes(rng.choice([0, 1, rng.randint(2, 6000)]))
-        if rng.random() < 0.5:
-            lines.append(f"Content-Length: {len(body)}")
-            framed = body
-        else:
-            lines.append("Transfer-Encoding: chunked")
-            rest = body
-            while rest:
-                size = rng.randint(1, max(1, len(rest)))
-                extension = b";ext=1" if rng.random() < 0.2 else b""
-                framed += b"%x%s\r\n%s\r\n" % (size, extension, rest[:size])
-                rest = rest[size:]
-            framed += b"0\r\n\r\n"
-    raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + framed
-    return _Sent(raw, method, target, headers, body)
-
-
-def _cut(data: bytes, rng: random.Random) -> list[bytes]:
-    """`data` in pieces: byte by byte, or cut at a few random places."""
-    if len(data) <= 400 and rng.random() < 0.3:
-        return [data[i : i + 1] for i in range(len(data))]
-    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 12))))
-    return [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        body, framing, framed = framed_body(rng)
+        head += b"\r\n" + framing
+    return _Sent(head + b"\r\n\r\n" + framed, method, target, headers, body)
 
 
 async def _echo_request(ex: Exchange) -> None:
@@ -1674,7 +1649,7 @@ async def test_requests_cut_anywhere_are_each_served_whole_and_in_order(
     for scenario in range(30):
         sent = [_random_request(rng) for _ in range(rng.randint(1, 5))]
         reader, writer = await srv.connect()
-        for piece in _cut(b"".join(request.raw for request in sent), rng):
+        for piece in cut(b"".join(request.raw for request in sent), rng):
             writer.write(piece)
             await writer.drain()
             # A turn of the loop (sometimes a little more) for the server to read this piece on

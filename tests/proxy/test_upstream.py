@@ -38,6 +38,7 @@ from gateway.proxy.upstream import (
 )
 from tests.proxy.conftest import StartRawServer
 from tests.proxy.servers import Peer, ReceivedRequest
+from tests.streams import cut, field_value, framed_body, mixed_case
 from tests.waiting import wait_for
 
 PEERS = web.AppKey("peers", set[Any])
@@ -1217,8 +1218,6 @@ async def serve_forever(peer: Peer) -> None:
 # Responses cut anywhere: whatever the reads, each response is seen whole, and the connection
 # stays in step for the next one.
 
-_VALUE_CHARS = "".join(chr(c) for c in range(0x21, 0x7F)) + " \t"
-
 
 def _random_response(
     rng: random.Random,
@@ -1226,40 +1225,19 @@ def _random_response(
     """(raw response, status, reason, its X-R headers, body)."""
     status = rng.choice([200, 200, 201, 404, 500, 204, 304])
     reason = rng.choice(["OK", "Not Found", "", "Some Reason With Spaces"])
-    headers = []
-    for i in range(rng.randint(0, 6)):
-        name = "".join(rng.choice((c.lower(), c.upper())) for c in f"x-r{rng.randint(0, i)}")
-        value = "".join(rng.choices(_VALUE_CHARS, k=rng.randint(0, 60))).strip(" \t")
-        headers.append((name.encode(), value.encode("latin-1")))
+    headers = [
+        (mixed_case(f"x-r{rng.randint(0, i)}", rng).encode(), field_value(rng).encode("latin-1"))
+        for i in range(rng.randint(0, 6))
+    ]
     lines = [f"HTTP/1.1 {status} {reason}".encode("latin-1")]
     lines += [name + b": " + value for name, value in headers]
-    body = b""
-    framed = b""
+    body = framed = b""
     if status not in (204, 304):
-        body = rng.randbytes(rng.choice([0, 1, rng.randint(2, 6000)]))
-        if rng.random() < 0.5:
-            lines.append(b"Content-Length: %d" % len(body))
-            framed = body
-        else:
-            lines.append(b"Transfer-Encoding: chunked")
-            rest = body
-            while rest:
-                size = rng.randint(1, max(1, len(rest)))
-                extension = b";ext=1" if rng.random() < 0.2 else b""
-                framed += b"%x%s\r\n%s\r\n" % (size, extension, rest[:size])
-                rest = rest[size:]
-            # Trailers are not headers: the pool drops them.
-            framed += b"0\r\n" + (b"X-R-Trailer: t\r\n" if rng.random() < 0.3 else b"") + b"\r\n"
-    raw = b"\r\n".join(lines) + b"\r\n\r\n" + framed
-    return raw, status, reason, headers, body
-
-
-def _cut(data: bytes, rng: random.Random) -> list[bytes]:
-    """`data` in pieces: byte by byte, or cut at a few random places."""
-    if len(data) <= 400 and rng.random() < 0.3:
-        return [data[i : i + 1] for i in range(len(data))]
-    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 12))))
-    return [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        # Trailers are not headers: the pool drops them.
+        trailer = b"X-R-Trailer: t\r\n" if rng.random() < 0.3 else b""
+        body, framing, framed = framed_body(rng, trailer=trailer)
+        lines.append(framing)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + framed, status, reason, headers, body
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -1272,7 +1250,7 @@ async def test_responses_cut_anywhere_are_read_whole_on_one_connection(
     async def handler(peer: Peer) -> None:
         while (request := await peer.read_request()) is not None:
             raw = responses[int(request.target.lstrip("/"))][0]
-            for piece in _cut(raw, rng):
+            for piece in cut(raw, rng):
                 await peer.send(piece)
                 await asyncio.sleep(0.001 if rng.random() < 0.1 else 0)
 
