@@ -1,4 +1,5 @@
-"""How the gateway tunes CPython's cyclic garbage collector once it is serving.
+"""How the gateway tunes CPython's cyclic garbage collector, and glibc's allocator, once it is
+serving.
 
 Measured on the proxied path (bench/README.md, "Garbage collector"): with CPython's default
 thresholds (700, 10, 10) a 10 s wrk run of 49,000 requests triggered 825 young collections and
@@ -12,19 +13,57 @@ So, once start-up is over: everything alive is moved to the permanent generation
 the technique CPython documents for long-running servers) so full collections no longer walk
 it, and the young generation's threshold is raised so that a collection runs only after tens of
 thousands of surviving allocations. Cycles are still collected; only rarely and in short walks.
+
+The allocator (bench/README.md, "The heap's top"): every read of a streamed body is a new bytes
+object of up to 256 KiB, freed once written on. With glibc's dynamic thresholds, once a load of
+small requests has left the heap's top free, each such block was carved from the top, freed, and
+given back to the kernel (`brk`) — then the next read grew the heap again and faulted its pages
+in anew: one `brk` and ~40 page faults a read, 2.4 x the CPU per downloaded GiB. So blocks below
+1 MiB come from the heap, and up to 8 MiB free at its top stays mapped (`mallopt(3)`); an
+operator's own `MALLOC_*_` settings win.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import os
 
 # Net container allocations before a young collection (CPython's default is 700).
 YOUNG_THRESHOLD = 50_000
 
+# glibc's mallopt(3) parameters, and the values the gateway sets.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1024 * 1024  # larger blocks are mapped apart (and unmapped when freed)
+TRIM_THRESHOLD = 8 * 1024 * 1024  # free space at the heap's top kept before giving it back
+_OPERATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+
 
 def settle_heap() -> None:
-    """Collect start-up garbage, freeze what is left, and raise the young threshold."""
+    """Collect start-up garbage, freeze what is left, and raise the young threshold; fix
+    glibc's allocator thresholds (`tune_allocator`)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+    tune_allocator()
+
+
+def tune_allocator() -> bool:
+    """Fixed thresholds for glibc's malloc (see the module's docstring); False where the C
+    library is not glibc, or the operator set the allocator's environment variables."""
+    if any(name in os.environ for name in _OPERATOR_SETTINGS):
+        return False
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ValueError, OSError, AttributeError):  # no such confstr name (not glibc), no symbol
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # Setting either turns glibc's dynamic thresholds off: both must be set.
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
