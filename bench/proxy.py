@@ -1399,7 +1399,11 @@ def print_machine(args: argparse.Namespace) -> None:
     # link-time optimised (LTO) CPython, as python.org's and the Docker image's are, runs the
     # gateway faster than a plain `./configure && make` (pyenv's default). Debian's python3 is
     # PGO + LTO too, but its recorded configure options do not say so.
-    build = " ".join(versions[3:]) or "no --enable-optimizations/--with-lto recorded"
+    build = (
+        (" ".join(versions[3:]) or "no --enable-optimizations/--with-lto recorded")
+        if versions
+        else "?"
+    )
     print(
         f"machine: {os.cpu_count()} CPUs ({cpu_model()}); {nginx_version}; "
         f"gateway on Python {' / aiohttp '.join(versions[:2]) if versions else '?'} "

@@ -219,8 +219,14 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         )
         await site.start()
         port = site.port
-        settle_heap()  # after start-up: what it made lives as long as the process
-        log.info("gateway_listening", host=settings.host, port=port, version=__version__)
+        allocator_tuned = settle_heap()  # after start-up: what it made lives as long as we do
+        log.info(
+            "gateway_listening",
+            host=settings.host,
+            port=port,
+            version=__version__,
+            allocator_tuned=allocator_tuned,
+        )
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """How the gateway tunes CPython's cyclic garbage collector, and glibc's allocator, once it is
 serving.
 
-Measured on the proxied path (bench/README.md, "Garbage collector"): with CPython's default
+Measured on the proxied path (bench/README.md, "The garbage collector"): with CPython's default
 thresholds (700, 10, 10) a 10 s wrk run of 49,000 requests triggered 825 young collections and
 5 full ones, 250 ms in all and up to 47 ms at a time — every request in flight waited out each
 full collection, which is what a p99 sees. Almost everything the gateway allocates per request
@@ -14,13 +14,16 @@ the technique CPython documents for long-running servers) so full collections no
 it, and the young generation's threshold is raised so that a collection runs only after tens of
 thousands of surviving allocations. Cycles are still collected; only rarely and in short walks.
 
-The allocator (bench/README.md, "The heap's top"): every read of a streamed body is a new bytes
-object of up to 256 KiB, freed once written on. With glibc's dynamic thresholds, once a load of
-small requests has left the heap's top free, each such block was carved from the top, freed, and
-given back to the kernel (`brk`) — then the next read grew the heap again and faulted its pages
-in anew: one `brk` and ~40 page faults a read, 2.4 x the CPU per downloaded GiB. So blocks below
-1 MiB come from the heap, and up to 8 MiB free at its top stays mapped (`mallopt(3)`); an
-operator's own `MALLOC_*_` settings win.
+The allocator (bench/README.md, session 9, "The heap's top"): every read of a streamed body is
+a new bytes object of up to 256 KiB, freed once written on. With glibc's dynamic thresholds,
+once a load of small requests has left the heap's top free, each such block was carved from the
+top, freed, and given back to the kernel (`brk`) — then the next read grew the heap again and
+faulted its pages in anew: one `brk` and ~40 page faults a read, 2.4 x the CPU per downloaded
+GiB. So blocks below
+1 MiB come from the heap, and up to 8 MiB free at its top stays mapped (`mallopt(3)`). An
+operator's own settings win: `MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_THRESHOLD_`,
+`MALLOC_TOP_PAD_`, `MALLOC_MMAP_MAX_`, or `glibc.malloc.*` in `GLIBC_TUNABLES` leave glibc as
+they set it.
 """
 
 from __future__ import annotations
@@ -37,23 +40,30 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1024 * 1024  # larger blocks are mapped apart (and unmapped when freed)
 TRIM_THRESHOLD = 8 * 1024 * 1024  # free space at the heap's top kept before giving it back
-_OPERATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+_OPERATOR_SETTINGS = (
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+)
 
 
-def settle_heap() -> None:
+def settle_heap() -> bool:
     """Collect start-up garbage, freeze what is left, and raise the young threshold; fix
-    glibc's allocator thresholds (`tune_allocator`)."""
+    glibc's allocator thresholds. Returns whether it did the latter (`tune_allocator`)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
-    tune_allocator()
+    return tune_allocator()
 
 
 def tune_allocator() -> bool:
     """Fixed thresholds for glibc's malloc (see the module's docstring); False where the C
-    library is not glibc, or the operator set the allocator's environment variables."""
-    if any(name in os.environ for name in _OPERATOR_SETTINGS):
+    library is not glibc, the operator tuned the allocator, or glibc refused a value."""
+    if any(name in os.environ for name in _OPERATOR_SETTINGS) or "glibc.malloc." in (
+        os.environ.get("GLIBC_TUNABLES", "")
+    ):
         return False
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):
@@ -63,7 +73,8 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    # Setting either turns glibc's dynamic thresholds off: both must be set.
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
+    # Setting either turns glibc's dynamic thresholds off: both are set, whatever the first
+    # answered (a 32-bit glibc caps the mmap threshold at 512 KiB, and says 0 to 1 MiB).
+    mmap_set = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    trim_set = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mmap_set) and bool(trim_set)
