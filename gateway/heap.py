@@ -19,11 +19,10 @@ a new bytes object of up to 256 KiB, freed once written on. With glibc's dynamic
 once a load of small requests has left the heap's top free, each such block was carved from the
 top, freed, and given back to the kernel (`brk`) — then the next read grew the heap again and
 faulted its pages in anew: one `brk` and ~40 page faults a read, 2.4 x the CPU per downloaded
-GiB. So blocks below
-1 MiB come from the heap, and up to 8 MiB free at its top stays mapped (`mallopt(3)`). An
-operator's own settings win: `MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_THRESHOLD_`,
-`MALLOC_TOP_PAD_`, `MALLOC_MMAP_MAX_`, or `glibc.malloc.*` in `GLIBC_TUNABLES` leave glibc as
-they set it.
+GiB. So blocks below 1 MiB come from the heap, and up to 8 MiB free at its top stays mapped
+(`mallopt(3)`). An operator's own settings win: `MALLOC_TRIM_THRESHOLD_`,
+`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TOP_PAD_`, `MALLOC_MMAP_MAX_`, or `glibc.malloc.*` in
+`GLIBC_TUNABLES` leave glibc as they set it.
 """
 
 from __future__ import annotations
@@ -65,11 +64,11 @@ def tune_allocator() -> bool:
         os.environ.get("GLIBC_TUNABLES", "")
     ):
         return False
+    if not on_glibc():
+        return False
     try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return False
         mallopt = ctypes.CDLL(None).mallopt
-    except (ValueError, OSError, AttributeError):  # no such confstr name (not glibc), no symbol
+    except (OSError, AttributeError):  # no such symbol after all
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -78,3 +77,12 @@ def tune_allocator() -> bool:
     mmap_set = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     trim_set = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     return bool(mmap_set) and bool(trim_set)
+
+
+def on_glibc() -> bool:
+    """Whether this process's C library is glibc (musl raises EINVAL for the name; a Python
+    without it, ValueError; one without `os.confstr`, AttributeError)."""
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError, AttributeError):
+        return False

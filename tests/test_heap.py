@@ -13,20 +13,12 @@ from pathlib import Path
 import pytest
 
 from gateway import heap
-from gateway.heap import YOUNG_THRESHOLD, settle_heap, tune_allocator
+from gateway.heap import YOUNG_THRESHOLD, on_glibc, settle_heap, tune_allocator
 from tests.process import GatewayProcess
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
-
-def _glibc() -> bool:
-    try:
-        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
-    except (ValueError, OSError, AttributeError):
-        return False
-
-
-needs_glibc = pytest.mark.skipif(not _glibc(), reason="the allocator tuning is glibc's mallopt")
+needs_glibc = pytest.mark.skipif(not on_glibc(), reason="the allocator tuning is glibc's mallopt")
 
 
 @pytest.fixture
